@@ -1,0 +1,224 @@
+"""Canonical, deterministic binary codec.
+
+Every value has exactly one encoding: fixed-width big-endian integers, length-prefixed
+byte strings and lists (with a per-field maximum), and uint64 vectors as a 64-bit count
+followed by raw little-endian words. Decoding is strict: :class:`Reader` raises
+:class:`~mpc_agg.errors.DecodeError` (with a specific subclass) on truncation, an
+over-long field, a value out of its domain, and — through :meth:`Reader.finish` — on any
+trailing byte. So ``encode(decode(b)) == b`` for every accepted ``b``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+from mpc_agg.errors import DecodeError
+from mpc_agg.ring import RING_DTYPE, RingVector
+
+T = TypeVar("T")
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_LE_U64 = np.dtype("<u8")
+
+
+class TruncatedError(DecodeError):
+    """Input ended before the value did."""
+
+
+class TrailingBytesError(DecodeError):
+    """Bytes remain after the last field."""
+
+
+class OversizeError(DecodeError):
+    """A length or count exceeds the field's maximum."""
+
+
+class InvalidValueError(DecodeError):
+    """A field's value is outside its domain (unknown enum, unsorted list, …)."""
+
+
+class UnknownVersionError(DecodeError):
+    """The message names a format or protocol version this build does not speak."""
+
+
+class Writer:
+    """Builds a canonical encoding; fields are appended in schema order."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: list[bytes | memoryview] = []
+
+    def u8(self, value: int) -> Writer:
+        """Append an unsigned 8-bit integer."""
+        self._parts.append(_U8.pack(value))
+        return self
+
+    def u16(self, value: int) -> Writer:
+        """Append an unsigned 16-bit integer."""
+        self._parts.append(_U16.pack(value))
+        return self
+
+    def u32(self, value: int) -> Writer:
+        """Append an unsigned 32-bit integer."""
+        self._parts.append(_U32.pack(value))
+        return self
+
+    def u64(self, value: int) -> Writer:
+        """Append an unsigned 64-bit integer."""
+        self._parts.append(_U64.pack(value))
+        return self
+
+    def fixed(self, value: bytes, size: int) -> Writer:
+        """Append exactly ``size`` bytes."""
+        if len(value) != size:
+            raise ValueError(f"expected {size} bytes, got {len(value)}")
+        self._parts.append(value)
+        return self
+
+    def var_bytes(self, value: bytes, max_len: int) -> Writer:
+        """Append a u32 length and the bytes."""
+        if len(value) > max_len:
+            raise ValueError(f"field of {len(value)} bytes exceeds its maximum {max_len}")
+        self._parts.append(_U32.pack(len(value)))
+        self._parts.append(value)
+        return self
+
+    def text(self, value: str, max_len: int) -> Writer:
+        """Append UTF-8 text (length-prefixed)."""
+        return self.var_bytes(value.encode(), max_len)
+
+    def seq(
+        self, items: Sequence[T], max_count: int, write: Callable[[Writer, T], object]
+    ) -> Writer:
+        """Append a u32 count and each item with ``write``."""
+        if len(items) > max_count:
+            raise ValueError(f"list of {len(items)} items exceeds its maximum {max_count}")
+        self._parts.append(_U32.pack(len(items)))
+        for item in items:
+            write(self, item)
+        return self
+
+    def ring_vector(self, values: RingVector, max_len: int) -> Writer:
+        """Append a u64 count and the words little-endian (zero-copy on little-endian hosts)."""
+        if values.dtype != RING_DTYPE or values.ndim != 1:
+            raise ValueError("ring vectors must be 1-D uint64")
+        if values.shape[0] > max_len:
+            raise ValueError(f"vector of {values.shape[0]} entries exceeds maximum {max_len}")
+        self._parts.append(_U64.pack(values.shape[0]))
+        little = np.ascontiguousarray(values, dtype=_LE_U64)
+        self._parts.append(little.view(np.uint8).data)
+        return self
+
+    def raw(self, value: bytes) -> Writer:
+        """Append bytes with no framing (for nesting an already-canonical encoding)."""
+        self._parts.append(value)
+        return self
+
+    def getvalue(self) -> bytes:
+        """The encoding."""
+        return b"".join(self._parts)
+
+
+class Reader:
+    """Strict decoder over a bytes-like buffer; call :meth:`finish` at the end."""
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        self._pos = 0
+
+    @property
+    def remaining(self) -> int:
+        """Bytes not yet consumed."""
+        return len(self._data) - self._pos
+
+    def _take(self, size: int) -> bytes:
+        if size < 0 or self._pos + size > len(self._data):
+            raise TruncatedError(
+                f"need {size} bytes at offset {self._pos}, only {self.remaining} left"
+            )
+        chunk = bytes(self._data[self._pos : self._pos + size])
+        self._pos += size
+        return chunk
+
+    def u8(self) -> int:
+        """Read an unsigned 8-bit integer."""
+        return int(_U8.unpack(self._take(1))[0])
+
+    def u16(self) -> int:
+        """Read an unsigned 16-bit integer."""
+        return int(_U16.unpack(self._take(2))[0])
+
+    def u32(self) -> int:
+        """Read an unsigned 32-bit integer."""
+        return int(_U32.unpack(self._take(4))[0])
+
+    def u64(self) -> int:
+        """Read an unsigned 64-bit integer."""
+        return int(_U64.unpack(self._take(8))[0])
+
+    def fixed(self, size: int) -> bytes:
+        """Read exactly ``size`` bytes."""
+        return self._take(size)
+
+    def var_bytes(self, max_len: int) -> bytes:
+        """Read a length-prefixed byte string of at most ``max_len`` bytes."""
+        length = self.u32()
+        if length > max_len:
+            raise OversizeError(f"field length {length} exceeds maximum {max_len}")
+        return self._take(length)
+
+    def text(self, max_len: int) -> str:
+        """Read UTF-8 text."""
+        raw = self.var_bytes(max_len)
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise InvalidValueError("text field is not valid UTF-8") from None
+
+    def seq(self, max_count: int, read: Callable[[Reader], T]) -> list[T]:
+        """Read a counted list of at most ``max_count`` items."""
+        count = self.u32()
+        if count > max_count:
+            raise OversizeError(f"list of {count} items exceeds maximum {max_count}")
+        return [read(self) for _ in range(count)]
+
+    def ring_vector(self, max_len: int) -> RingVector:
+        """Read a uint64 vector (a read-only view when the input is ``bytes``)."""
+        count = self.u64()
+        if count > max_len:
+            raise OversizeError(f"vector of {count} entries exceeds maximum {max_len}")
+        nbytes = 8 * count
+        if self._pos + nbytes > len(self._data):
+            raise TruncatedError(f"vector needs {nbytes} bytes, only {self.remaining} left")
+        view = np.frombuffer(self._data, dtype=_LE_U64, count=count, offset=self._pos)
+        self._pos += nbytes
+        return view.astype(RING_DTYPE, copy=False)
+
+    def finish(self) -> None:
+        """Raise :class:`TrailingBytesError` unless every byte was consumed."""
+        if self._pos != len(self._data):
+            raise TrailingBytesError(f"{self.remaining} trailing bytes after the last field")
+
+
+def read_sorted_unique_u16(reader: Reader, max_count: int) -> tuple[int, ...]:
+    """A list of u16 that must be strictly increasing (canonical set encoding)."""
+    values = reader.seq(max_count, Reader.u16)
+    if any(a >= b for a, b in itertools.pairwise(values)):
+        raise InvalidValueError("set elements must be strictly increasing")
+    return tuple(values)
+
+
+def write_u16_set(writer: Writer, values: Sequence[int], max_count: int) -> None:
+    """Write a set of u16 in canonical (sorted) order."""
+    writer.seq(sorted(values), max_count, Writer.u16)

@@ -1,0 +1,148 @@
+"""Fixed-point encoding: float arrays ↔ signed integers, with headroom checked.
+
+DESIGN §4: flatten → (optional) clip to an L2 norm → scale by 2^frac_bits → stochastic
+rounding (unbiased: E[encode(x)] = x·2^f) → check that the sum of ``n_peers`` such
+vectors cannot leave ``[-2^63, 2^63)`` → embed in Z_2^64.
+
+Nothing is ever wrapped or clipped silently: NaN/inf, non-float input, values too
+large for the configured precision and a sum that could overflow the ring all raise a
+typed error whose message names the numbers involved. L2 clipping happens only when
+asked for and is reported in :class:`EncodedUpdate.clipped`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mpc_agg.errors import EncodingError, HeadroomError
+from mpc_agg.ring import SIGNED_LIMIT, RingVector, SignedVector, embed, lift
+
+FloatVector = NDArray[np.float64]
+
+#: float64 represents every integer below 2^53 exactly; scaled values must stay below it
+#: so that the rounding step is exact.
+_EXACT_FLOAT_LIMIT = float(1 << 53)
+
+
+def check_headroom(max_abs: int, n_peers: int) -> None:
+    """Raise :class:`HeadroomError` unless ``n_peers · max_abs`` fits the signed ring.
+
+    The sum of ``n_peers`` values each bounded by ``max_abs`` in absolute value decodes
+    exactly from Z_2^64 iff ``n_peers · max_abs ≤ 2^63 − 1``.
+    """
+    if n_peers < 1:
+        raise EncodingError(f"n_peers must be >= 1, got {n_peers}")
+    if max_abs < 0:
+        raise EncodingError(f"max_abs must be >= 0, got {max_abs}")
+    if n_peers * max_abs > SIGNED_LIMIT:
+        raise HeadroomError(
+            f"sum of {n_peers} peers × max |value| {max_abs} = {n_peers * max_abs} "
+            f"exceeds the ring's signed range 2^63−1 = {SIGNED_LIMIT}; lower frac_bits, "
+            f"clip the update, or aggregate fewer peers — nothing was wrapped or clipped"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedUpdate:
+    """An update encoded for aggregation (the output of :meth:`FixedPointCodec.encode`)."""
+
+    ring: RingVector = field(repr=False)
+    """The encoded vector in Z_2^64 (two's-complement signed fixed point)."""
+    clipped: bool
+    """True when L2 clipping changed the input."""
+    l2_norm: float
+    """L2 norm of the input before clipping."""
+    max_abs: int
+    """Largest |integer| in the encoding (what the headroom check used)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FixedPointCodec:
+    """Signed fixed point with ``frac_bits`` fractional bits, for sums of ``n_peers`` inputs.
+
+    ``max_abs_value`` bounds |x| per coordinate *before* scaling; together with
+    ``n_peers`` it defines the static headroom check done at construction, so a
+    configuration that could ever overflow is rejected up front. Every encode also
+    checks the actual values.
+    """
+
+    frac_bits: int
+    n_peers: int
+    max_abs_value: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.frac_bits <= 52:
+            raise EncodingError(f"frac_bits must be in [0, 52], got {self.frac_bits}")
+        if self.n_peers < 1:
+            raise EncodingError(f"n_peers must be >= 1, got {self.n_peers}")
+        if not (math.isfinite(self.max_abs_value) and self.max_abs_value > 0):
+            raise EncodingError(f"max_abs_value must be finite and > 0, got {self.max_abs_value}")
+        scaled = self.max_abs_value * self.scale
+        if scaled >= _EXACT_FLOAT_LIMIT:
+            raise HeadroomError(
+                f"max_abs_value {self.max_abs_value} × 2^{self.frac_bits} = {scaled:.3e} "
+                f"exceeds 2^53 (exact float range); lower frac_bits"
+            )
+        # +1: stochastic rounding may round the largest value up by one unit.
+        check_headroom(math.ceil(scaled) + 1, self.n_peers)
+
+    @property
+    def scale(self) -> float:
+        """2^frac_bits."""
+        return float(1 << self.frac_bits)
+
+    def encode(
+        self,
+        values: NDArray[np.floating] | NDArray[np.integer],
+        rng: np.random.Generator,
+        *,
+        clip_norm: float | None = None,
+    ) -> EncodedUpdate:
+        """Encode a float vector (any shape; flattened in C order).
+
+        ``rng`` drives stochastic rounding only (unbiased rounding noise, not a secret);
+        callers seed it from the OS CSPRNG. Raises :class:`EncodingError` for NaN/inf or a
+        coordinate above ``max_abs_value`` (after optional clipping).
+        """
+        array = np.asarray(values)
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise EncodingError(f"cannot encode dtype {array.dtype}; expected floats")
+        flat = np.ascontiguousarray(array, dtype=np.float64).reshape(-1)
+        if not np.isfinite(flat).all():
+            bad = int(np.count_nonzero(~np.isfinite(flat)))
+            raise EncodingError(f"update contains {bad} NaN/inf entries; refusing to encode")
+        norm = float(np.linalg.norm(flat))
+        clipped = False
+        if clip_norm is not None:
+            if not (math.isfinite(clip_norm) and clip_norm > 0):
+                raise EncodingError(f"clip_norm must be finite and > 0, got {clip_norm}")
+            if norm > clip_norm:
+                flat = flat * (clip_norm / norm)
+                clipped = True
+        peak = float(np.max(np.abs(flat))) if flat.size else 0.0
+        if peak > self.max_abs_value:
+            raise EncodingError(
+                f"an entry has |x| = {peak:.6g} > max_abs_value {self.max_abs_value:.6g}; "
+                f"clip the update (clip_norm) or raise max_abs_value — nothing was clipped"
+            )
+        scaled = flat * self.scale
+        floor = np.floor(scaled)
+        frac = scaled - floor
+        rounded = floor + (rng.random(flat.shape[0]) < frac)
+        integers: SignedVector = rounded.astype(np.int64)
+        max_abs = int(np.max(np.abs(integers))) if integers.size else 0
+        check_headroom(max_abs, self.n_peers)
+        return EncodedUpdate(ring=embed(integers), clipped=clipped, l2_norm=norm, max_abs=max_abs)
+
+    def decode(self, total: RingVector) -> FloatVector:
+        """Decode a ring vector (e.g. an aggregate) back to floats: lift, then ÷ 2^frac_bits."""
+        return lift(total).astype(np.float64) / self.scale
+
+    def on_grid(self, values: NDArray[np.floating]) -> bool:
+        """True when every entry is an exact multiple of 2^-frac_bits (encodes exactly)."""
+        scaled = np.asarray(values, dtype=np.float64) * self.scale
+        return bool(np.all(scaled == np.floor(scaled)))

@@ -1,0 +1,118 @@
+"""Pseudo-random mask expansion: AES-256-CTR keystream written into reused numpy buffers.
+
+Mask keys are 32-byte AES keys derived with HKDF-SHA256 from a full-entropy secret (an
+ECDH output or a 256-bit seed) and an ``info`` string that names the protocol version,
+federation, round, purpose and the parties (:func:`mask_key`), so no two masks in any two
+rounds, federations or pairs share a keystream. The counter starts at zero because each
+key is used for exactly one vector.
+
+Hot path: :func:`apply_masks` walks the accumulator in cache-sized chunks and, for each
+chunk, adds or subtracts the next slice of every mask's keystream. The accumulator chunk
+stays in cache while all masks touch it; memory traffic is one pass over the accumulator
+no matter how many masks there are. No Python loop runs over coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from mpc_agg.crypto import derive_key
+from mpc_agg.ring import RING_DTYPE, RingVector
+
+#: Words per chunk: 32 Ki words = 256 KiB, well inside L2 on the machines we measured.
+CHUNK_WORDS = 1 << 15
+_ZERO_CHUNK = np.zeros(CHUNK_WORDS, dtype=RING_DTYPE)
+_ZERO_CHUNK.flags.writeable = False
+_ZERO_CHUNK_BYTES = _ZERO_CHUNK.view(np.uint8).data
+_IV = bytes(16)
+
+
+def _field(value: bytes) -> bytes:
+    return len(value).to_bytes(2, "big") + value
+
+
+def mask_info(
+    *,
+    protocol: str,
+    federation: str,
+    round_id: int,
+    purpose: str,
+    parties: Sequence[int],
+) -> bytes:
+    """Canonical HKDF ``info`` for a mask: every field length-prefixed, parties in order."""
+    return b"".join(
+        [
+            b"mpc-agg/mask/v1",
+            _field(protocol.encode()),
+            _field(federation.encode()),
+            round_id.to_bytes(8, "big"),
+            _field(purpose.encode()),
+            len(parties).to_bytes(2, "big"),
+            *(p.to_bytes(2, "big") for p in parties),
+        ]
+    )
+
+
+def mask_key(secret: bytes, info: bytes) -> bytes:
+    """32-byte AES key for one mask vector."""
+    if len(secret) < 16:
+        raise ValueError("mask secrets must carry at least 128 bits")
+    return derive_key(secret, info=info, length=32)
+
+
+@dataclass(frozen=True, slots=True)
+class MaskTerm:
+    """One mask to apply: ``sign`` ∈ {+1, −1} times PRG(``key``)."""
+
+    key: bytes
+    sign: int
+
+    def __repr__(self) -> str:  # never print keys
+        return f"MaskTerm(sign={self.sign:+d})"
+
+
+def expand(key: bytes, length: int) -> RingVector:
+    """The first ``length`` uint64 words of AES-256-CTR(key, iv=0) (for tests and vectors)."""
+    out = np.empty(length, dtype=RING_DTYPE)
+    apply_masks(out, [], initial_zero=True)
+    apply_masks(out, [MaskTerm(key, +1)])
+    return out
+
+
+def apply_masks(
+    accumulator: RingVector,
+    terms: Sequence[MaskTerm],
+    *,
+    initial_zero: bool = False,
+    scratch: RingVector | None = None,
+) -> None:
+    """``accumulator += Σ sign·PRG(key)`` in Z_2^64, in place, chunk by chunk.
+
+    ``initial_zero`` zeroes the accumulator first (saves a separate pass). ``scratch``
+    is an optional reusable buffer of at least ``CHUNK_WORDS`` words.
+    """
+    length = accumulator.shape[0]
+    if initial_zero:
+        accumulator[:] = 0
+    if not terms:
+        return
+    if scratch is None or scratch.shape[0] < CHUNK_WORDS:
+        scratch = np.empty(CHUNK_WORDS, dtype=RING_DTYPE)
+    scratch_bytes = scratch.view(np.uint8).data
+    streams = [(Cipher(algorithms.AES(t.key), modes.CTR(_IV)).encryptor(), t.sign) for t in terms]
+    for start in range(0, length, CHUNK_WORDS):
+        stop = min(start + CHUNK_WORDS, length)
+        words = stop - start
+        target = accumulator[start:stop]
+        buf = scratch[:words]
+        buf_bytes = scratch_bytes[: 8 * words]
+        for stream, sign in streams:
+            stream.update_into(_ZERO_CHUNK_BYTES[: 8 * words], buf_bytes)
+            if sign > 0:
+                np.add(target, buf, out=target)
+            else:
+                np.subtract(target, buf, out=target)

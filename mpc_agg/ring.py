@@ -1,0 +1,63 @@
+"""Vectors in the ring Z_2^64, stored as ``numpy.uint64``.
+
+Invariants: every ring vector is a 1-D, C-contiguous ``uint64`` array; arithmetic wraps
+modulo 2^64 by construction (numpy unsigned arithmetic on arrays never raises). Signed
+fixed-point integers embed by two's complement, so a sum whose true value lies in
+``[-2^63, 2^63)`` decodes exactly — the headroom check in :mod:`mpc_agg.fixedpoint`
+guarantees that before anything is masked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mpc_agg.errors import EncodingError
+
+RING_BITS = 64
+RING_DTYPE = np.dtype(np.uint64)
+#: Largest magnitude a *sum* may reach and still decode exactly (two's complement).
+SIGNED_LIMIT = (1 << (RING_BITS - 1)) - 1
+
+RingVector = NDArray[np.uint64]
+SignedVector = NDArray[np.int64]
+
+
+def zeros(length: int) -> RingVector:
+    """A zero ring vector of ``length`` entries."""
+    return np.zeros(length, dtype=RING_DTYPE)
+
+
+def check_ring_vector(value: object, *, length: int | None = None, name: str = "vector") -> None:
+    """Raise :class:`EncodingError` unless ``value`` is a 1-D uint64 array (of ``length``)."""
+    if not isinstance(value, np.ndarray):
+        raise EncodingError(f"{name} must be a numpy array, got {type(value).__name__}")
+    if value.dtype != RING_DTYPE:
+        raise EncodingError(f"{name} must have dtype uint64 (ring Z_2^64), got {value.dtype}")
+    if value.ndim != 1:
+        raise EncodingError(f"{name} must be 1-D, got shape {value.shape}")
+    if length is not None and value.shape[0] != length:
+        raise EncodingError(f"{name} has {value.shape[0]} entries, expected {length}")
+
+
+def embed(values: SignedVector) -> RingVector:
+    """Embed signed 64-bit integers into Z_2^64 (two's complement; a copy, C-contiguous)."""
+    if values.dtype != np.int64:
+        raise EncodingError(f"embed() expects int64, got {values.dtype}")
+    return np.ascontiguousarray(values).view(RING_DTYPE).copy()
+
+
+def lift(values: RingVector) -> SignedVector:
+    """Read ring elements as signed integers in ``[-2^63, 2^63)`` (a view, no copy)."""
+    check_ring_vector(values)
+    return values.view(np.int64)
+
+
+def add_into(accumulator: RingVector, other: RingVector) -> None:
+    """``accumulator += other`` in Z_2^64, in place."""
+    np.add(accumulator, other, out=accumulator)
+
+
+def sub_into(accumulator: RingVector, other: RingVector) -> None:
+    """``accumulator -= other`` in Z_2^64, in place."""
+    np.subtract(accumulator, other, out=accumulator)
