@@ -1,0 +1,951 @@
+"""The ``secagg`` state machine (SPEC.md in this folder; section numbers refer to it).
+
+Invariants this module maintains (each has a test in ``tests/protocol``):
+
+* Sans-I/O: inputs are :meth:`SecAggMachine.begin`, :meth:`~SecAggMachine.receive` and
+  :meth:`~SecAggMachine.deadline`; outputs are :mod:`protocols.common` effects. No clock,
+  socket, event loop or ambient randomness.
+* A remote peer's bad bytes never raise out of the machine: they become
+  ``MessageIgnored`` (unattributable) or ``PeerExcluded`` (signed, hence attributable).
+* Legal (phase × message kind) pairs are one table, :data:`TRANSITIONS`.
+* The view is frozen when the ConsistencyCheck is sent (§6.4); anything that arrives later
+  for an earlier phase is ignored, so a peer declared dropped can never be unmasked twice.
+* For every owner, this machine reveals shares of at most one kind per round (§6.5).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mpc_agg.codec import Writer
+from mpc_agg.crypto import (
+    AgreementKey,
+    SigningKey,
+    aead_decrypt,
+    aead_encrypt,
+    derive_key,
+    digests_equal,
+    parse_point,
+    sha256,
+)
+from mpc_agg.envelope import (
+    BROADCAST,
+    Envelope,
+    EnvelopeContext,
+    authenticate,
+    check_context,
+    parse_envelope,
+    seal_envelope,
+)
+from mpc_agg.errors import (
+    DecodeError,
+    ProtocolMisuseError,
+    SignatureError,
+    VerificationError,
+)
+from mpc_agg.prg import MaskTerm, apply_masks, mask_info, mask_key
+from mpc_agg.randomness import RandomSource, random_below
+from mpc_agg.ring import RingVector, check_ring_vector
+from mpc_agg.vss import (
+    Q,
+    Commitments,
+    decode_point,
+    encode_scalar,
+    prove_dleq,
+    recover,
+    shared_point,
+    share_secret,
+    verify_dleq,
+    verify_share,
+)
+from protocols.common import (
+    AggregateReady,
+    Broadcast,
+    Effect,
+    MessageIgnored,
+    PeerExcluded,
+    PhaseStarted,
+    Roster,
+    RoundAborted,
+    format_peers,
+)
+from protocols.secagg.messages import (
+    AdvertiseKeys,
+    Complaint,
+    ConsistencyCheck,
+    MaskedInput,
+    MessageKind,
+    Phase,
+    ResultDigest,
+    RevealedShare,
+    ShareKeys,
+    ShareKind,
+    Unmask,
+    decode_revealed,
+    decode_share_plaintext,
+    encode_revealed,
+    encode_share_plaintext,
+)
+
+PROTOCOL = "secagg/1"
+#: Envelope overhead allowance on top of the masked vector (header, mask set, complaints).
+_PAYLOAD_SLACK = 1 << 20
+
+
+class Action(enum.Enum):
+    """What the machine does with a message of a given kind in a given phase."""
+
+    PROCESS = "process"
+    BUFFER = "buffer"
+    LATE = "late"
+    FINISHED = "finished"
+
+
+_ACTIVE = (
+    Phase.ADVERTISE_KEYS,
+    Phase.SHARE_KEYS,
+    Phase.MASKED_INPUT,
+    Phase.CONSISTENCY_CHECK,
+    Phase.UNMASK,
+    Phase.CONFIRM_RESULT,
+)
+
+
+def _action(phase: Phase, kind: MessageKind) -> Action:
+    if phase in (Phase.DONE, Phase.ABORTED):
+        return Action.FINISHED
+    if phase == Phase.IDLE or kind.phase > phase:
+        return Action.BUFFER
+    if kind.phase == phase:
+        return Action.PROCESS
+    return Action.LATE
+
+
+#: §4.2 — the complete transition table: every (phase, message kind) pair.
+TRANSITIONS: Mapping[tuple[Phase, MessageKind], Action] = {
+    (phase, kind): _action(phase, kind) for phase in Phase for kind in MessageKind
+}
+
+
+def default_threshold(n: int) -> int:
+    """§2 — the default T = ⌊2n/3⌋ + 1 (privacy against an active broker when c < n/3)."""
+    return max(2, (2 * n) // 3 + 1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecAggParams:
+    """§2 — parameters every peer of a round must agree on."""
+
+    federation: str
+    round_id: int
+    roster: Roster
+    threshold: int
+    vector_length: int
+
+    def __post_init__(self) -> None:
+        n = len(self.roster)
+        if not 2 <= self.threshold <= n:
+            raise ValueError(f"threshold T={self.threshold} must be in [2, n={n}]")
+        if not 1 <= self.vector_length <= 1 << 31:
+            raise ValueError(f"vector_length must be in [1, 2^31], got {self.vector_length}")
+        if not 0 <= self.round_id < 1 << 64:
+            raise ValueError("round_id must fit in 64 bits")
+
+    @property
+    def n(self) -> int:
+        """Roster size."""
+        return len(self.roster)
+
+    @property
+    def max_payload(self) -> int:
+        """Largest envelope payload accepted (the masked vector plus slack)."""
+        return 8 * self.vector_length + _PAYLOAD_SLACK
+
+
+@dataclass(slots=True)
+class _Dealer:
+    """A peer whose ShareKeys passed every public check (§6.2)."""
+
+    message: ShareKeys
+    digest: bytes
+    mask_key_commitments: Commitments
+    self_mask_commitments: Commitments
+
+
+@dataclass(slots=True)
+class _Input:
+    message: MaskedInput
+    digest: bytes
+
+
+@dataclass(slots=True)
+class _Agreement:
+    """What §6.4 fixes once the view is confirmed: who is included, who is unmasked how."""
+
+    included: tuple[int, ...]
+    dropped_dealers: tuple[int, ...]
+    guilty: dict[int, str] = field(default_factory=dict)
+
+
+class SecAggMachine:
+    """One peer's ``secagg`` round (DESIGN §5.1; SPEC §4–§7).
+
+    ``me`` is this peer's roster index; ``signing_key`` its long-term Ed25519 key;
+    ``randomness`` supplies every random choice (keys, seeds, polynomial coefficients,
+    proof nonces).
+    """
+
+    def __init__(
+        self,
+        params: SecAggParams,
+        *,
+        me: int,
+        signing_key: SigningKey,
+        randomness: RandomSource,
+    ) -> None:
+        if not 0 <= me < params.n:
+            raise ProtocolMisuseError(f"peer index {me} is not in the roster (n={params.n})")
+        if signing_key.public_bytes() != params.roster.entries[me].verify_key:
+            raise ProtocolMisuseError("signing key does not match this peer's roster entry")
+        self.params = params
+        self.me = me
+        self.phase = Phase.IDLE
+        self._signing_key = signing_key
+        self._rng = randomness
+        self._context = EnvelopeContext(
+            protocol=PROTOCOL,
+            federation=params.federation,
+            roster_digest=params.roster.digest,
+            round_id=params.round_id,
+        )
+        self._seen: dict[tuple[MessageKind, int], bytes] = {}
+        self._buffer: dict[MessageKind, dict[int, Envelope]] = {k: {} for k in MessageKind}
+        self._handled: set[int] = set()
+        self._excluded: dict[int, str] = {}
+        # §5.1
+        self._encryption_key: AgreementKey | None = None
+        self._mask_key: AgreementKey | None = None
+        self._self_mask_seed = 0
+        self._input: RingVector | None = None
+        self._advertised: dict[int, AdvertiseKeys] = {}
+        self._channel_secrets: dict[int, bytes] = {}
+        # §5.2
+        self._dealers: dict[int, _Dealer] = {}
+        self._held_mask_key: dict[int, int] = {}
+        self._held_self_mask: dict[int, int] = {}
+        self._complaints: dict[int, Complaint] = {}
+        # §5.3 / §5.4
+        self._inputs: dict[int, _Input] = {}
+        self._view: ConsistencyCheck | None = None
+        self._confirmed: set[int] = set()
+        # §5.5 / §5.6
+        self._agreement: _Agreement | None = None
+        self._pool: dict[tuple[ShareKind, int], dict[int, int]] = {}
+        self._total: RingVector | None = None
+        self._result_digest = b""
+        self._peer_digests: dict[int, bytes] = {}
+        self._not_included: dict[int, str] = {}
+        self._handlers: dict[MessageKind, Callable[[int, Envelope, list[Effect]], None]] = {
+            MessageKind.ADVERTISE_KEYS: self._on_advertise_keys,
+            MessageKind.SHARE_KEYS: self._on_share_keys,
+            MessageKind.MASKED_INPUT: self._on_masked_input,
+            MessageKind.CONSISTENCY_CHECK: self._on_consistency_check,
+            MessageKind.UNMASK: self._on_unmask,
+            MessageKind.RESULT_DIGEST: self._on_result_digest,
+        }
+        self._finishers: dict[Phase, Callable[[list[Effect]], None]] = {
+            Phase.ADVERTISE_KEYS: self._finish_advertise_keys,
+            Phase.SHARE_KEYS: self._finish_share_keys,
+            Phase.MASKED_INPUT: self._finish_masked_input,
+            Phase.CONSISTENCY_CHECK: self._finish_consistency_check,
+            Phase.UNMASK: self._finish_unmask,
+            Phase.CONFIRM_RESULT: self._finish_confirm_result,
+        }
+
+    def __repr__(self) -> str:
+        return f"SecAggMachine(me={self.me}, round={self.params.round_id}, phase={self.phase.name})"
+
+    # ------------------------------------------------------------------ inputs
+
+    def begin(self, update: RingVector) -> list[Effect]:
+        """§6.1 — start the round with this peer's encoded update (a uint64 ring vector)."""
+        if self.phase != Phase.IDLE:
+            raise ProtocolMisuseError(f"begin() called in phase {self.phase.name}; once per round")
+        check_ring_vector(update, length=self.params.vector_length, name="update")
+        self._input = np.array(update, dtype=np.uint64, copy=True)
+        self._encryption_key = AgreementKey.generate(self._rng)
+        self._mask_key = AgreementKey.generate(self._rng)
+        self._self_mask_seed = 1 + random_below(self._rng, Q - 1)
+        advertise = AdvertiseKeys(
+            encryption_key=self._encryption_key.public, mask_key=self._mask_key.public
+        )
+        self._advertised[self.me] = advertise
+        effects: list[Effect] = []
+        self._enter(Phase.ADVERTISE_KEYS, effects)
+        effects.append(self._broadcast(MessageKind.ADVERTISE_KEYS, advertise.encode())[0])
+        self._drive(effects)
+        return effects
+
+    def receive(self, sender: int | None, data: bytes) -> list[Effect]:
+        """Process one incoming message; ``sender`` is the transport's (untrusted) claim."""
+        effects: list[Effect] = []
+        envelope = self._admit(sender, data, effects)
+        if envelope is None:
+            return effects
+        kind = MessageKind(envelope.kind)
+        action = TRANSITIONS[(self.phase, kind)]
+        source = envelope.sender
+        if action is Action.FINISHED:
+            effects.append(MessageIgnored(source, f"{kind.name} after the round ended"))
+        elif action is Action.LATE:
+            effects.append(
+                MessageIgnored(source, f"late {kind.name}: phase {kind.phase.name} is closed")
+            )
+        elif action is Action.BUFFER:
+            self._buffer[kind][source] = envelope
+        else:
+            self._dispatch(kind, source, envelope, effects)
+            self._drive(effects)
+        return effects
+
+    def deadline(self, phase: Phase) -> list[Effect]:
+        """§7 — the runtime's timer for ``phase`` fired; close it with what has arrived."""
+        effects: list[Effect] = []
+        if phase == self.phase and phase in _ACTIVE:
+            self._finishers[phase](effects)
+            self._drive(effects)
+        return effects
+
+    @property
+    def finished(self) -> bool:
+        """True once the round produced AggregateReady or RoundAborted."""
+        return self.phase in (Phase.DONE, Phase.ABORTED)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _admit(self, sender: int | None, data: bytes, effects: list[Effect]) -> Envelope | None:
+        """Decode, bind and authenticate an envelope; detect duplicates and equivocation."""
+        try:
+            envelope = parse_envelope(data, max_payload=self.params.max_payload)
+        except DecodeError as exc:
+            effects.append(MessageIgnored(sender, f"malformed message: {exc}"))
+            return None
+        mismatch = check_context(envelope, self._context)
+        if mismatch is not None:
+            effects.append(MessageIgnored(sender, f"not for this round: {mismatch}"))
+            return None
+        source = envelope.sender
+        if source >= self.params.n:
+            effects.append(MessageIgnored(sender, f"unknown sender id {source}"))
+            return None
+        if source == self.me:
+            return None  # our own broadcast echoed back by the transport
+        if sender is not None and sender != source:
+            effects.append(
+                MessageIgnored(sender, f"transport says sender {sender}, signature says {source}")
+            )
+            return None
+        try:
+            kind = MessageKind(envelope.kind)
+        except ValueError:
+            effects.append(MessageIgnored(source, f"unknown message kind {envelope.kind}"))
+            return None
+        if envelope.phase != kind.phase or envelope.recipient != BROADCAST:
+            effects.append(MessageIgnored(source, f"{kind.name} with wrong phase or recipient"))
+            return None
+        try:
+            authenticate(envelope, self.params.roster.verify_key(source))
+        except SignatureError as exc:
+            effects.append(MessageIgnored(source, f"forged or corrupted {kind.name}: {exc}"))
+            return None
+        digest = envelope.message_digest
+        previous = self._seen.get((kind, source))
+        if previous is not None:
+            if digests_equal(previous, digest):
+                effects.append(MessageIgnored(source, f"duplicate {kind.name}"))
+            else:
+                self._exclude(source, f"equivocation: two different signed {kind.name}", effects)
+                if not self.finished:
+                    self._abort(f"peer {source} equivocated in {kind.name}", effects)
+            return None
+        self._seen[(kind, source)] = digest
+        return envelope
+
+    def _dispatch(
+        self, kind: MessageKind, source: int, envelope: Envelope, effects: list[Effect]
+    ) -> None:
+        self._handled.add(source)
+        if source in self._excluded:
+            effects.append(MessageIgnored(source, f"{kind.name} from an excluded peer"))
+            return
+        try:
+            self._handlers[kind](source, envelope, effects)
+        except DecodeError as exc:
+            self._exclude(source, f"malformed {kind.name}: {exc}", effects)
+
+    def _enter(self, phase: Phase, effects: list[Effect]) -> None:
+        self.phase = phase
+        self._handled = set()
+        effects.append(PhaseStarted(phase))
+        if phase in _ACTIVE:
+            buffered = self._buffer[MessageKind(phase.value)]
+            for source in sorted(buffered):
+                self._dispatch(MessageKind(phase.value), source, buffered[source], effects)
+                if self.finished:
+                    return
+            buffered.clear()
+
+    def _drive(self, effects: list[Effect]) -> None:
+        """Close every phase whose expected messages have all been handled."""
+        while self.phase in _ACTIVE and self._expected() <= self._handled:
+            self._finishers[self.phase](effects)
+
+    def _expected(self) -> set[int]:
+        """Peers whose message for the current phase this machine still waits for."""
+        if self.phase == Phase.ADVERTISE_KEYS:
+            peers = set(range(self.params.n))
+        elif self.phase == Phase.SHARE_KEYS:
+            peers = set(self._advertised)
+        elif self.phase == Phase.MASKED_INPUT:
+            peers = set(self._dealers)
+        elif self.phase == Phase.CONSISTENCY_CHECK:
+            peers = set(self._inputs)
+        else:
+            peers = set(self._confirmed)
+        return peers - {self.me} - set(self._excluded)
+
+    def _broadcast(self, kind: MessageKind, payload: bytes) -> tuple[Broadcast, bytes]:
+        data = seal_envelope(
+            self._context,
+            phase=kind.phase,
+            kind=kind,
+            sender=self.me,
+            recipient=BROADCAST,
+            payload=payload,
+            signing_key=self._signing_key,
+        )
+        digest = parse_envelope(data, max_payload=self.params.max_payload).message_digest
+        self._seen[(kind, self.me)] = digest
+        return Broadcast(data, kind.phase), digest
+
+    def _exclude(self, peer: int, reason: str, effects: list[Effect]) -> None:
+        if peer not in self._excluded and peer != self.me:
+            self._excluded[peer] = reason
+            effects.append(PeerExcluded(peer, reason, self.phase))
+
+    def _abort(self, reason: str, effects: list[Effect]) -> None:
+        effects.append(RoundAborted(reason, self.phase))
+        self.phase = Phase.ABORTED
+        self._input = None
+
+    # ------------------------------------------------------------------ keys & channels
+
+    def _info(self, label: bytes, *peers: int) -> bytes:
+        w = Writer().raw(b"mpc-agg/secagg/" + label + b"\x00")
+        w.text(PROTOCOL, 32).text(self.params.federation, 128)
+        w.fixed(self.params.roster.digest, 32).u64(self.params.round_id)
+        for p in peers:
+            w.u16(p)
+        return w.getvalue()
+
+    def _channel_secret(self, peer: int) -> bytes:
+        """§6.2 — x-coordinate of ECDH(own encryption key, peer's encryption key)."""
+        secret = self._channel_secrets.get(peer)
+        if secret is None:
+            assert self._encryption_key is not None
+            secret = self._encryption_key.exchange(self._advertised[peer].encryption_key)
+            self._channel_secrets[peer] = secret
+        return secret
+
+    def _channel_key(self, label: bytes, sender: int, recipient: int, secret: bytes) -> bytes:
+        return derive_key(secret, info=self._info(b"channel/" + label, sender, recipient))
+
+    def _pair_mask_key(self, a: int, b: int, secret: bytes) -> bytes:
+        info = mask_info(
+            protocol=PROTOCOL,
+            federation=self.params.federation,
+            round_id=self.params.round_id,
+            purpose="pairwise-mask",
+            parties=(min(a, b), max(a, b)),
+        )
+        return mask_key(secret, info)
+
+    def _self_mask_key(self, owner: int, seed: int) -> bytes:
+        info = mask_info(
+            protocol=PROTOCOL,
+            federation=self.params.federation,
+            round_id=self.params.round_id,
+            purpose="self-mask",
+            parties=(owner,),
+        )
+        return mask_key(encode_scalar(seed), info)
+
+    # ------------------------------------------------------------------ §6.1 AdvertiseKeys
+
+    def _on_advertise_keys(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
+        message = AdvertiseKeys.decode(envelope.payload)
+        parse_point(message.encryption_key)
+        parse_point(message.mask_key)
+        self._advertised[source] = message
+
+    def _finish_advertise_keys(self, effects: list[Effect]) -> None:
+        holders = sorted(self._advertised)
+        if len(holders) < self.params.threshold:
+            self._abort(
+                f"only {len(holders)} of {self.params.n} peers advertised keys "
+                f"{format_peers(holders)}; threshold T={self.params.threshold}",
+                effects,
+            )
+            return
+        assert self._mask_key is not None
+        xs = [p + 1 for p in holders]
+        mask_shares, mask_commitments = share_secret(
+            self._mask_key.scalar, self.params.threshold, xs, self._rng
+        )
+        self_shares, self_commitments = share_secret(
+            self._self_mask_seed, self.params.threshold, xs, self._rng
+        )
+        ciphertexts = []
+        for peer in holders:
+            plaintext = encode_share_plaintext(mask_shares[peer + 1], self_shares[peer + 1])
+            if peer == self.me:
+                continue
+            info = self._info(b"share-keys-ad", self.me, peer)
+            key = self._channel_key(b"share-keys", self.me, peer, self._channel_secret(peer))
+            ciphertexts.append((peer, aead_encrypt(key, plaintext, info)))
+        message = ShareKeys(
+            mask_key_commitments=mask_commitments.points,
+            self_mask_commitments=self_commitments.points,
+            ciphertexts=tuple(ciphertexts),
+        )
+        self._held_mask_key[self.me] = mask_shares[self.me + 1]
+        self._held_self_mask[self.me] = self_shares[self.me + 1]
+        self._enter(Phase.SHARE_KEYS, effects)
+        broadcast, digest = self._broadcast(MessageKind.SHARE_KEYS, message.encode())
+        self._dealers[self.me] = _Dealer(message, digest, mask_commitments, self_commitments)
+        effects.append(broadcast)
+
+    # ------------------------------------------------------------------ §6.2 ShareKeys
+
+    def _on_share_keys(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
+        if source not in self._advertised:
+            effects.append(MessageIgnored(source, "ShareKeys from a peer whose keys I lack"))
+            return
+        message = ShareKeys.decode(envelope.payload)
+        problem = self._public_share_keys_problem(source, message)
+        if problem is not None:
+            self._exclude(source, problem, effects)
+            return
+        mask_commitments = Commitments(message.mask_key_commitments)
+        self_commitments = Commitments(message.self_mask_commitments)
+        try:
+            decoded_mask = mask_commitments.decoded()
+            decoded_self = self_commitments.decoded()
+        except DecodeError as exc:
+            self._exclude(source, f"ShareKeys commitment is not a curve point: {exc}", effects)
+            return
+        self._dealers[source] = _Dealer(
+            message, envelope.message_digest, mask_commitments, self_commitments
+        )
+        ciphertext = message.ciphertext_for(self.me)
+        if ciphertext is None:
+            return  # the dealer did not know our keys in time: we simply hold no share
+        info = self._info(b"share-keys-ad", source, self.me)
+        key = self._channel_key(b"share-keys", source, self.me, self._channel_secret(source))
+        try:
+            mask_share, self_share = decode_share_plaintext(aead_decrypt(key, ciphertext, info))
+        except (VerificationError, DecodeError):
+            self._complain(source, "its share ciphertext to me does not decrypt", effects)
+            return
+        x = self.me + 1
+        if not (
+            verify_share(decoded_mask, x, mask_share) and verify_share(decoded_self, x, self_share)
+        ):
+            self._complain(source, "its share to me does not match its commitments", effects)
+            return
+        self._held_mask_key[source] = mask_share
+        self._held_self_mask[source] = self_share
+
+    def _public_share_keys_problem(self, source: int, message: ShareKeys) -> str | None:
+        """§6.2 checks anyone can make on a ShareKeys message (so every peer agrees)."""
+        t = self.params.threshold
+        if len(message.mask_key_commitments) != t:
+            return f"ShareKeys has {len(message.mask_key_commitments)} commitments, T={t}"
+        if not digests_equal(message.mask_key_commitments[0], self._advertised[source].mask_key):
+            return "mask-key commitment C_0 is not the advertised mask key"
+        recipients = [r for r, _ in message.ciphertexts]
+        if any(r >= self.params.n or r == source for r in recipients):
+            return "ShareKeys addresses a peer outside the roster or itself"
+        if len(recipients) + 1 < t:
+            return f"shares dealt to {len(recipients) + 1} peers, fewer than T={t}"
+        return None
+
+    def _complain(self, accused: int, what: str, effects: list[Effect]) -> None:
+        """§6.3 — blame the dealer locally and prepare a publicly verifiable complaint."""
+        assert self._encryption_key is not None
+        other = self._advertised[accused].encryption_key
+        point = shared_point(self._encryption_key.scalar, other)
+        proof = prove_dleq(
+            self._encryption_key.scalar,
+            other,
+            point,
+            self._info(b"complaint", self.me, accused),
+            self._rng,
+        )
+        self._complaints[accused] = Complaint(accused=accused, shared_point=point, proof=proof)
+        self._exclude(accused, f"invalid share: {what}", effects)
+
+    def _finish_share_keys(self, effects: list[Effect]) -> None:
+        dealers = sorted(self._dealers)
+        mask_set = tuple(p for p in dealers if p != self.me and p not in self._complaints)
+        if len(mask_set) + 1 < self.params.threshold:
+            self._abort(
+                f"only {len(mask_set) + 1} peers dealt valid shares {format_peers(dealers)}; "
+                f"threshold T={self.params.threshold}",
+                effects,
+            )
+            return
+        assert self._input is not None and self._mask_key is not None
+        terms = [MaskTerm(self._self_mask_key(self.me, self._self_mask_seed), +1)]
+        for peer in mask_set:
+            secret = self._mask_key.exchange(self._advertised[peer].mask_key)
+            terms.append(
+                MaskTerm(self._pair_mask_key(self.me, peer, secret), _gamma(self.me, peer))
+            )
+        masked = self._input
+        self._input = None
+        apply_masks(masked, terms)
+        message = MaskedInput(
+            mask_set=mask_set,
+            complaints=tuple(self._complaints[p] for p in sorted(self._complaints)),
+            masked=masked,
+        )
+        self._enter(Phase.MASKED_INPUT, effects)
+        broadcast, digest = self._broadcast(MessageKind.MASKED_INPUT, message.encode())
+        self._inputs[self.me] = _Input(message, digest)
+        effects.append(broadcast)
+
+    # ------------------------------------------------------------------ §6.3 MaskedInput
+
+    def _on_masked_input(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
+        if source not in self._dealers:
+            effects.append(MessageIgnored(source, "MaskedInput from a peer that dealt no shares"))
+            return
+        message = MaskedInput.decode(envelope.payload, vector_length=self.params.vector_length)
+        named = set(message.mask_set) | {c.accused for c in message.complaints}
+        if any(p >= self.params.n or p == source for p in named):
+            self._exclude(source, "MaskedInput names a peer outside the roster or itself", effects)
+            return
+        self._inputs[source] = _Input(message, envelope.message_digest)
+
+    def _finish_masked_input(self, effects: list[Effect]) -> None:
+        survivors = sorted(self._inputs)
+        if len(survivors) < self.params.threshold:
+            self._abort(
+                f"only {len(survivors)} masked inputs arrived {format_peers(survivors)}; "
+                f"threshold T={self.params.threshold}",
+                effects,
+            )
+            return
+        view = ConsistencyCheck(
+            dealers=tuple((p, self._dealers[p].digest) for p in sorted(self._dealers)),
+            inputs=tuple((p, self._inputs[p].digest) for p in survivors),
+        )
+        self._view = view
+        self._confirmed = {self.me}
+        self._enter(Phase.CONSISTENCY_CHECK, effects)
+        effects.append(self._broadcast(MessageKind.CONSISTENCY_CHECK, view.encode())[0])
+
+    # ------------------------------------------------------------------ §6.4 ConsistencyCheck
+
+    def _on_consistency_check(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
+        view = ConsistencyCheck.decode(envelope.payload)
+        if source not in self._inputs:
+            effects.append(MessageIgnored(source, "view from a peer outside my survivor set"))
+            return
+        assert self._view is not None
+        if view == self._view:
+            self._confirmed.add(source)
+            return
+        self._abort(
+            f"peer {source} reports a different view ({_describe_difference(self._view, view)}); "
+            f"honest peers must agree before anything is unmasked",
+            effects,
+        )
+
+    def _finish_consistency_check(self, effects: list[Effect]) -> None:
+        t = self.params.threshold
+        if len(self._confirmed) < t:
+            self._abort(
+                f"only {len(self._confirmed)} peers confirmed the view "
+                f"{format_peers(sorted(self._confirmed))}; threshold T={t}",
+                effects,
+            )
+            return
+        agreement = self._agree(effects)
+        if len(agreement.included) < t:
+            self._abort(
+                f"only {len(agreement.included)} inputs can be included "
+                f"{format_peers(agreement.included)}; threshold T={t}",
+                effects,
+            )
+            return
+        self._agreement = agreement
+        reveals: list[RevealedShare] = []
+        for owner in agreement.included:
+            if owner in self._held_self_mask:
+                value = self._held_self_mask[owner]
+                reveals.append(RevealedShare(owner=owner, kind=ShareKind.SELF_MASK, value=value))
+        for owner in agreement.dropped_dealers:
+            if owner in self._held_mask_key:
+                value = self._held_mask_key[owner]
+                reveals.append(RevealedShare(owner=owner, kind=ShareKind.MASK_KEY, value=value))
+        # §6.5 never both: the two owner sets are disjoint by construction; check anyway.
+        kinds_by_owner: dict[int, set[ShareKind]] = {}
+        for share in reveals:
+            kinds_by_owner.setdefault(share.owner, set()).add(share.kind)
+        if any(len(kinds) > 1 for kinds in kinds_by_owner.values()):
+            raise AssertionError("refusing to reveal both kinds of share for one owner")
+        for share in reveals:
+            self._pool.setdefault((share.kind, share.owner), {})[self.me + 1] = share.value
+        plaintext = encode_revealed(reveals)
+        ciphertexts = []
+        for peer in sorted(self._confirmed - {self.me} - set(agreement.guilty)):
+            info = self._info(b"unmask-ad", self.me, peer)
+            key = self._channel_key(b"unmask", self.me, peer, self._channel_secret(peer))
+            ciphertexts.append((peer, aead_encrypt(key, plaintext, info)))
+        self._enter(Phase.UNMASK, effects)
+        payload = Unmask(ciphertexts=tuple(ciphertexts)).encode()
+        effects.append(self._broadcast(MessageKind.UNMASK, payload)[0])
+
+    def _agree(self, effects: list[Effect]) -> _Agreement:
+        """§6.4 — derive the included set deterministically from the agreed view."""
+        guilty: dict[int, str] = {}
+        for complainer in sorted(self._inputs):
+            for complaint in self._inputs[complainer].message.complaints:
+                culprit, reason = self._judge(complainer, complaint)
+                guilty.setdefault(culprit, reason)
+        for peer, reason in guilty.items():
+            self._exclude(peer, reason, effects)
+        candidates = [p for p in sorted(self._inputs) if p not in guilty]
+        sets = {p: set(self._inputs[p].message.mask_set) for p in candidates}
+        self._not_included = {}
+        for p in list(candidates):
+            strangers = sets[p] - set(self._dealers)
+            if strangers:
+                self._not_included[p] = (
+                    f"masked with peers outside the view {format_peers(list(strangers))}"
+                )
+        candidates = [p for p in candidates if p not in self._not_included]
+        for u in candidates:
+            missing = [v for v in candidates if u in sets[v] and v not in sets[u]]
+            if missing:
+                self._not_included[u] = (
+                    f"did not mask with {format_peers(missing)} although they masked with it"
+                )
+        included = tuple(p for p in candidates if p not in self._not_included)
+        dropped = (
+            sorted(set().union(*(sets[p] for p in included)) - set(included)) if included else []
+        )
+        return _Agreement(included=included, dropped_dealers=tuple(dropped), guilty=guilty)
+
+    def _judge(self, complainer: int, complaint: Complaint) -> tuple[int, str]:
+        """§6.3 — decide a complaint publicly: return (the guilty peer, the reason)."""
+        accused = complaint.accused
+        dealer = self._dealers.get(accused)
+        if dealer is None or accused not in self._advertised:
+            return complainer, f"complaint against {accused}, who dealt no shares in the view"
+        context = self._info(b"complaint", complainer, accused)
+        if not verify_dleq(
+            self._advertised[complainer].encryption_key,
+            self._advertised[accused].encryption_key,
+            complaint.shared_point,
+            complaint.proof,
+            context,
+        ):
+            return complainer, f"complaint against {accused} with an invalid proof"
+        ciphertext = dealer.message.ciphertext_for(complainer)
+        if ciphertext is None:
+            return complainer, f"complaint against {accused} about a share never sent"
+        secret = complaint.shared_point[1:33]
+        key = self._channel_key(b"share-keys", accused, complainer, secret)
+        info = self._info(b"share-keys-ad", accused, complainer)
+        guilty_reason = f"dealt an invalid share to {complainer} (verified complaint)"
+        try:
+            mask_share, self_share = decode_share_plaintext(aead_decrypt(key, ciphertext, info))
+        except (VerificationError, DecodeError):
+            return accused, guilty_reason
+        x = complainer + 1
+        valid = verify_share(dealer.mask_key_commitments.decoded(), x, mask_share) and verify_share(
+            dealer.self_mask_commitments.decoded(), x, self_share
+        )
+        if valid:
+            return complainer, f"false complaint against {accused} (the share is valid)"
+        return accused, guilty_reason
+
+    # ------------------------------------------------------------------ §6.5 Unmask
+
+    def _on_unmask(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
+        if source not in self._confirmed:
+            effects.append(
+                MessageIgnored(source, "Unmask from a peer that did not confirm my view")
+            )
+            return
+        message = Unmask.decode(envelope.payload)
+        ciphertext = message.ciphertext_for(self.me)
+        if ciphertext is None:
+            return
+        info = self._info(b"unmask-ad", source, self.me)
+        key = self._channel_key(b"unmask", source, self.me, self._channel_secret(source))
+        try:
+            shares = decode_revealed(aead_decrypt(key, ciphertext, info))
+        except VerificationError:
+            self._exclude(source, "Unmask ciphertext to me does not decrypt", effects)
+            return
+        assert self._agreement is not None
+        included = set(self._agreement.included)
+        dropped = set(self._agreement.dropped_dealers)
+        for share in shares:
+            expected = (
+                ShareKind.SELF_MASK
+                if share.owner in included
+                else ShareKind.MASK_KEY
+                if share.owner in dropped
+                else None
+            )
+            if share.kind is not expected:
+                self._exclude(
+                    source,
+                    f"revealed a {share.kind.name} share of {share.owner}, "
+                    "which the agreed view does not call for",
+                    effects,
+                )
+                return
+        for share in shares:
+            self._pool.setdefault((share.kind, share.owner), {})[source + 1] = share.value
+
+    def _finish_unmask(self, effects: list[Effect]) -> None:
+        agreement = self._agreement
+        assert agreement is not None
+        terms: list[MaskTerm] = []
+        for owner in agreement.included:
+            seed = self._reconstruct(ShareKind.SELF_MASK, owner, effects)
+            if seed is None:
+                return
+            terms.append(MaskTerm(self._self_mask_key(owner, seed), -1))
+        for owner in agreement.dropped_dealers:
+            scalar = self._reconstruct(ShareKind.MASK_KEY, owner, effects)
+            if scalar is None:
+                return
+            key = AgreementKey(scalar)
+            for u in agreement.included:
+                if owner in self._inputs[u].message.mask_set:
+                    secret = key.exchange(self._advertised[u].mask_key)
+                    terms.append(MaskTerm(self._pair_mask_key(u, owner, secret), -_gamma(u, owner)))
+        total = np.zeros(self.params.vector_length, dtype=np.uint64)
+        for u in agreement.included:
+            np.add(total, self._inputs[u].message.masked, out=total)
+        apply_masks(total, terms)
+        self._total = total
+        self._result_digest = result_digest(agreement.included, total)
+        self._peer_digests = {}
+        self._enter(Phase.CONFIRM_RESULT, effects)
+        payload = ResultDigest(digest=self._result_digest).encode()
+        effects.append(self._broadcast(MessageKind.RESULT_DIGEST, payload)[0])
+
+    def _reconstruct(self, kind: ShareKind, owner: int, effects: list[Effect]) -> int | None:
+        dealer = self._dealers[owner]
+        commitments = (
+            dealer.self_mask_commitments
+            if kind is ShareKind.SELF_MASK
+            else dealer.mask_key_commitments
+        )
+        shares = self._pool.get((kind, owner), {})
+        try:
+            recovery = recover(shares, commitments)
+        except VerificationError as exc:
+            self._abort(f"cannot reconstruct the {kind.name} of peer {owner}: {exc}", effects)
+            return None
+        for x in recovery.invalid_xs:
+            self._exclude(x - 1, f"revealed an invalid {kind.name} share of peer {owner}", effects)
+        return recovery.secret
+
+    # ------------------------------------------------------------------ §6.6 ResultDigest
+
+    def _on_result_digest(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
+        if source not in self._confirmed:
+            effects.append(MessageIgnored(source, "ResultDigest from a peer outside the view"))
+            return
+        self._peer_digests[source] = ResultDigest.decode(envelope.payload).digest
+
+    def _finish_confirm_result(self, effects: list[Effect]) -> None:
+        agreement = self._agreement
+        assert agreement is not None and self._total is not None
+        agreeing = tuple(
+            sorted(
+                p for p, d in self._peer_digests.items() if digests_equal(d, self._result_digest)
+            )
+        )
+        disagreeing = tuple(sorted(set(self._peer_digests) - set(agreeing)))
+        for peer in disagreeing:
+            self._exclude(peer, "published a different result digest", effects)
+        dropped: dict[int, str] = {}
+        for peer in range(self.params.n):
+            if peer in agreement.included or peer in self._excluded:
+                continue
+            dropped[peer] = self._drop_reason(peer)
+        effects.append(
+            AggregateReady(
+                total=self._total,
+                included=agreement.included,
+                dropped=dropped,
+                excluded=dict(self._excluded),
+                result_digest=self._result_digest,
+                confirmed_by=agreeing,
+                disagreeing=disagreeing,
+            )
+        )
+        self.phase = Phase.DONE
+
+    def _drop_reason(self, peer: int) -> str:
+        if peer not in self._advertised:
+            return "no AdvertiseKeys before the deadline"
+        if peer not in self._dealers:
+            return "no ShareKeys before the deadline"
+        if peer not in self._inputs:
+            return "no MaskedInput before the deadline"
+        return self._not_included.get(peer, "not included")
+
+
+def _gamma(u: int, v: int) -> int:
+    """§6.3 — sign of the pairwise mask between u and v in u's masked input."""
+    return 1 if u < v else -1
+
+
+def result_digest(included: tuple[int, ...], total: RingVector) -> bytes:
+    """§6.6 — SHA-256 over the included set and the aggregate (little-endian words)."""
+    header = Writer().raw(b"mpc-agg/secagg/result/v1")
+    header.seq(included, len(included), Writer.u16).u64(total.shape[0])
+    return sha256(header.getvalue(), total.astype("<u8", copy=False).view(np.uint8).data)
+
+
+def _describe_difference(mine: ConsistencyCheck, theirs: ConsistencyCheck) -> str:
+    parts = []
+    for label, a, b in (
+        ("dealers", dict(mine.dealers), dict(theirs.dealers)),
+        ("inputs", dict(mine.inputs), dict(theirs.inputs)),
+    ):
+        only_mine = sorted(set(a) - set(b))
+        only_theirs = sorted(set(b) - set(a))
+        differ = sorted(p for p in set(a) & set(b) if a[p] != b[p])
+        if only_mine:
+            parts.append(f"{label} only I have {format_peers(only_mine)}")
+        if only_theirs:
+            parts.append(f"{label} only they have {format_peers(only_theirs)}")
+        if differ:
+            parts.append(f"{label} with different digests {format_peers(differ)}")
+    return "; ".join(parts) or "identical sets"
