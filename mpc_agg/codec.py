@@ -52,44 +52,49 @@ class UnknownVersionError(DecodeError):
 class Writer:
     """Builds a canonical encoding; fields are appended in schema order."""
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_length", "_parts")
 
     def __init__(self) -> None:
         self._parts: list[bytes | memoryview] = []
+        self._length = 0
+
+    def _append(self, part: bytes | memoryview) -> None:
+        self._parts.append(part)
+        self._length += len(part)
 
     def u8(self, value: int) -> Writer:
         """Append an unsigned 8-bit integer."""
-        self._parts.append(_U8.pack(value))
+        self._append(_U8.pack(value))
         return self
 
     def u16(self, value: int) -> Writer:
         """Append an unsigned 16-bit integer."""
-        self._parts.append(_U16.pack(value))
+        self._append(_U16.pack(value))
         return self
 
     def u32(self, value: int) -> Writer:
         """Append an unsigned 32-bit integer."""
-        self._parts.append(_U32.pack(value))
+        self._append(_U32.pack(value))
         return self
 
     def u64(self, value: int) -> Writer:
         """Append an unsigned 64-bit integer."""
-        self._parts.append(_U64.pack(value))
+        self._append(_U64.pack(value))
         return self
 
     def fixed(self, value: bytes, size: int) -> Writer:
         """Append exactly ``size`` bytes."""
         if len(value) != size:
             raise ValueError(f"expected {size} bytes, got {len(value)}")
-        self._parts.append(value)
+        self._append(value)
         return self
 
     def var_bytes(self, value: bytes, max_len: int) -> Writer:
         """Append a u32 length and the bytes."""
         if len(value) > max_len:
             raise ValueError(f"field of {len(value)} bytes exceeds its maximum {max_len}")
-        self._parts.append(_U32.pack(len(value)))
-        self._parts.append(value)
+        self._append(_U32.pack(len(value)))
+        self._append(value)
         return self
 
     def text(self, value: str, max_len: int) -> Writer:
@@ -102,25 +107,30 @@ class Writer:
         """Append a u32 count and each item with ``write``."""
         if len(items) > max_count:
             raise ValueError(f"list of {len(items)} items exceeds its maximum {max_count}")
-        self._parts.append(_U32.pack(len(items)))
+        self._append(_U32.pack(len(items)))
         for item in items:
             write(self, item)
         return self
 
     def ring_vector(self, values: RingVector, max_len: int) -> Writer:
-        """Append a u64 count and the words little-endian (zero-copy on little-endian hosts)."""
+        """Append a u64 count, zero padding to an 8-byte boundary, and the words little-endian.
+
+        The padding keeps the words aligned when the enclosing buffer is, so a receiver's
+        zero-copy view adds at full speed.
+        """
         if values.dtype != RING_DTYPE or values.ndim != 1:
             raise ValueError("ring vectors must be 1-D uint64")
         if values.shape[0] > max_len:
             raise ValueError(f"vector of {values.shape[0]} entries exceeds maximum {max_len}")
-        self._parts.append(_U64.pack(values.shape[0]))
+        self._append(_U64.pack(values.shape[0]))
+        self._append(bytes(-self._length % 8))  # words start 8-byte aligned
         little = np.ascontiguousarray(values, dtype=_LE_U64)
-        self._parts.append(little.view(np.uint8).data)
+        self._append(little.view(np.uint8).data)
         return self
 
     def raw(self, value: bytes) -> Writer:
         """Append bytes with no framing (for nesting an already-canonical encoding)."""
-        self._parts.append(value)
+        self._append(value)
         return self
 
     def getvalue(self) -> bytes:
@@ -198,6 +208,9 @@ class Reader:
         count = self.u64()
         if count > max_len:
             raise OversizeError(f"vector of {count} entries exceeds maximum {max_len}")
+        padding = self._take(-self._pos % 8)
+        if any(padding):
+            raise InvalidValueError("alignment padding before a vector must be zero")
         nbytes = 8 * count
         if self._pos + nbytes > len(self._data):
             raise TruncatedError(f"vector needs {nbytes} bytes, only {self.remaining} left")

@@ -5,6 +5,7 @@ Wire layout (all integers big-endian)::
     header  = "MPCA" | wire_version:u8 | protocol:text | federation:text
               | roster_digest:32 | round:u64 | phase:u8 | kind:u8
               | sender:u16 | recipient:u16 | payload_len:u64 | payload_sha256:32
+              | zero padding to a multiple of 8 bytes
     message = header | payload | ed25519_signature(64)
 
 The signature covers ``"mpc-agg/envelope/v1\\0" | header``; the header commits to the
@@ -115,7 +116,7 @@ def _header(
     payload_len: int,
     payload_digest: bytes,
 ) -> bytes:
-    return (
+    header = (
         Writer()
         .raw(MAGIC)
         .u8(WIRE_VERSION)
@@ -131,6 +132,7 @@ def _header(
         .fixed(payload_digest, DIGEST_SIZE)
         .getvalue()
     )
+    return header + bytes(-len(header) % 8)  # payload starts 8-byte aligned
 
 
 def parse_envelope(data: bytes, *, max_payload: int) -> Envelope:
@@ -151,6 +153,8 @@ def parse_envelope(data: bytes, *, max_payload: int) -> Envelope:
     recipient = reader.u16()
     payload_len = reader.u64()
     payload_digest = reader.fixed(DIGEST_SIZE)
+    if any(reader.fixed(-(len(data) - reader.remaining) % 8)):
+        raise InvalidValueError("header padding must be zero")
     header_len = len(data) - reader.remaining
     if payload_len > max_payload:
         raise OversizeError(f"payload of {payload_len} bytes exceeds maximum {max_payload}")

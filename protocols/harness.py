@@ -32,6 +32,7 @@ import numpy as np
 
 from mpc_agg.crypto import SigningKey
 from mpc_agg.envelope import BROADCAST, parse_envelope, seal_envelope
+from mpc_agg.errors import DecodeError
 from mpc_agg.randomness import DeterministicRandomSource
 from mpc_agg.ring import RingVector
 from protocols.common import (
@@ -101,13 +102,13 @@ class Adversary:
 def resign(machine: SecAggMachine, kind: MessageKind, payload: bytes) -> bytes:
     """Seal ``payload`` as ``kind`` with the machine's own key and context (for adversaries)."""
     return seal_envelope(
-        machine._context,  # noqa: SLF001 - the harness plays this peer
+        machine._context,  # the harness plays this peer
         phase=kind.phase,
         kind=kind,
         sender=machine.me,
         recipient=BROADCAST,
         payload=payload,
-        signing_key=machine._signing_key,  # noqa: SLF001
+        signing_key=machine._signing_key,
     )
 
 
@@ -294,7 +295,7 @@ class _Network:
         kind: MessageKind | None = None
         try:
             kind = MessageKind(parse_envelope(data, max_payload=len(data)).kind)
-        except (ValueError, Exception):  # noqa: BLE001 - tampered bytes may not parse
+        except (DecodeError, ValueError):  # injected or tampered bytes may not parse
             kind = None
         copies = [data]
         for fault in self.faults:

@@ -1,0 +1,1 @@
+"""The ``secagg`` protocol: masked additive sharing with dropout recovery (SPEC.md)."""

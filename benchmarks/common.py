@@ -1,0 +1,56 @@
+"""Shared helpers: machine facts and result files (benchmarks/results/*.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cryptography
+import numpy
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "cryptography": cryptography.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def best_of(fn: Callable[[], object], repeat: int = 5) -> tuple[float, float]:
+    """(best, median) wall seconds of ``fn`` over ``repeat`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times)
+
+
+def write(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/{name}.json`` with the machine facts attached."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    return path
