@@ -233,5 +233,7 @@ def read_sorted_unique_u16(reader: Reader, max_count: int) -> tuple[int, ...]:
 
 
 def write_u16_set(writer: Writer, values: Sequence[int], max_count: int) -> None:
-    """Write a set of u16 in canonical (sorted) order."""
+    """Write a set of u16 in canonical (sorted) order; duplicates are a caller error."""
+    if len(set(values)) != len(values):
+        raise ValueError("a set cannot contain duplicates")
     writer.seq(sorted(values), max_count, Writer.u16)

@@ -26,6 +26,7 @@ from mpc_agg.codec import (
     InvalidValueError,
     OversizeError,
     Reader,
+    TrailingBytesError,
     TruncatedError,
     UnknownVersionError,
     Writer,
@@ -38,7 +39,7 @@ from mpc_agg.crypto import (
     digests_equal,
     sha256,
 )
-from mpc_agg.errors import DecodeError, SignatureError
+from mpc_agg.errors import SignatureError
 
 MAGIC = b"MPCA"
 WIRE_VERSION = 1
@@ -162,7 +163,7 @@ def parse_envelope(data: bytes, *, max_payload: int) -> Envelope:
     if len(data) < expected:
         raise TruncatedError(f"message is {len(data)} bytes, header announces {expected}")
     if len(data) > expected:
-        raise DecodeError(f"{len(data) - expected} trailing bytes after the signature")
+        raise TrailingBytesError(f"{len(data) - expected} trailing bytes after the signature")
     view = memoryview(data)
     return Envelope(
         protocol=protocol,

@@ -116,6 +116,8 @@ class FixedPointCodec:
             bad = int(np.count_nonzero(~np.isfinite(flat)))
             raise EncodingError(f"update contains {bad} NaN/inf entries; refusing to encode")
         norm = float(np.linalg.norm(flat))
+        if not math.isfinite(norm):
+            raise EncodingError("the update's L2 norm overflows float64; refusing to encode")
         clipped = False
         if clip_norm is not None:
             if not (math.isfinite(clip_norm) and clip_norm > 0):

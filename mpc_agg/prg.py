@@ -14,6 +14,7 @@ no matter how many masks there are. No Python loop runs over coordinates.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mpc_agg.crypto import derive_key
 from mpc_agg.ring import RING_DTYPE, RingVector
+
+if sys.byteorder != "little":  # the keystream is read as little-endian words on the wire too
+    raise ImportError("mpc_agg.prg requires a little-endian host (masks must match across sites)")
 
 #: Words per chunk: 32 Ki words = 256 KiB, well inside L2 on the machines we measured.
 CHUNK_WORDS = 1 << 15

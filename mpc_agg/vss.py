@@ -40,6 +40,7 @@ from mpc_agg.randomness import RandomSource, random_below
 
 Q = P256_ORDER
 SCALAR_SIZE = 32
+_P = 2**256 - 2**224 + 2**192 + 2**96 - 1  # P-256 field prime
 _CURVE = "P-256"
 _G = EccPoint(
     0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296,
@@ -57,10 +58,16 @@ def decode_point(encoded: bytes) -> EccPoint:
         raise DecodeError("P-256 point must be 65 bytes of SEC1 uncompressed encoding")
     x = int.from_bytes(encoded[1:33], "big")
     y = int.from_bytes(encoded[33:], "big")
+    # pycryptodome reduces coordinates mod p and reads (0, 0) as infinity: reject both.
+    if x >= _P or y >= _P:
+        raise DecodeError("P-256 point coordinates must be reduced modulo p")
     try:
-        return EccPoint(x, y, curve=_CURVE)
+        point = EccPoint(x, y, curve=_CURVE)
     except ValueError:
         raise DecodeError("bytes do not encode a point on P-256") from None
+    if point.is_point_at_infinity():
+        raise DecodeError("bytes do not encode a point on P-256")
+    return point
 
 
 def encode_point(point: EccPoint) -> bytes:
@@ -166,7 +173,7 @@ def commitment_at(decoded: Sequence[EccPoint], x: int) -> EccPoint:
 
 def verify_share(decoded: Sequence[EccPoint], x: int, share: int) -> bool:
     """Check ``share·G == Σ_k x^k·C_k`` (``decoded`` from :meth:`Commitments.decoded`)."""
-    if not 0 <= share < Q:
+    if not (0 < x < Q and 0 <= share < Q):  # x = 0 is the secret, never a share
         return False
     expected = encode_point(commitment_at(decoded, x))
     return digests_equal(scalar_base_point(share), expected)
@@ -231,7 +238,8 @@ def recover(shares: Mapping[int, int], commitments: Commitments) -> Recovery:
     """
     threshold = commitments.threshold
     xs = sorted(shares)
-    if len(xs) >= threshold:
+    in_range = all(0 < x < Q and 0 <= y < Q for x, y in shares.items())
+    if in_range and len(xs) >= threshold:
         base = {x: shares[x] for x in xs[:threshold]}
         coefficients = interpolate(base)
         consistent = all(evaluate(coefficients, x) == shares[x] for x in xs[threshold:])
