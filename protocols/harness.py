@@ -46,7 +46,7 @@ from protocols.common import (
     Send,
 )
 from protocols.secagg.machine import SecAggMachine, SecAggParams, default_threshold
-from protocols.secagg.messages import MessageKind, Phase
+from protocols.secagg.messages import MaskedInput, MessageKind, Phase, ShareKeys
 
 _MAX_STEPS = 100_000
 
@@ -110,6 +110,25 @@ def resign(machine: SecAggMachine, kind: MessageKind, payload: bytes) -> bytes:
         payload=payload,
         signing_key=machine._signing_key,
     )
+
+
+def adopt(machine: SecAggMachine, kind: MessageKind, data: bytes) -> None:
+    """Make ``machine`` record ``data`` as the message of ``kind`` it sent.
+
+    A consistent adversary's own view must reflect what it really broadcast; without this
+    its ConsistencyCheck would differ from everyone's and every round would simply abort.
+    """
+    envelope = parse_envelope(data, max_payload=len(data))
+    digest = envelope.message_digest
+    machine._seen[(kind, machine.me)] = digest
+    if kind is MessageKind.SHARE_KEYS and machine.me in machine._dealers:
+        machine._dealers[machine.me].message = ShareKeys.decode(envelope.payload)
+        machine._dealers[machine.me].digest = digest
+    if kind is MessageKind.MASKED_INPUT and machine.me in machine._inputs:
+        vector_length = machine.params.vector_length
+        record = machine._inputs[machine.me]
+        record.message = MaskedInput.decode(envelope.payload, vector_length=vector_length)
+        record.digest = digest
 
 
 def payload_of(data: bytes) -> bytes:
@@ -247,6 +266,7 @@ class _Network:
     reorder: bool
     queue: deque[tuple[int | None, int, bytes]] = field(default_factory=deque)
     delayed: list[tuple[int | None, int, bytes]] = field(default_factory=list)
+    held_back: set[tuple[int | None, int, bytes]] = field(default_factory=set)
     outcomes: dict[int, PeerOutcome] = field(default_factory=dict)
     delivered: int = 0
 
@@ -310,6 +330,9 @@ class _Network:
             if fault.kind is FaultKind.DROP:
                 return None
             if fault.kind is FaultKind.DELAY:
+                if (sender, recipient, data) in self.held_back:
+                    continue  # released after the deadlines: deliver it now, late
+                self.held_back.add((sender, recipient, data))
                 self.delayed.append((sender, recipient, data))
                 return None
             if fault.kind is FaultKind.DUPLICATE:
@@ -363,6 +386,8 @@ def corrupt_payload(
         ) -> list[Outgoing]:
             if message != kind:
                 return [Outgoing(data)]
-            return [Outgoing(resign(machine, kind, transform(machine, payload_of(data))))]
+            forged = resign(machine, kind, transform(machine, payload_of(data)))
+            adopt(machine, kind, forged)
+            return [Outgoing(forged)]
 
     return _Corrupt()

@@ -51,14 +51,13 @@ from mpc_agg.prg import MaskTerm, apply_masks, mask_info, mask_key
 from mpc_agg.randomness import RandomSource, random_below
 from mpc_agg.ring import RingVector, check_ring_vector
 from mpc_agg.vss import (
-    Q,
     Commitments,
-    decode_point,
+    Q,
     encode_scalar,
     prove_dleq,
     recover,
-    shared_point,
     share_secret,
+    shared_point,
     verify_dleq,
     verify_share,
 )
@@ -249,6 +248,7 @@ class SecAggMachine:
         self._result_digest = b""
         self._peer_digests: dict[int, bytes] = {}
         self._not_included: dict[int, str] = {}
+        self._revealed: dict[int, ShareKind] = {}
         self._handlers: dict[MessageKind, Callable[[int, Envelope, list[Effect]], None]] = {
             MessageKind.ADVERTISE_KEYS: self._on_advertise_keys,
             MessageKind.SHARE_KEYS: self._on_share_keys,
@@ -276,7 +276,7 @@ class SecAggMachine:
         if self.phase != Phase.IDLE:
             raise ProtocolMisuseError(f"begin() called in phase {self.phase.name}; once per round")
         check_ring_vector(update, length=self.params.vector_length, name="update")
-        self._input = np.array(update, dtype=np.uint64, copy=True)
+        self._input = update.copy(order="C")
         self._encryption_key = AgreementKey.generate(self._rng)
         self._mask_key = AgreementKey.generate(self._rng)
         self._self_mask_seed = 1 + random_below(self._rng, Q - 1)
@@ -319,6 +319,11 @@ class SecAggMachine:
             self._finishers[phase](effects)
             self._drive(effects)
         return effects
+
+    @property
+    def revealed(self) -> Mapping[int, ShareKind]:
+        """§6.5 — the kind of share this machine revealed for each owner (at most one)."""
+        return dict(self._revealed)
 
     @property
     def finished(self) -> bool:
@@ -378,10 +383,9 @@ class SecAggMachine:
     def _dispatch(
         self, kind: MessageKind, source: int, envelope: Envelope, effects: list[Effect]
     ) -> None:
+        # A peer this machine excluded is still heard: a private blame (§6.3) must not
+        # change this machine's view, which has to match every other honest peer's.
         self._handled.add(source)
-        if source in self._excluded:
-            effects.append(MessageIgnored(source, f"{kind.name} from an excluded peer"))
-            return
         try:
             self._handlers[kind](source, envelope, effects)
         except DecodeError as exc:
@@ -416,7 +420,7 @@ class SecAggMachine:
             peers = set(self._inputs)
         else:
             peers = set(self._confirmed)
-        return peers - {self.me} - set(self._excluded)
+        return peers - {self.me}
 
     def _broadcast(self, kind: MessageKind, payload: bytes) -> tuple[Broadcast, bytes]:
         data = seal_envelope(
@@ -609,7 +613,8 @@ class SecAggMachine:
                 effects,
             )
             return
-        assert self._input is not None and self._mask_key is not None
+        assert self._input is not None
+        assert self._mask_key is not None
         terms = [MaskTerm(self._self_mask_key(self.me, self._self_mask_seed), +1)]
         for peer in mask_set:
             secret = self._mask_key.exchange(self._advertised[peer].mask_key)
@@ -705,11 +710,9 @@ class SecAggMachine:
                 value = self._held_mask_key[owner]
                 reveals.append(RevealedShare(owner=owner, kind=ShareKind.MASK_KEY, value=value))
         # §6.5 never both: the two owner sets are disjoint by construction; check anyway.
-        kinds_by_owner: dict[int, set[ShareKind]] = {}
         for share in reveals:
-            kinds_by_owner.setdefault(share.owner, set()).add(share.kind)
-        if any(len(kinds) > 1 for kinds in kinds_by_owner.values()):
-            raise AssertionError("refusing to reveal both kinds of share for one owner")
+            if self._revealed.setdefault(share.owner, share.kind) is not share.kind:
+                raise AssertionError("refusing to reveal both kinds of share for one owner")
         for share in reveals:
             self._pool.setdefault((share.kind, share.owner), {})[self.me + 1] = share.value
         plaintext = encode_revealed(reveals)
@@ -884,7 +887,8 @@ class SecAggMachine:
 
     def _finish_confirm_result(self, effects: list[Effect]) -> None:
         agreement = self._agreement
-        assert agreement is not None and self._total is not None
+        assert agreement is not None
+        assert self._total is not None
         agreeing = tuple(
             sorted(
                 p for p, d in self._peer_digests.items() if digests_equal(d, self._result_digest)

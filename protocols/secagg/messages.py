@@ -9,6 +9,7 @@ and ``decode`` rejects trailing bytes, so one message has exactly one encoding.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -67,7 +68,7 @@ class ShareKind(enum.IntEnum):
 def _check_set(values: Sequence[int], what: str) -> None:
     if any(not 0 <= v < MAX_PEERS for v in values):
         raise InvalidValueError(f"{what}: peer id out of range")
-    if any(a >= b for a, b in zip(values, values[1:], strict=False)):
+    if any(a >= b for a, b in itertools.pairwise(values)):
         raise InvalidValueError(f"{what}: must be strictly increasing")
 
 
