@@ -16,6 +16,8 @@ Invariants this module maintains (each has a test in ``tests/protocol``):
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -161,8 +163,8 @@ class SecAggParams:
 
     @property
     def max_payload(self) -> int:
-        """Largest envelope payload accepted (the masked vector plus slack)."""
-        return 8 * self.vector_length + _PAYLOAD_SLACK
+        """Largest envelope payload accepted: the masked vector or an n×n Unmask, plus slack."""
+        return max(8 * self.vector_length, 48 * self.n * self.n) + _PAYLOAD_SLACK
 
 
 @dataclass(slots=True)
@@ -285,8 +287,7 @@ class SecAggMachine:
         )
         self._advertised[self.me] = advertise
         effects: list[Effect] = []
-        self._enter(Phase.ADVERTISE_KEYS, effects)
-        effects.append(self._broadcast(MessageKind.ADVERTISE_KEYS, advertise.encode())[0])
+        self._enter(Phase.ADVERTISE_KEYS, effects, advertise.encode())
         self._drive(effects)
         return effects
 
@@ -391,17 +392,32 @@ class SecAggMachine:
         except DecodeError as exc:
             self._exclude(source, f"malformed {kind.name}: {exc}", effects)
 
-    def _enter(self, phase: Phase, effects: list[Effect]) -> None:
+    def _enter(self, phase: Phase, effects: list[Effect], payload: bytes | None = None) -> bytes:
+        """Enter ``phase``; broadcast its message (if any) *before* replaying buffered ones.
+
+        Returns the digest of the broadcast message (b"" when there is none). Replaying
+        after sending guarantees that a machine which aborts on a buffered message has
+        sent nothing after its RoundAborted.
+        """
         self.phase = phase
         self._handled = set()
         effects.append(PhaseStarted(phase))
+        digest = b""
+        if payload is not None:
+            broadcast, digest = self._broadcast(MessageKind(phase.value), payload)
+            effects.append(broadcast)
+        self._replay_buffer(phase, effects)
+        return digest
+
+    def _replay_buffer(self, phase: Phase, effects: list[Effect]) -> None:
         if phase in _ACTIVE:
             buffered = self._buffer[MessageKind(phase.value)]
-            for source in sorted(buffered):
-                self._dispatch(MessageKind(phase.value), source, buffered[source], effects)
+            pending = sorted(buffered.items())
+            buffered.clear()
+            for source, envelope in pending:
+                self._dispatch(MessageKind(phase.value), source, envelope, effects)
                 if self.finished:
                     return
-            buffered.clear()
 
     def _drive(self, effects: list[Effect]) -> None:
         """Close every phase whose expected messages have all been handled."""
@@ -528,10 +544,9 @@ class SecAggMachine:
         )
         self._held_mask_key[self.me] = mask_shares[self.me + 1]
         self._held_self_mask[self.me] = self_shares[self.me + 1]
-        self._enter(Phase.SHARE_KEYS, effects)
-        broadcast, digest = self._broadcast(MessageKind.SHARE_KEYS, message.encode())
-        self._dealers[self.me] = _Dealer(message, digest, mask_commitments, self_commitments)
-        effects.append(broadcast)
+        own = _Dealer(message, b"", mask_commitments, self_commitments)
+        self._dealers[self.me] = own
+        own.digest = self._enter(Phase.SHARE_KEYS, effects, message.encode())
 
     # ------------------------------------------------------------------ §6.2 ShareKeys
 
@@ -629,10 +644,9 @@ class SecAggMachine:
             complaints=tuple(self._complaints[p] for p in sorted(self._complaints)),
             masked=masked,
         )
-        self._enter(Phase.MASKED_INPUT, effects)
-        broadcast, digest = self._broadcast(MessageKind.MASKED_INPUT, message.encode())
-        self._inputs[self.me] = _Input(message, digest)
-        effects.append(broadcast)
+        own = _Input(message, b"")
+        self._inputs[self.me] = own
+        own.digest = self._enter(Phase.MASKED_INPUT, effects, message.encode())
 
     # ------------------------------------------------------------------ §6.3 MaskedInput
 
@@ -657,13 +671,15 @@ class SecAggMachine:
             )
             return
         view = ConsistencyCheck(
+            advertised=tuple(
+                (p, self._seen[(MessageKind.ADVERTISE_KEYS, p)]) for p in sorted(self._advertised)
+            ),
             dealers=tuple((p, self._dealers[p].digest) for p in sorted(self._dealers)),
             inputs=tuple((p, self._inputs[p].digest) for p in survivors),
         )
         self._view = view
         self._confirmed = {self.me}
-        self._enter(Phase.CONSISTENCY_CHECK, effects)
-        effects.append(self._broadcast(MessageKind.CONSISTENCY_CHECK, view.encode())[0])
+        self._enter(Phase.CONSISTENCY_CHECK, effects, view.encode())
 
     # ------------------------------------------------------------------ §6.4 ConsistencyCheck
 
@@ -721,9 +737,7 @@ class SecAggMachine:
             info = self._info(b"unmask-ad", self.me, peer)
             key = self._channel_key(b"unmask", self.me, peer, self._channel_secret(peer))
             ciphertexts.append((peer, aead_encrypt(key, plaintext, info)))
-        self._enter(Phase.UNMASK, effects)
-        payload = Unmask(ciphertexts=tuple(ciphertexts)).encode()
-        effects.append(self._broadcast(MessageKind.UNMASK, payload)[0])
+        self._enter(Phase.UNMASK, effects, Unmask(ciphertexts=tuple(ciphertexts)).encode())
 
     def _agree(self, effects: list[Effect]) -> _Agreement:
         """§6.4 — derive the included set deterministically from the agreed view."""
@@ -835,10 +849,12 @@ class SecAggMachine:
         agreement = self._agreement
         assert agreement is not None
         terms: list[MaskTerm] = []
+        seeds: list[int] = []
         for owner in agreement.included:
             seed = self._reconstruct(ShareKind.SELF_MASK, owner, effects)
             if seed is None:
                 return
+            seeds.append(seed)
             terms.append(MaskTerm(self._self_mask_key(owner, seed), -1))
         for owner in agreement.dropped_dealers:
             scalar = self._reconstruct(ShareKind.MASK_KEY, owner, effects)
@@ -854,11 +870,11 @@ class SecAggMachine:
             np.add(total, self._inputs[u].message.masked, out=total)
         apply_masks(total, terms)
         self._total = total
-        self._result_digest = result_digest(agreement.included, total)
+        self._result_digest = result_digest(agreement.included, total, seeds)
         self._peer_digests = {}
-        self._enter(Phase.CONFIRM_RESULT, effects)
-        payload = ResultDigest(digest=self._result_digest).encode()
-        effects.append(self._broadcast(MessageKind.RESULT_DIGEST, payload)[0])
+        self._enter(
+            Phase.CONFIRM_RESULT, effects, ResultDigest(digest=self._result_digest).encode()
+        )
 
     def _reconstruct(self, kind: ShareKind, owner: int, effects: list[Effect]) -> int | None:
         dealer = self._dealers[owner]
@@ -930,16 +946,25 @@ def _gamma(u: int, v: int) -> int:
     return 1 if u < v else -1
 
 
-def result_digest(included: tuple[int, ...], total: RingVector) -> bytes:
-    """§6.6 — SHA-256 over the included set and the aggregate (little-endian words)."""
+def result_digest(included: tuple[int, ...], total: RingVector, seeds: list[int]) -> bytes:
+    """§6.6 — keyed digest of the included set and the aggregate (little-endian words).
+
+    The key is derived from the reconstructed self-mask seeds of the included peers, which
+    only peers learn (they travel encrypted), so the broker cannot test guesses of a
+    low-entropy aggregate against the published digest.
+    """
+    key = sha256(b"mpc-agg/secagg/result-key/v1", *(encode_scalar(s) for s in seeds))
     header = Writer().raw(b"mpc-agg/secagg/result/v1")
     header.seq(included, len(included), Writer.u16).u64(total.shape[0])
-    return sha256(header.getvalue(), total.astype("<u8", copy=False).view(np.uint8).data)
+    mac = hmac.new(key, header.getvalue(), hashlib.sha256)
+    mac.update(total.astype("<u8", copy=False).view(np.uint8).data)
+    return mac.digest()
 
 
 def _describe_difference(mine: ConsistencyCheck, theirs: ConsistencyCheck) -> str:
     parts = []
     for label, a, b in (
+        ("advertised keys", dict(mine.advertised), dict(theirs.advertised)),
         ("dealers", dict(mine.dealers), dict(theirs.dealers)),
         ("inputs", dict(mine.inputs), dict(theirs.inputs)),
     ):

@@ -262,21 +262,28 @@ class MaskedInput:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConsistencyCheck:
-    """§5.4 — the sender's frozen view: digests of every ShareKeys and MaskedInput it uses."""
+    """§5.4 — the sender's frozen view: digests of every message it builds on.
 
+    AdvertiseKeys, ShareKeys and MaskedInput digests: so no peer can show different keys,
+    shares or inputs to different peers without the views (and the round) diverging.
+    """
+
+    advertised: tuple[tuple[int, bytes], ...]
     dealers: tuple[tuple[int, bytes], ...]
     inputs: tuple[tuple[int, bytes], ...]
 
     def __post_init__(self) -> None:
+        _check_set([p for p, _ in self.advertised], "view advertised keys")
         _check_set([p for p, _ in self.dealers], "view dealers")
         _check_set([p for p, _ in self.inputs], "view inputs")
-        if any(len(d) != DIGEST_SIZE for _, d in (*self.dealers, *self.inputs)):
+        digests = (*self.advertised, *self.dealers, *self.inputs)
+        if any(len(d) != DIGEST_SIZE for _, d in digests):
             raise InvalidValueError("view digests must be 32 bytes")
 
     def encode(self) -> bytes:
         """Canonical encoding."""
         w = Writer()
-        for items in (self.dealers, self.inputs):
+        for items in (self.advertised, self.dealers, self.inputs):
             w.seq(items, MAX_PEERS, lambda w, pd: w.u16(pd[0]).fixed(pd[1], DIGEST_SIZE))
         return w.getvalue()
 
@@ -284,10 +291,11 @@ class ConsistencyCheck:
     def decode(cls, data: bytes | memoryview) -> ConsistencyCheck:
         """Strict decoding."""
         r = Reader(data)
+        advertised = r.seq(MAX_PEERS, lambda r: (r.u16(), r.fixed(DIGEST_SIZE)))
         dealers = r.seq(MAX_PEERS, lambda r: (r.u16(), r.fixed(DIGEST_SIZE)))
         inputs = r.seq(MAX_PEERS, lambda r: (r.u16(), r.fixed(DIGEST_SIZE)))
         r.finish()
-        return cls(dealers=tuple(dealers), inputs=tuple(inputs))
+        return cls(advertised=tuple(advertised), dealers=tuple(dealers), inputs=tuple(inputs))
 
 
 # --------------------------------------------------------------------------- §5.5
