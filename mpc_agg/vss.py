@@ -216,6 +216,14 @@ def lagrange_at_zero(points: Mapping[int, int]) -> int:
     return total
 
 
+class InsufficientSharesError(VerificationError):
+    """Fewer than T valid shares; ``invalid_xs`` still names every invalid one (for blame)."""
+
+    def __init__(self, message: str, *, invalid_xs: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.invalid_xs = invalid_xs
+
+
 @dataclass(frozen=True, slots=True)
 class Recovery:
     """Outcome of :func:`recover`: the secret and the x of every share that was invalid."""
@@ -252,8 +260,9 @@ def recover(shares: Mapping[int, int], commitments: Commitments) -> Recovery:
     valid = {x: y for x, y in shares.items() if verify_share(decoded, x, y)}
     invalid = tuple(sorted(set(shares) - set(valid)))
     if len(valid) < threshold:
-        raise VerificationError(
-            f"only {len(valid)} valid shares of {len(shares)} received; {threshold} needed"
+        raise InsufficientSharesError(
+            f"only {len(valid)} valid shares of {len(shares)} received; {threshold} needed",
+            invalid_xs=invalid,
         )
     secret = lagrange_at_zero({x: valid[x] for x in sorted(valid)[:threshold]})
     if not digests_equal(scalar_base_point(secret), commitments.secret_commitment):

@@ -54,6 +54,7 @@ from mpc_agg.randomness import RandomSource, random_below
 from mpc_agg.ring import RingVector, check_ring_vector
 from mpc_agg.vss import (
     Commitments,
+    InsufficientSharesError,
     Q,
     encode_scalar,
     prove_dleq,
@@ -886,12 +887,18 @@ class SecAggMachine:
         shares = self._pool.get((kind, owner), {})
         try:
             recovery = recover(shares, commitments)
-        except VerificationError as exc:
+        except InsufficientSharesError as exc:
+            self._blame_share_liars(kind, owner, exc.invalid_xs, effects)
             self._abort(f"cannot reconstruct the {kind.name} of peer {owner}: {exc}", effects)
             return None
-        for x in recovery.invalid_xs:
-            self._exclude(x - 1, f"revealed an invalid {kind.name} share of peer {owner}", effects)
+        self._blame_share_liars(kind, owner, recovery.invalid_xs, effects)
         return recovery.secret
+
+    def _blame_share_liars(
+        self, kind: ShareKind, owner: int, invalid_xs: tuple[int, ...], effects: list[Effect]
+    ) -> None:
+        for x in invalid_xs:
+            self._exclude(x - 1, f"revealed an invalid {kind.name} share of peer {owner}", effects)
 
     # ------------------------------------------------------------------ §6.6 ResultDigest
 
