@@ -248,7 +248,7 @@ class MaskedInput:
                 proof=r.fixed(PROOF_SIZE),
             ),
         )
-        masked = r.ring_vector(vector_length)
+        masked = r.ring_vector(1 << 31)  # a zero-copy view: the size check below names both
         r.finish()
         if masked.shape[0] != vector_length:
             raise InvalidValueError(

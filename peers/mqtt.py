@@ -1,0 +1,238 @@
+"""MQTT 5 transport on aiomqtt (QoS 1, TLS, per-site credentials, presence, reconnection).
+
+Messages larger than ``chunk_size`` travel as bounded frames (:mod:`peers.chunking`) on the
+same topic and are reassembled and digest-checked here, so the node above sees whole
+messages. Presence: on connect the site publishes a retained ``online`` on its presence
+topic and registers an MQTT Will that the broker publishes (retained ``offline``) if the
+connection dies. On a lost connection the transport reconnects with exponential backoff,
+re-subscribes and carries on; publishing waits for the reconnection. After
+``reconnect_timeout`` seconds without a connection it raises :class:`TransportError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+
+from peers.chunking import ChunkError, Reassembler, split
+from peers.transport import Delivery, TransportError, parse_topic
+
+log = logging.getLogger(__name__)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+
+
+class MqttTransport:
+    """A :class:`~peers.transport.Transport` over an MQTT 5 broker."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | None = None,
+        presence_topic: str | None = None,
+        chunk_size: int = 1 << 20,
+        max_message_bytes: int = 1 << 30,
+        reconnect_timeout: float = 60.0,
+        backoff: tuple[float, float] = (0.1, 5.0),
+        window: int = 8,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self._username = username
+        self._password = password
+        self._ca_file = ca_file
+        self._presence = presence_topic
+        self.chunk_size = chunk_size
+        self.reconnect_timeout = reconnect_timeout
+        self._backoff = backoff
+        self.window = window
+        self._client: aiomqtt.Client | None = None
+        self._filters: list[str] = []
+        self._reassembler = Reassembler(max_message_bytes=max_message_bytes)
+        self._lock = asyncio.Lock()
+        self._generation = 0
+        self._closing = False
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self.reconnects = 0
+
+    def __repr__(self) -> str:  # no password
+        return f"MqttTransport({self.client_id}@{self.host}:{self.port})"
+
+    @property
+    def closing(self) -> bool:
+        """True once the context manager is exiting."""
+        return self._closing
+
+    # ------------------------------------------------------------------ connection
+
+    def _new_client(self) -> aiomqtt.Client:
+        tls_context = None
+        if self._ca_file is not None:
+            tls_context = ssl.create_default_context(cafile=str(self._ca_file))
+        will = (
+            aiomqtt.Will(self._presence, OFFLINE, qos=1, retain=True)
+            if self._presence is not None
+            else None
+        )
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self._username,
+            password=self._password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=will,
+            tls_context=tls_context,
+            keepalive=10,
+            timeout=10.0,
+        )
+
+    async def _connect(self) -> None:
+        """Connect (with backoff), re-subscribe and announce presence."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.reconnect_timeout
+        delay = self._backoff[0]
+        last: Exception | None = None
+        while not self._closing:
+            client = self._new_client()
+            try:
+                await client.__aenter__()
+            except aiomqtt.MqttError as exc:
+                last = exc
+                if loop.time() + delay > give_up:
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            self._client = client
+            self._generation += 1
+            for topic_filter in self._filters:
+                await client.subscribe(topic_filter, qos=1)
+            if self._presence is not None:
+                await client.publish(self._presence, ONLINE, qos=1, retain=True)
+            return
+        raise TransportError(
+            f"cannot connect to the MQTT broker at {self.host}:{self.port} as "
+            f"{self._username or 'anonymous'} within {self.reconnect_timeout:.0f}s: {last}"
+        )
+
+    async def _reconnect(self, generation: int) -> None:
+        async with self._lock:
+            if generation != self._generation:
+                return  # someone else already reconnected
+            await self._drop_client()
+            self.reconnects += 1
+            log.warning("MQTT connection lost; reconnecting (attempt %d)", self.reconnects)
+            await self._connect()
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> Self:
+        async with self._lock:
+            await self._connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        client = self._client
+        if client is not None and self._presence is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(self._presence, OFFLINE, qos=1, retain=True)
+        await self._drop_client()
+
+    # ------------------------------------------------------------------ Transport
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish ``payload`` as frames of at most ``chunk_size`` bytes (QoS 1)."""
+        message_id = os.urandom(16)
+        while True:
+            client, generation = self._client, self._generation
+            if client is None:
+                raise TransportError("publish on a closed MQTT transport")
+            try:
+                await self._publish_frames(client, topic, payload, message_id)
+                return
+            except aiomqtt.MqttError:
+                if self.closing:
+                    raise TransportError("transport closed while publishing") from None
+                await self._reconnect(generation)  # then resend every frame (dedup by index)
+
+    async def _publish_frames(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, message_id: bytes
+    ) -> None:
+        """Keep up to ``window`` frames in flight instead of waiting for each PUBACK."""
+        in_flight: set[asyncio.Future[None]] = set()
+        try:
+            for frame in split(payload, chunk_size=self.chunk_size, message_id=message_id):
+                if len(in_flight) >= self.window:
+                    done, in_flight = await asyncio.wait(
+                        in_flight, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done:
+                        task.result()
+                in_flight.add(asyncio.ensure_future(client.publish(topic, frame, qos=1)))
+                self.bytes_out += len(frame)
+            for task in asyncio.as_completed(in_flight):
+                await task
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    async def subscribe(self, topic_filter: str) -> None:
+        """Subscribe with QoS 1 (kept across reconnections)."""
+        self._filters.append(topic_filter)
+        if self._client is not None:
+            await self._client.subscribe(topic_filter, qos=1)
+
+    async def messages(self) -> AsyncIterator[Delivery]:
+        """Reassembled messages; survives reconnections; ends when the transport closes."""
+        while not self._closing:
+            client, generation = self._client, self._generation
+            if client is None:
+                return
+            try:
+                async for message in client.messages:
+                    payload = message.payload
+                    topic = message.topic.value
+                    self.bytes_in += len(payload)
+                    parsed = parse_topic(topic)
+                    if parsed is not None and parsed.round_id is None:
+                        yield Delivery(topic, bytes(payload))  # presence: small, never chunked
+                        continue
+                    try:
+                        whole = self._reassembler.feed(topic, bytes(payload))
+                    except ChunkError as exc:
+                        log.warning("dropped a malformed frame on %s: %s", topic, exc)
+                        continue
+                    if whole is not None:
+                        yield Delivery(topic, whole)
+            except aiomqtt.MqttError:
+                if self.closing:
+                    return
+                await self._reconnect(generation)

@@ -1,0 +1,336 @@
+"""``PeerNode``: one site's runtime — a transport, protocol machines, deadlines, results.
+
+``await node.aggregate(update)`` encodes a float array (any shape) to fixed point, runs one
+``secagg`` round with the other sites over the node's transport, and returns the decoded
+sum of the included sites' updates with everything a site needs to audit the round. The
+machine does the protocol (sans-I/O); this class only moves bytes, arms one timer per
+phase and turns effects into a result.
+
+Messages are routed by the round number in their topic: the current round's go to its
+machine, messages for a later round are held (bounded) until that round starts — a fast
+site may begin round r+1 before a slow one has finished round r — and older ones are
+dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from mpc_agg.crypto import SigningKey
+from mpc_agg.errors import EncodingError, MpcAggError, ProtocolMisuseError
+from mpc_agg.fixedpoint import FixedPointCodec
+from mpc_agg.randomness import RandomSource, SystemRandomSource
+from peers.transport import Transport, federation_filter, message_topic, parse_topic
+from protocols.common import (
+    AggregateReady,
+    Broadcast,
+    Effect,
+    MessageIgnored,
+    PeerExcluded,
+    PhaseStarted,
+    Roster,
+    RoundAborted,
+)
+from protocols.secagg.machine import PROTOCOL, SecAggMachine, SecAggParams, default_threshold
+from protocols.secagg.messages import Phase
+
+log = logging.getLogger(__name__)
+
+#: Messages held per future round (a round needs about 6 per peer).
+_EARLY_LIMIT_PER_PEER = 12
+
+
+class RoundAbortedError(MpcAggError):
+    """The round ended without a result; ``reason`` says why in one line."""
+
+    def __init__(self, reason: str, *, round_id: int) -> None:
+        super().__init__(f"round {round_id} aborted: {reason}")
+        self.reason = reason
+        self.round_id = round_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AggregateResult:
+    """What one round produced at this site."""
+
+    total: NDArray[np.float64] = field(repr=False)
+    """Sum of the included sites' updates, decoded, in the update's shape."""
+    count: int
+    included: tuple[str, ...]
+    dropped: Mapping[str, str]
+    excluded: Mapping[str, str]
+    protocol: str
+    round_id: int
+    result_digest: str
+    confirmed_by: tuple[str, ...]
+    timings: Mapping[str, float]
+    bytes_in: int
+    bytes_out: int
+    ignored: Mapping[str, int]
+
+    @property
+    def mean(self) -> NDArray[np.float64]:
+        """``total / count``: the average update of the included sites."""
+        return self.total / self.count
+
+
+@dataclass(slots=True)
+class _Round:
+    round_id: int
+    machine: SecAggMachine
+    inbox: asyncio.Queue[tuple[int | None, bytes]] = field(default_factory=asyncio.Queue)
+    deadline_at: float | None = None
+    deadline_phase: Phase | None = None
+
+
+class PeerNode:
+    """One site's peer: ``async with PeerNode(...) as node: await node.aggregate(x)``."""
+
+    def __init__(
+        self,
+        *,
+        federation: str,
+        roster: Roster,
+        me: int,
+        signing_key: SigningKey,
+        transport: Transport,
+        deadlines: Callable[[Phase], float] | Mapping[Phase, float],
+        threshold: int | None = None,
+        frac_bits: int = 20,
+        max_abs_value: float = 1.0,
+        max_vector_length: int = 100_000_000,
+        randomness: RandomSource | None = None,
+    ) -> None:
+        self.federation = federation
+        self.roster = roster
+        self.me = me
+        self.name = roster.name(me)
+        self._signing_key = signing_key
+        self._transport = transport
+        self._deadline = deadlines if callable(deadlines) else deadlines.__getitem__
+        self.threshold = threshold if threshold is not None else default_threshold(len(roster))
+        self.codec = FixedPointCodec(
+            frac_bits=frac_bits, n_peers=len(roster), max_abs_value=max_abs_value
+        )
+        self.max_vector_length = max_vector_length
+        self._rng = randomness or SystemRandomSource()
+        self._current: _Round | None = None
+        self._last_round = 0
+        self._early: defaultdict[int, list[tuple[int | None, bytes]]] = defaultdict(list)
+        self._reader: asyncio.Task[None] | None = None
+        self._reader_error: BaseException | None = None
+        self.presence: dict[str, bytes] = {}
+        self._bytes_in = 0
+
+    async def __aenter__(self) -> Self:
+        await self._transport.__aenter__()
+        await self._transport.subscribe(federation_filter(self.federation))
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._transport.__aexit__(exc_type, exc, tb)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self) -> None:
+        try:
+            async for delivery in self._transport.messages():
+                parsed = parse_topic(delivery.topic)
+                if parsed is None or parsed.federation != self.federation:
+                    continue
+                if parsed.round_id is None:
+                    self.presence[parsed.site] = delivery.payload
+                    continue
+                try:
+                    claimed: int | None = self.roster.index_of(parsed.site)
+                except KeyError:
+                    claimed = None
+                if claimed == self.me:
+                    continue  # our own publication echoed by the broker
+                self._bytes_in += len(delivery.payload)
+                self._route(parsed.round_id, claimed, delivery.payload)
+        except Exception as exc:  # surfaced by aggregate(), never swallowed
+            self._reader_error = exc
+            if self._current is not None:
+                self._current.inbox.put_nowait((None, b""))
+
+    def _route(self, round_id: int, claimed: int | None, data: bytes) -> None:
+        current = self._current
+        if current is not None and round_id == current.round_id:
+            current.inbox.put_nowait((claimed, data))
+        elif round_id > self._last_round:
+            held = self._early[round_id]
+            if len(held) < _EARLY_LIMIT_PER_PEER * len(self.roster):
+                held.append((claimed, data))
+            for stale in [r for r in self._early if r <= self._last_round]:
+                del self._early[stale]
+
+    # ------------------------------------------------------------------ rounds
+
+    async def aggregate(self, update: ArrayLike, *, round_id: int | None = None) -> AggregateResult:
+        """Run one secure aggregation round with ``update``; return the decoded sum.
+
+        Raises :class:`RoundAbortedError` when the round aborts (the reason names the
+        phase and the peers), :class:`EncodingError` for NaN/inf or out-of-range input,
+        and :class:`ProtocolMisuseError` for a second concurrent round or a reused round.
+        """
+        if self._current is not None:
+            raise ProtocolMisuseError(
+                f"round {self._current.round_id} is still running; one round at a time per node"
+            )
+        round_id = self._last_round + 1 if round_id is None else round_id
+        if round_id <= self._last_round:
+            raise ProtocolMisuseError(
+                f"round {round_id} is not after the last round {self._last_round}; "
+                "round ids are never reused"
+            )
+        array = np.asarray(update)
+        if array.size == 0 or array.size > self.max_vector_length:
+            raise EncodingError(
+                f"update has {array.size} entries; allowed 1..{self.max_vector_length}"
+            )
+        encoded = self.codec.encode(array, np.random.default_rng(), clip_norm=None)
+        params = SecAggParams(
+            federation=self.federation,
+            round_id=round_id,
+            roster=self.roster,
+            threshold=self.threshold,
+            vector_length=encoded.ring.shape[0],
+        )
+        machine = SecAggMachine(
+            params, me=self.me, signing_key=self._signing_key, randomness=self._rng
+        )
+        state = _Round(round_id, machine)
+        self._current = state
+        self._last_round = round_id
+        for claimed, data in self._early.pop(round_id, []):
+            state.inbox.put_nowait((claimed, data))
+        bytes_out_before = self._bytes_out_total()
+        bytes_in_before = self._bytes_in
+        try:
+            ready, ignored, timings = await self._run(state, encoded.ring)
+        finally:
+            self._current = None
+        total = self.codec.decode(ready.total).reshape(array.shape)
+        names = self.roster.name
+        return AggregateResult(
+            total=total,
+            count=len(ready.included),
+            included=tuple(names(p) for p in ready.included),
+            dropped={names(p): r for p, r in ready.dropped.items()},
+            excluded={names(p): r for p, r in ready.excluded.items()},
+            protocol=PROTOCOL,
+            round_id=round_id,
+            result_digest=ready.result_digest.hex(),
+            confirmed_by=tuple(names(p) for p in ready.confirmed_by),
+            timings=timings,
+            bytes_in=self._bytes_in - bytes_in_before,
+            bytes_out=self._bytes_out_total() - bytes_out_before,
+            ignored=dict(ignored),
+        )
+
+    def _bytes_out_total(self) -> int:
+        return int(getattr(self._transport, "bytes_out", 0))
+
+    async def _run(
+        self, state: _Round, ring: NDArray[np.uint64]
+    ) -> tuple[AggregateReady, Counter[str], dict[str, float]]:
+        loop = asyncio.get_running_loop()
+        ignored: Counter[str] = Counter()
+        timings: dict[str, float] = {}
+        started: dict[str, float | str] = {"at": time.perf_counter(), "phase": Phase.IDLE.name}
+        pending = state.machine.begin(ring)
+        while True:
+            for effect in pending:
+                outcome = await self._perform(state, effect, ignored, timings, started)
+                if outcome is not None:
+                    return outcome, ignored, timings
+            pending = []
+            timeout = (
+                None if state.deadline_at is None else max(0.0, state.deadline_at - loop.time())
+            )
+            try:
+                claimed, data = await asyncio.wait_for(state.inbox.get(), timeout)
+            except TimeoutError:
+                phase = state.deadline_phase
+                state.deadline_at = None
+                if phase is not None:
+                    pending = state.machine.deadline(phase)
+                continue
+            if self._reader_error is not None:
+                raise self._reader_error
+            pending = state.machine.receive(claimed, data)
+
+    async def _perform(
+        self,
+        state: _Round,
+        effect: Effect,
+        ignored: Counter[str],
+        timings: dict[str, float],
+        started: dict[str, float | str],
+    ) -> AggregateReady | None:
+        loop = asyncio.get_running_loop()
+        if isinstance(effect, Broadcast):
+            topic = message_topic(self.federation, state.round_id, self.name)
+            await self._transport.publish(topic, effect.data)
+        elif isinstance(effect, PhaseStarted):
+            now = time.perf_counter()
+            previous = str(started["phase"])
+            timings[previous] = now - float(started["at"])
+            started.update(at=now, phase=effect.phase.name)
+            phase = Phase(effect.phase.value)
+            if phase in (Phase.DONE, Phase.ABORTED, Phase.IDLE):
+                state.deadline_at = None
+            else:
+                state.deadline_at = loop.time() + self._deadline(phase)
+                state.deadline_phase = phase
+        elif isinstance(effect, MessageIgnored):
+            ignored[effect.reason.split(":")[0]] += 1
+            log.debug(
+                "round %d: ignored a message from %s: %s",
+                state.round_id,
+                effect.sender,
+                effect.reason,
+            )
+        elif isinstance(effect, PeerExcluded):
+            log.warning(
+                "round %d: excluded %s: %s",
+                state.round_id,
+                self.roster.name(effect.peer),
+                effect.reason,
+            )
+        elif isinstance(effect, RoundAborted):
+            detail = ""
+            if ignored:
+                detail = "; ignored messages: " + ", ".join(
+                    f"{reason} ×{count}" for reason, count in ignored.most_common(3)
+                )
+            raise RoundAbortedError(
+                f"{effect.reason} (phase {effect.phase.name}){detail}", round_id=state.round_id
+            )
+        elif isinstance(effect, AggregateReady):
+            now = time.perf_counter()
+            timings[str(started["phase"])] = now - float(started["at"])
+            return effect
+        return None

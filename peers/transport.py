@@ -1,0 +1,129 @@
+"""The ``Transport`` protocol every runtime transport implements, and the topic scheme.
+
+A transport is an async context manager that publishes and receives whole messages
+(bytes) on topics. Chunking, reconnection and presence are the transport's business; the
+node above it sees complete messages only. Identity never comes from a topic: the protocol
+machine verifies the signature inside every message (DESIGN §3).
+
+Topic scheme (one function builds each name, one parses them)::
+
+    mpcagg/v1/{federation}/{round}/{site}        protocol messages of a round, by sender
+    mpcagg/v1/{federation}/presence/{site}       retained "online"/"offline" (+ MQTT Will)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol, Self
+
+from mpc_agg.errors import MpcAggError
+
+PREFIX = "mpcagg/v1"
+PRESENCE = "presence"
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class TransportError(MpcAggError):
+    """The transport cannot deliver (broker unreachable, refused, gone for too long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One complete incoming message."""
+
+    topic: str
+    payload: bytes = field(repr=False)
+
+
+class Transport(Protocol):
+    """Publish and receive whole messages on topics."""
+
+    async def __aenter__(self) -> Self:
+        """Connect."""
+        ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Disconnect."""
+        ...
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish one message (QoS 1: at least once)."""
+        ...
+
+    async def subscribe(self, topic_filter: str) -> None:
+        """Receive messages on ``topic_filter`` (MQTT wildcards ``+`` and ``#``)."""
+        ...
+
+    def messages(self) -> AsyncIterator[Delivery]:
+        """Complete messages, in arrival order, for every subscription."""
+        ...
+
+
+def check_segment(value: str, what: str) -> str:
+    """Validate a topic segment (federation id or site name)."""
+    if not _SEGMENT.match(value):
+        raise ValueError(f"{what} {value!r} must match [A-Za-z0-9._-]{{1,64}}")
+    return value
+
+
+def message_topic(federation: str, round_id: int, site: str) -> str:
+    """Topic on which ``site`` publishes its messages of ``round_id``."""
+    check_segment(federation, "federation id")
+    check_segment(site, "site name")
+    return f"{PREFIX}/{federation}/{round_id}/{site}"
+
+
+def presence_topic(federation: str, site: str) -> str:
+    """Retained presence topic of ``site``."""
+    return f"{PREFIX}/{check_segment(federation, 'federation id')}/{PRESENCE}/{site}"
+
+
+def federation_filter(federation: str) -> str:
+    """Subscription covering every round and the presence of a federation."""
+    return f"{PREFIX}/{check_segment(federation, 'federation id')}/+/+"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    """A topic of our scheme: ``round_id`` is None for presence topics."""
+
+    federation: str
+    round_id: int | None
+    site: str
+
+
+def parse_topic(topic: str) -> ParsedTopic | None:
+    """Parse a topic of our scheme; None for anything else (never raises)."""
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX:
+        return None
+    federation, middle, site = parts[2], parts[3], parts[4]
+    if not (_SEGMENT.match(federation) and _SEGMENT.match(site)):
+        return None
+    if middle == PRESENCE:
+        return ParsedTopic(federation, None, site)
+    if not middle.isdigit() or len(middle) > 20:
+        return None
+    return ParsedTopic(federation, int(middle), site)
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic-filter matching (``+`` one level, ``#`` the rest)."""
+    filter_parts = topic_filter.split("/")
+    topic_parts = topic.split("/")
+    for i, part in enumerate(filter_parts):
+        if part == "#":
+            return True
+        if i >= len(topic_parts):
+            return False
+        if part not in ("+", topic_parts[i]):
+            return False
+    return len(filter_parts) == len(topic_parts)

@@ -1,0 +1,46 @@
+"""PeerNode over the real Mosquitto at 127.0.0.1:1883 (started by the machine before CI)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from peers.mqtt import MqttTransport
+from peers.node import AggregateResult
+from peers.transport import Transport, presence_topic
+from tests.runtime.nodes import on_grid, run_round, running_nodes
+
+HOST, PORT = "127.0.0.1", 1883
+
+
+def _mqtt(federation: str) -> Callable[[int], Transport]:
+    tag = os.urandom(4).hex()
+    return lambda i: MqttTransport(
+        host=HOST,
+        port=PORT,
+        client_id=f"{federation}-site-{i}-{tag}",
+        presence_topic=presence_topic(federation, f"site-{i}"),
+        chunk_size=64 * 1024,
+    )
+
+
+@pytest.mark.asyncio
+async def test_four_sites_over_mosquitto_agree_on_the_exact_sum() -> None:
+    federation = f"fed-{os.urandom(4).hex()}"  # a unique topic tree per test run
+    rng = np.random.default_rng(21)
+    updates = [on_grid(rng, (50_000,)) for _ in range(4)]
+    async with running_nodes(4, _mqtt(federation), federation=federation, deadline=10.0) as nodes:
+        results = await run_round(nodes, updates)
+        second = await run_round(nodes, updates[::-1])
+        presence = dict(nodes[0].presence)
+    for result in [*results, *second]:
+        assert isinstance(result, AggregateResult), result
+        assert np.array_equal(result.total, sum(updates))
+        assert result.count == 4
+        # 8 bytes per coordinate for the masked input, split into 64 KiB chunks
+        assert result.bytes_out > 50_000 * 8
+    assert [r.round_id for r in second if isinstance(r, AggregateResult)] == [2] * 4
+    assert presence.get("site-1") == b"online"

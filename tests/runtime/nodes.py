@@ -1,0 +1,64 @@
+"""Helpers: build a set of PeerNodes over one transport factory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import numpy as np
+from numpy.typing import NDArray
+
+from peers.node import AggregateResult, PeerNode
+from peers.transport import Transport
+from protocols.common import Roster
+from protocols.harness import make_roster
+
+FRAC_BITS = 20
+
+
+def on_grid(rng: np.random.Generator, shape: tuple[int, ...]) -> NDArray[np.float64]:
+    """Floats that are exact multiples of 2^-FRAC_BITS (so encoding is exact)."""
+    scaled = np.round(rng.uniform(-0.25, 0.25, shape) * 2**FRAC_BITS)
+    return np.asarray(scaled / 2**FRAC_BITS, dtype=np.float64)
+
+
+@asynccontextmanager
+async def running_nodes(
+    n: int,
+    transport: Callable[[int], Transport],
+    *,
+    threshold: int | None = None,
+    deadline: float = 5.0,
+    federation: str = "fed-test",
+    roster: Roster | None = None,
+) -> AsyncIterator[list[PeerNode]]:
+    """Enter ``n`` nodes (site-0 … site-{n-1}) and yield them."""
+    default_roster, keys = make_roster(n)
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                PeerNode(
+                    federation=federation,
+                    roster=roster or default_roster,
+                    me=i,
+                    signing_key=keys[i],
+                    transport=transport(i),
+                    deadlines=lambda _phase: deadline,
+                    threshold=threshold,
+                    frac_bits=FRAC_BITS,
+                )
+            )
+            for i in range(n)
+        ]
+        yield nodes
+
+
+async def run_round(
+    nodes: Sequence[PeerNode], updates: Sequence[NDArray[np.float64]]
+) -> list[AggregateResult | BaseException]:
+    """Every node aggregates its update concurrently; exceptions are returned, not raised."""
+    return await asyncio.gather(
+        *(node.aggregate(u) for node, u in zip(nodes, updates, strict=True)),
+        return_exceptions=True,
+    )
