@@ -1,0 +1,518 @@
+"""Federation and site configuration: TOML files → validated, frozen dataclasses.
+
+Two files (DESIGN §1, §6). ``federation.toml`` is shared by every site and fixes what all
+peers must agree on: the federation id, the protocol and its threshold, the broker, the
+phase deadlines, the fixed-point encoding, size limits and the roster (site names and
+their long-term Ed25519 verify keys). A site file (``site-0.toml``) is private to one
+site: which federation file to use, the site's name, and where its secrets and audit
+log live.
+
+Invariants:
+
+- Every value is checked when loaded; nothing is clipped or defaulted silently. A bad
+  value, a missing required key and an *unknown* key all raise :class:`ConfigError`,
+  whose message names the file and the dotted key, e.g.
+  ``federation.toml: deadlines.share_keys: must be a positive number of seconds, got -1``.
+- Relative paths are relative to the directory of the file that names them; the
+  dataclasses hold absolute paths.
+- Secrets (the signing key, the broker password) are read from files that must not be
+  accessible by group or others, are never echoed in an error message, and never appear
+  in a ``repr``.
+- A site's signing key must match the verify key the roster lists for that site.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+from mpc_agg.crypto import SigningKey, VerifyKey
+from mpc_agg.errors import EncodingError, MpcAggError
+from mpc_agg.fixedpoint import FixedPointCodec
+from protocols.common import MAX_PEERS, Roster, RosterEntry
+from protocols.secagg.machine import default_threshold
+from protocols.secagg.messages import Phase
+
+#: Federation ids and site names: they become MQTT topic segments and usernames, so no
+#: ``/``, ``+``, ``#`` or whitespace.
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: Protocols this runtime can run.
+PROTOCOLS: Final = ("secagg",)
+#: Seconds per phase when ``[deadlines]`` leaves one out.
+DEFAULT_DEADLINE: Final = 30.0
+DEFAULT_FRAC_BITS: Final = 20
+DEFAULT_MAX_ABS_VALUE: Final = 1.0
+DEFAULT_MAX_VECTOR_LENGTH: Final = 100_000_000
+DEFAULT_CHUNK_SIZE: Final = 1 << 20
+#: The secagg machine accepts vectors of at most 2^31 coordinates (SecAggParams).
+MAX_VECTOR_LENGTH: Final = 1 << 31
+#: MQTT's largest packet is 256 MiB − 1; leave room for the envelope and topic.
+MAX_CHUNK_SIZE: Final = 255 * (1 << 20)
+#: Key and password files are tiny; refuse anything larger than this before parsing.
+_MAX_SECRET_FILE = 4096
+
+
+class ConfigError(MpcAggError, ValueError):
+    """A configuration file is missing, malformed, or holds an invalid value.
+
+    ``file`` is the offending file, ``key`` the dotted key inside it (``None`` when the
+    problem concerns the whole file).
+    """
+
+    def __init__(self, file: Path | str, key: str | None, problem: str) -> None:
+        self.file = Path(file)
+        self.key = key
+        self.problem = problem
+        shown = os.path.normpath(file)
+        super().__init__(f"{shown}: {key}: {problem}" if key else f"{shown}: {problem}")
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerConfig:
+    """How to reach the MQTT broker (DESIGN §6).
+
+    ``ca_file`` is the CA bundle that signs the broker's certificate (required with
+    ``tls``, ``None`` without). ``username``/``password`` are ``None`` in a
+    :class:`FederationConfig` and filled in a :class:`SiteConfig`.
+    """
+
+    host: str
+    port: int
+    tls: bool
+    ca_file: Path | None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deadlines:
+    """Seconds each ``secagg`` phase may last before the machine's ``deadline(phase)``."""
+
+    advertise_keys: float = DEFAULT_DEADLINE
+    share_keys: float = DEFAULT_DEADLINE
+    masked_input: float = DEFAULT_DEADLINE
+    consistency_check: float = DEFAULT_DEADLINE
+    unmask: float = DEFAULT_DEADLINE
+    confirm_result: float = DEFAULT_DEADLINE
+
+    def for_phase(self, phase: Phase) -> float:
+        """The deadline of ``phase`` in seconds; phases without one raise ``ValueError``."""
+        if phase in (Phase.IDLE, Phase.DONE, Phase.ABORTED):
+            raise ValueError(f"phase {phase.name} has no deadline")
+        seconds: float = getattr(self, phase.name.lower())
+        return seconds
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EncodingConfig:
+    """Fixed-point encoding shared by all sites (DESIGN §4)."""
+
+    frac_bits: int = DEFAULT_FRAC_BITS
+    max_abs_value: float = DEFAULT_MAX_ABS_VALUE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Size limits: longest accepted update and MQTT chunk size in bytes."""
+
+    max_vector_length: int = DEFAULT_MAX_VECTOR_LENGTH
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FederationConfig:
+    """Everything the sites of one federation agree on (``federation.toml``)."""
+
+    id: str
+    protocol: str
+    threshold: int
+    broker: BrokerConfig
+    deadlines: Deadlines
+    encoding: EncodingConfig
+    limits: Limits
+    roster: Roster
+    path: Path
+
+    @property
+    def n(self) -> int:
+        """Number of sites in the roster."""
+        return len(self.roster)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteConfig:
+    """One site's view: the federation plus its identity, credentials and audit log."""
+
+    federation: FederationConfig
+    name: str
+    index: int
+    signing_key: SigningKey = field(repr=False)
+    broker: BrokerConfig
+    audit_log: Path
+    path: Path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Table:
+    """A TOML table being read: typed getters, and an error for every key left unread."""
+
+    def __init__(self, file: Path, prefix: str, data: Mapping[str, Any]) -> None:
+        self.file = file
+        self.prefix = prefix
+        self.data = data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), problem)
+
+    def _get(self, name: str, *, required: bool) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if required:
+                raise self.error(name, "is required")
+            return None
+        return self.data[name]
+
+    def string(
+        self, name: str, *, default: str | None = None, pattern: re.Pattern[str] | None = None
+    ) -> str:
+        value = self._get(name, required=default is None)
+        if value is None:
+            assert default is not None
+            return default
+        if not isinstance(value, str):
+            raise self.error(name, f"must be a string, got {_show(value)}")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise self.error(name, f"must match {pattern.pattern}, got {value!r}")
+        if pattern is None and not value.strip():
+            raise self.error(name, "must not be empty")
+        return value
+
+    def optional_string(self, name: str) -> str | None:
+        value = self._get(name, required=False)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(name, f"must be a non-empty string, got {_show(value)}")
+        return value
+
+    def integer(self, name: str, *, low: int, high: int, default: int | None = None) -> int:
+        value = self._get(name, required=default is None)
+        if value is None:
+            assert default is not None
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"must be an integer, got {_show(value)}")
+        if not low <= value <= high:
+            raise self.error(name, f"must be in [{low}, {high}], got {value}")
+        return value
+
+    def optional_integer(self, name: str) -> int | None:
+        value = self._get(name, required=False)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise self.error(name, f"must be an integer, got {_show(value)}")
+        return value
+
+    def positive(self, name: str, *, what: str, default: float) -> float:
+        value = self._get(name, required=False)
+        if value is None:
+            return default
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise self.error(name, f"must be a positive {what}, got {_show(value)}")
+        return float(value)
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        value = self._get(name, required=False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, got {_show(value)}")
+        return value
+
+    def table(self, name: str, *, required: bool) -> _Table:
+        value = self._get(name, required=required)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(name, f"must be a table, got {_show(value)}")
+        return _Table(self.file, self.key(name), value)
+
+    def tables(self, name: str) -> list[_Table]:
+        value = self._get(name, required=True)
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.error(name, f"must be an array of tables ([[{name}]]), got {_show(value)}")
+        return [_Table(self.file, f"{self.key(name)}[{i}]", v) for i, v in enumerate(value)]
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _show(value: object) -> str:
+    """A short rendering of a (non-secret) TOML value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, "invalid TOML: not UTF-8") from None
+
+
+def _relative(base: Path, value: str) -> Path:
+    """``value`` resolved against the directory of the file ``base`` that names it."""
+    return (base.parent / Path(value).expanduser()).resolve()
+
+
+def _read_secret(table: _Table, name: str, path: Path) -> str:
+    """Text of a secret file whose mode grants nothing to group or others."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise table.error(name, f"file {os.path.normpath(path)} not found") from None
+    except OSError as exc:
+        raise table.error(name, f"cannot read {os.path.normpath(path)}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise table.error(name, f"{os.path.normpath(path)} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if os.name == "posix" and mode & 0o077:
+        raise table.error(
+            name,
+            f"{os.path.normpath(path)} has mode {mode:04o}; a secret file must not be "
+            f"accessible by group or others (run: chmod 600 {os.path.normpath(path)})",
+        )
+    if info.st_size > _MAX_SECRET_FILE:
+        raise table.error(name, f"{os.path.normpath(path)} is larger than {_MAX_SECRET_FILE} bytes")
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        # The content is secret: say what is wrong, never what is there.
+        raise table.error(name, f"{os.path.normpath(path)} is not readable ASCII text") from None
+
+
+# --------------------------------------------------------------------------- federation
+
+
+def _broker(table: _Table) -> BrokerConfig:
+    host = table.string("host")
+    if any(c.isspace() for c in host):
+        raise table.error("host", f"must be a host name or IP address, got {host!r}")
+    port = table.integer("port", low=1, high=65535)
+    tls = table.boolean("tls", default=True)
+    ca_value = table.optional_string("ca_file")
+    ca_file = None
+    if ca_value is not None:
+        if not tls:
+            raise table.error("ca_file", "is set but tls = false; enable tls or remove ca_file")
+        ca_file = _relative(table.file, ca_value)
+        if not ca_file.is_file():
+            raise table.error("ca_file", f"file {os.path.normpath(ca_file)} not found")
+    elif tls:
+        # Explicit even for a public CA (point it at the system bundle): the transport
+        # enables TLS from this file, so a missing one must not mean "no TLS".
+        raise table.error("ca_file", "is required when tls = true (the CA that signs the broker)")
+    table.finish()
+    return BrokerConfig(host=host, port=port, tls=tls, ca_file=ca_file)
+
+
+def _deadlines(table: _Table) -> Deadlines:
+    def seconds(name: str) -> float:
+        return table.positive(name, what="number of seconds", default=DEFAULT_DEADLINE)
+
+    deadlines = Deadlines(
+        advertise_keys=seconds("advertise_keys"),
+        share_keys=seconds("share_keys"),
+        masked_input=seconds("masked_input"),
+        consistency_check=seconds("consistency_check"),
+        unmask=seconds("unmask"),
+        confirm_result=seconds("confirm_result"),
+    )
+    table.finish()
+    return deadlines
+
+
+def _encoding(table: _Table, n: int) -> EncodingConfig:
+    frac_bits = table.integer("frac_bits", low=0, high=52, default=DEFAULT_FRAC_BITS)
+    max_abs = table.positive("max_abs_value", what="finite number", default=DEFAULT_MAX_ABS_VALUE)
+    table.finish()
+    try:  # the codec's static headroom check: n · max|value| · 2^frac_bits must fit
+        FixedPointCodec(frac_bits=frac_bits, n_peers=n, max_abs_value=max_abs)
+    except EncodingError as exc:
+        raise table.error("max_abs_value", str(exc)) from None
+    return EncodingConfig(frac_bits=frac_bits, max_abs_value=max_abs)
+
+
+def _limits(table: _Table) -> Limits:
+    limits = Limits(
+        max_vector_length=table.integer(
+            "max_vector_length", low=1, high=MAX_VECTOR_LENGTH, default=DEFAULT_MAX_VECTOR_LENGTH
+        ),
+        chunk_size=table.integer(
+            "chunk_size", low=1, high=MAX_CHUNK_SIZE, default=DEFAULT_CHUNK_SIZE
+        ),
+    )
+    table.finish()
+    return limits
+
+
+def _roster(tables: list[_Table], root: _Table) -> Roster:
+    if not 2 <= len(tables) <= MAX_PEERS:
+        raise root.error("sites", f"needs 2..{MAX_PEERS} [[sites]] entries, got {len(tables)}")
+    entries: list[RosterEntry] = []
+    names: dict[str, int] = {}
+    keys: dict[bytes, int] = {}
+    for i, table in enumerate(tables):
+        name = table.string("name", pattern=NAME_PATTERN)
+        if name in names:
+            raise table.error("name", f"duplicate site name {name!r} (also sites[{names[name]}])")
+        hex_key = table.string("verify_key")
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", hex_key):
+            raise table.error(
+                "verify_key",
+                f"must be 64 hex characters (an Ed25519 public key), got {_show(hex_key)}",
+            )
+        raw = bytes.fromhex(hex_key)
+        try:
+            VerifyKey(raw)
+        except MpcAggError as exc:
+            raise table.error("verify_key", str(exc)) from None
+        if raw in keys:
+            raise table.error("verify_key", f"same key as sites[{keys[raw]}]; keys must be unique")
+        table.finish()
+        names[name], keys[raw] = i, i
+        entries.append(RosterEntry(name=name, verify_key=raw))
+    return Roster(tuple(entries))
+
+
+def load_federation(path: Path | str) -> FederationConfig:
+    """Read and validate ``federation.toml``; raise :class:`ConfigError` on any problem."""
+    path = Path(path)
+    root = _Table(path, "", _read_toml(path))
+    # Read the roster first: n is needed to check the threshold and the encoding headroom.
+    roster = _roster(root.tables("sites"), root)
+    n = len(roster)
+    fed = root.table("federation", required=True)
+    fed_id = fed.string("id", pattern=NAME_PATTERN)
+    protocol = fed.string("protocol", default="secagg")
+    if protocol not in PROTOCOLS:
+        raise fed.error("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    threshold = fed.optional_integer("threshold")
+    if threshold is None:
+        threshold = default_threshold(n)
+    elif not 2 <= threshold <= n:
+        raise fed.error("threshold", f"must be in [2, n={n}], got {threshold}")
+    fed.finish()
+    broker = _broker(root.table("broker", required=True))
+    deadlines = _deadlines(root.table("deadlines", required=False))
+    encoding = _encoding(root.table("encoding", required=False), n)
+    limits = _limits(root.table("limits", required=False))
+    root.finish()
+    return FederationConfig(
+        id=fed_id,
+        protocol=protocol,
+        threshold=threshold,
+        broker=broker,
+        deadlines=deadlines,
+        encoding=encoding,
+        limits=limits,
+        roster=roster,
+        path=path.absolute(),
+    )
+
+
+# --------------------------------------------------------------------------- site
+
+
+def _signing_key(table: _Table, key_file: Path) -> SigningKey:
+    text = _read_secret(table, "signing_key_file", key_file)
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise table.error(
+            "signing_key_file",
+            f"{os.path.normpath(key_file)} must hold 64 hex characters "
+            "(a 32-byte Ed25519 private key)",
+        )
+    return SigningKey(bytes.fromhex(text))
+
+
+def load_site(path: Path | str) -> SiteConfig:
+    """Read a site file and the federation file it names; validate both and their match.
+
+    ``password_file`` is optional: without it the site connects without credentials
+    (only for a broker that allows anonymous clients, e.g. a local demo).
+    """
+    path = Path(path)
+    site = _Table(path, "", _read_toml(path))
+    federation_path = _relative(path, site.string("federation"))
+    name = site.string("name", pattern=NAME_PATTERN)
+    key_file = _relative(path, site.string("signing_key_file"))
+    password_value = site.optional_string("password_file")
+    audit_log = _relative(path, site.string("audit_log", default=f"{name}.audit.jsonl"))
+    site.finish()
+
+    if not federation_path.is_file():
+        raise site.error("federation", f"file {os.path.normpath(federation_path)} not found")
+    federation = load_federation(federation_path)
+    try:
+        index = federation.roster.index_of(name)
+    except KeyError:
+        raise site.error(
+            "name", f"no site named {name!r} in the roster of {os.path.normpath(federation_path)}"
+        ) from None
+    signing_key = _signing_key(site, key_file)
+    if signing_key.public_bytes() != federation.roster.entries[index].verify_key:
+        raise site.error(
+            "signing_key_file",
+            f"the key in {os.path.normpath(key_file)} does not match the verify_key of site "
+            f"{name!r} (sites[{index}].verify_key) in {os.path.normpath(federation_path)}",
+        )
+    password = None
+    if password_value is not None:
+        password = _read_secret(site, "password_file", _relative(path, password_value))
+        if not password:
+            raise site.error("password_file", "the password file is empty")
+    if not audit_log.parent.is_dir():
+        raise site.error("audit_log", f"directory {os.path.normpath(audit_log.parent)} not found")
+    broker = replace(
+        federation.broker,
+        username=name if password is not None else None,
+        password=password,
+    )
+    return SiteConfig(
+        federation=federation,
+        name=name,
+        index=index,
+        signing_key=signing_key,
+        broker=broker,
+        audit_log=audit_log,
+        path=path.absolute(),
+    )

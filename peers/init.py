@@ -1,0 +1,441 @@
+"""``mpc-agg init``: create a federation — identities, roster, broker TLS, passwords, ACL.
+
+Layout written into the target directory (DESIGN §1, §6)::
+
+    federation.toml            shared by every site (roster, broker, deadlines, …)
+    sites/site-K.toml          one site's config
+    sites/site-K.key           its Ed25519 signing key, hex            (mode 0600)
+    sites/site-K.password      its broker password                     (mode 0600)
+    broker/ca.crt, ca.key      a self-signed EC P-256 CA               (ca.key 0600)
+    broker/server.crt, .key    the broker's certificate, signed by it  (server.key 0600)
+    broker/passwd              Mosquitto password file (PBKDF2-SHA512)  (mode 0600)
+    broker/admin.password      the operators' ``admin`` account password (mode 0600)
+    broker/acl                 Mosquitto ACL
+    broker/mosquitto.conf      TLS listener, no anonymous access, absolute paths
+
+Topic scheme the ACL enforces (:mod:`peers.transport`): a site publishes protocol
+messages on ``mpcagg/v1/{federation}/{round}/{site}`` and its presence on
+``mpcagg/v1/{federation}/presence/{site}``; the broker lets a site publish only where
+the last segment is its own MQTT username, which :func:`peers.config.load_site` sets to
+the site's name, and lets it read the whole federation. Identity still comes from the
+signature inside each envelope, never from the topic (DESIGN §3): the ACL only stops a
+site from crowding another's topics.
+
+Nothing is overwritten: every file is created exclusively, and a directory that already
+holds a ``federation.toml`` is refused. Secrets come from the OS CSPRNG and never appear
+on a command line (passwords are hashed with ``mosquitto_passwd -U`` on a 0600 file).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import getpass
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mpc_agg.crypto import SigningKey
+from mpc_agg.randomness import SystemRandomSource
+from peers.config import NAME_PATTERN, PROTOCOLS, ConfigError, load_federation
+from peers.transport import PREFIX, PRESENCE
+from protocols.common import MAX_PEERS
+from protocols.secagg.machine import default_threshold
+
+#: Username of the operators' read-only account (generated sites are called ``site-K``,
+#: so it never clashes with a site).
+ADMIN_USER: Final = "admin"
+_CA_DAYS: Final = 3650
+_SERVER_DAYS: Final = 825
+#: Mosquitto 2's default password hash: ``$7$`` = PBKDF2-HMAC-SHA512, 101 iterations,
+#: 12-byte salt (mosquitto_passwd.c). Used only when ``mosquitto_passwd`` is absent.
+_PBKDF2_ITERATIONS: Final = 101
+_PBKDF2_SALT_BYTES: Final = 12
+
+
+def init_federation(
+    directory: Path,
+    *,
+    sites: int,
+    protocol: str = "secagg",
+    broker_port: int = 8883,
+    broker_host: str = "127.0.0.1",
+    threshold: int | None = None,
+    federation_id: str | None = None,
+) -> Path:
+    """Create a federation of ``sites`` sites in ``directory``; return its federation.toml.
+
+    ``broker_host`` is both the address the broker listens on and the name the sites
+    connect to (it goes into the server certificate with ``localhost`` and
+    ``127.0.0.1``). ``federation_id`` defaults to a fresh random ``fed-…`` id, so two
+    federations on one broker never share topics. Raises :class:`ConfigError` for a
+    directory that already holds a federation, ``ValueError`` for invalid arguments.
+    """
+    if not 2 <= sites <= MAX_PEERS:
+        raise ValueError(f"sites must be in [2, {MAX_PEERS}], got {sites}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if not 1 <= broker_port <= 65535:
+        raise ValueError(f"broker_port must be in [1, 65535], got {broker_port}")
+    if not broker_host or any(c.isspace() for c in broker_host):
+        raise ValueError(f"broker_host must be a host name or IP address, got {broker_host!r}")
+    if threshold is None:
+        threshold = default_threshold(sites)
+    elif not 2 <= threshold <= sites:
+        raise ValueError(f"threshold must be in [2, {sites}], got {threshold}")
+    fed_id = federation_id if federation_id is not None else f"fed-{secrets.token_hex(4)}"
+    if not NAME_PATTERN.fullmatch(fed_id):
+        raise ValueError(f"federation_id must match {NAME_PATTERN.pattern}, got {fed_id!r}")
+
+    directory = Path(directory).absolute()
+    if "\n" in str(directory):
+        raise ValueError("the directory path must not contain a newline")
+    federation_file = directory / "federation.toml"
+    if federation_file.exists():
+        raise ConfigError(federation_file, None, "already exists; refusing to overwrite")
+    site_dir, broker_dir = directory / "sites", directory / "broker"
+    for folder in (directory, site_dir, broker_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    names = [f"site-{k}" for k in range(sites)]
+    random_source = SystemRandomSource()
+    verify_keys: list[str] = []
+    passwords: dict[str, str] = {}
+    for name in names:
+        key = SigningKey.generate(random_source)
+        verify_keys.append(key.public_bytes().hex())
+        _write(site_dir / f"{name}.key", key.private_bytes().hex() + "\n", secret=True)
+        passwords[name] = secrets.token_urlsafe(24)
+        _write(site_dir / f"{name}.password", passwords[name] + "\n", secret=True)
+        _write(site_dir / f"{name}.toml", _site_toml(name))
+    passwords[ADMIN_USER] = secrets.token_urlsafe(24)
+    _write(broker_dir / "admin.password", passwords[ADMIN_USER] + "\n", secret=True)
+
+    _write_tls(broker_dir, broker_host)
+    _write_password_file(broker_dir / "passwd", passwords)
+    _write(broker_dir / "acl", _acl(fed_id, names))
+    _write(broker_dir / "mosquitto.conf", _mosquitto_conf(broker_dir, broker_host, broker_port))
+    # Written last: its presence marks a complete federation directory.
+    _write(
+        federation_file,
+        _federation_toml(
+            fed_id=fed_id,
+            protocol=protocol,
+            threshold=threshold,
+            host=broker_host,
+            port=broker_port,
+            names=names,
+            verify_keys=verify_keys,
+        ),
+    )
+    load_federation(federation_file)  # what we wrote must load
+    return federation_file
+
+
+def broker_command(directory: Path) -> list[str]:
+    """The command line that starts the federation's Mosquitto broker."""
+    conf = (Path(directory) / "broker" / "mosquitto.conf").absolute()
+    return [_find_program("mosquitto") or "mosquitto", "-c", str(conf)]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _write(path: Path, text: str, *, secret: bool = False) -> None:
+    """Create ``path`` exclusively (never overwrite); secrets get mode 0600 from the start."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        if secret:
+            os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
+
+
+def _toml_string(value: str) -> str:
+    # A JSON string with ensure_ascii is a valid TOML basic string.
+    return json.dumps(value, ensure_ascii=True)
+
+
+def _federation_toml(
+    *,
+    fed_id: str,
+    protocol: str,
+    threshold: int,
+    host: str,
+    port: int,
+    names: list[str],
+    verify_keys: list[str],
+) -> str:
+    lines = [
+        "# Shared by every site of the federation; generated by `mpc-agg init`.",
+        "[federation]",
+        f"id = {_toml_string(fed_id)}",
+        f"protocol = {_toml_string(protocol)}",
+        f"threshold = {threshold}",
+        "",
+        "[broker]",
+        f"host = {_toml_string(host)}",
+        f"port = {port}",
+        "tls = true",
+        'ca_file = "broker/ca.crt"',
+        "",
+        "[deadlines]  # seconds per phase",
+        "advertise_keys = 30.0",
+        "share_keys = 30.0",
+        "masked_input = 60.0",
+        "consistency_check = 30.0",
+        "unmask = 30.0",
+        "confirm_result = 10.0",
+        "",
+        "[encoding]",
+        "frac_bits = 20",
+        "max_abs_value = 1.0",
+        "",
+        "[limits]",
+        "max_vector_length = 100000000",
+        "chunk_size = 1048576",
+    ]
+    for name, key in zip(names, verify_keys, strict=True):
+        lines += ["", "[[sites]]", f"name = {_toml_string(name)}"]
+        lines.append(f"verify_key = {_toml_string(key)}")
+    return "\n".join(lines) + "\n"
+
+
+def _site_toml(name: str) -> str:
+    return "\n".join(
+        [
+            f"# Private to {name}; keep the .key and .password files secret.",
+            'federation = "../federation.toml"',
+            f"name = {_toml_string(name)}",
+            f"signing_key_file = {_toml_string(name + '.key')}",
+            f"password_file = {_toml_string(name + '.password')}",
+            f"audit_log = {_toml_string(name + '.audit.jsonl')}",
+            "",
+        ]
+    )
+
+
+def _acl(fed_id: str, names: Iterable[str]) -> str:
+    root = f"{PREFIX}/{fed_id}"
+    lines = [
+        "# Generated by `mpc-agg init`.",
+        "",
+        "# A site publishes only under its own sender id: %u is the MQTT username, which",
+        "# for a site is its roster name. (Patterns apply to every user.)",
+        f"pattern write {root}/+/%u",
+        f"pattern write {root}/{PRESENCE}/%u",
+        "",
+        "# Operators: read-only access to everything.",
+        f"user {ADMIN_USER}",
+        "topic read #",
+        "topic read $SYS/#",
+        "",
+        "# Every site reads the whole federation.",
+    ]
+    for name in names:
+        lines += [f"user {name}", f"topic read {root}/#"]
+    return "\n".join(lines) + "\n"
+
+
+def _mosquitto_conf(broker_dir: Path, host: str, port: int) -> str:
+    return "\n".join(
+        [
+            "# Generated by `mpc-agg init`: TLS only, one account per site, ACL per sender id.",
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"password_file {broker_dir / 'passwd'}",
+            f"acl_file {broker_dir / 'acl'}",
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "# Keep the identity of whoever starts the broker: the key and password files",
+            "# are 0600. (Started as root, Mosquitto would otherwise switch to 'mosquitto'.)",
+            f"user {_user_name()}",
+            "",
+            f"listener {port} {host}",
+            f"cafile {broker_dir / 'ca.crt'}",
+            f"certfile {broker_dir / 'server.crt'}",
+            f"keyfile {broker_dir / 'server.key'}",
+            "require_certificate false",
+            "",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def _user_name() -> str:
+    """Name of the account running ``init`` (which owns the broker's secret files)."""
+    try:
+        import pwd  # noqa: PLC0415 - POSIX only
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, AttributeError):
+        return getpass.getuser()
+
+
+def _write_tls(broker_dir: Path, host: str) -> None:
+    now = dt.datetime.now(dt.UTC)
+    start = now - dt.timedelta(minutes=5)  # tolerate small clock skew between machines
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mpc-agg federation"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "mpc-agg federation CA"),
+        ]
+    )
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(now + dt.timedelta(days=_CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(now + dt.timedelta(days=_SERVER_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(list(_alt_names(host))), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    _write(broker_dir / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM).decode())
+    _write(broker_dir / "ca.key", _pem_private(ca_key), secret=True)
+    _write(broker_dir / "server.crt", server_cert.public_bytes(serialization.Encoding.PEM).decode())
+    _write(broker_dir / "server.key", _pem_private(server_key), secret=True)
+
+
+def _alt_names(host: str) -> Iterable[x509.GeneralName]:
+    """``localhost``, ``127.0.0.1`` and ``host`` (as an IP address when it is one)."""
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+        x509.IPAddress(ipaddress.IPv6Address("::1")),
+    ]
+    try:
+        extra: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        extra = x509.DNSName(host)
+    if extra not in names:
+        names.append(extra)
+    return names
+
+
+def _pem_private(key: ec.EllipticCurvePrivateKey) -> str:
+    # Unencrypted: the broker must read server.key unattended. ca.key is only needed to
+    # issue new certificates; keep it offline in production.
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+# --------------------------------------------------------------------------- passwords
+
+
+def _find_program(name: str) -> str | None:
+    """``name`` on PATH, else in the sbin folders Debian and Homebrew install it to."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"):
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def _write_password_file(path: Path, passwords: dict[str, str]) -> None:
+    """Mosquitto password file for ``passwords`` (username → password), mode 0600.
+
+    With ``mosquitto_passwd`` present: write ``user:password`` lines to a 0600 file and
+    hash them in place with ``mosquitto_passwd -U`` (``-b`` would put each password on
+    a command line, visible to every local user). Without it: the same ``$7$`` hash
+    (PBKDF2-HMAC-SHA512) computed here, so ``init`` works on machines without Mosquitto.
+    """
+    tool = _find_program("mosquitto_passwd")
+    if tool is None:
+        lines = [f"{user}:{_mosquitto_hash(password)}" for user, password in passwords.items()]
+        _write(path, "\n".join(lines) + "\n", secret=True)
+        return
+    _write(path, "".join(f"{u}:{p}\n" for u, p in passwords.items()), secret=True)
+    try:
+        subprocess.run(  # noqa: S603 - fixed argv, no shell, no secret on it
+            [tool, "-U", str(path)], check=True, capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        path.unlink()  # never leave a plaintext password file behind
+        detail = getattr(exc, "stderr", None) or str(exc)
+        raise ConfigError(path, None, f"mosquitto_passwd -U failed: {detail.strip()}") from None
+    os.chmod(path, 0o600)
+
+
+def _mosquitto_hash(password: str) -> str:
+    salt = secrets.token_bytes(_PBKDF2_SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS)
+    b64 = base64.b64encode
+    return f"$7${_PBKDF2_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
