@@ -2,10 +2,10 @@
 
 Messages larger than ``chunk_size`` travel as bounded frames (:mod:`peers.chunking`) on the
 same topic and are reassembled and digest-checked here, so the node above sees whole
-messages. Presence: on connect the site publishes a retained ``online`` on its presence
-topic and registers an MQTT Will that the broker publishes (retained ``offline``) if the
-connection dies. On a lost connection the transport reconnects with exponential backoff,
-re-subscribes and carries on; publishing waits for the reconnection. After
+messages. Presence: the site registers an MQTT Will that the broker publishes (retained
+``offline``) if the connection dies, and publishes a retained ``online`` once its
+subscriptions are in place. On a lost connection the transport reconnects with exponential
+backoff, re-subscribes and carries on; publishing waits for the reconnection. After
 ``reconnect_timeout`` seconds without a connection it raises :class:`TransportError`.
 """
 
@@ -125,8 +125,8 @@ class MqttTransport:
             self._generation += 1
             for topic_filter in self._filters:
                 await client.subscribe(topic_filter, qos=1)
-            if self._presence is not None:
-                await client.publish(self._presence, ONLINE, qos=1, retain=True)
+            if self._filters:
+                await self._announce(client)
             return
         raise TransportError(
             f"cannot connect to the MQTT broker at {self.host}:{self.port} as "
@@ -205,10 +205,19 @@ class MqttTransport:
                 task.cancel()
 
     async def subscribe(self, topic_filter: str) -> None:
-        """Subscribe with QoS 1 (kept across reconnections)."""
+        """Subscribe with QoS 1 (kept across reconnections); then announce presence.
+
+        ``online`` is published only once a subscription is in place, so a peer that sees
+        it knows this site will receive what is published from then on.
+        """
         self._filters.append(topic_filter)
         if self._client is not None:
             await self._client.subscribe(topic_filter, qos=1)
+            await self._announce(self._client)
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        if self._presence is not None:
+            await client.publish(self._presence, ONLINE, qos=1, retain=True)
 
     async def messages(self) -> AsyncIterator[Delivery]:
         """Reassembled messages; survives reconnections; ends when the transport closes."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
@@ -31,7 +32,16 @@ from mpc_agg.crypto import SigningKey
 from mpc_agg.errors import EncodingError, MpcAggError, ProtocolMisuseError
 from mpc_agg.fixedpoint import FixedPointCodec
 from mpc_agg.randomness import RandomSource, SystemRandomSource
-from peers.transport import Transport, federation_filter, message_topic, parse_topic
+from peers.audit import AuditLog
+from peers.config import SiteConfig
+from peers.mqtt import MqttTransport
+from peers.transport import (
+    Transport,
+    federation_filter,
+    message_topic,
+    parse_topic,
+    presence_topic,
+)
 from protocols.common import (
     AggregateReady,
     Broadcast,
@@ -111,6 +121,8 @@ class PeerNode:
         max_abs_value: float = 1.0,
         max_vector_length: int = 100_000_000,
         randomness: RandomSource | None = None,
+        audit: AuditLog | None = None,
+        join_timeout: float = 0.0,
     ) -> None:
         self.federation = federation
         self.roster = roster
@@ -125,6 +137,9 @@ class PeerNode:
         )
         self.max_vector_length = max_vector_length
         self._rng = randomness or SystemRandomSource()
+        self.audit = audit
+        self.join_timeout = join_timeout
+        self._presence_changed = asyncio.Event()
         self._current: _Round | None = None
         self._last_round = 0
         self._early: defaultdict[int, list[tuple[int | None, bytes]]] = defaultdict(list)
@@ -132,6 +147,56 @@ class PeerNode:
         self._reader_error: BaseException | None = None
         self.presence: dict[str, bytes] = {}
         self._bytes_in = 0
+
+    @classmethod
+    def from_config(cls, site: SiteConfig, *, transport: Transport | None = None) -> PeerNode:
+        """A node for ``site`` (its broker, deadlines, encoding, limits and audit log)."""
+        federation = site.federation
+        broker = site.broker
+        if transport is None:
+            transport = MqttTransport(
+                host=broker.host,
+                port=broker.port,
+                client_id=f"{federation.id}-{site.name}-{os.getpid()}",
+                username=broker.username,
+                password=broker.password,
+                ca_file=broker.ca_file if broker.tls else None,
+                presence_topic=presence_topic(federation.id, site.name),
+                chunk_size=federation.limits.chunk_size,
+                max_message_bytes=8 * federation.limits.max_vector_length + (1 << 22),
+            )
+        return cls(
+            federation=federation.id,
+            roster=federation.roster,
+            me=site.index,
+            signing_key=site.signing_key,
+            transport=transport,
+            deadlines=federation.deadlines.for_phase,
+            threshold=federation.threshold,
+            frac_bits=federation.encoding.frac_bits,
+            max_abs_value=federation.encoding.max_abs_value,
+            max_vector_length=federation.limits.max_vector_length,
+            audit=AuditLog(site.audit_log),
+            join_timeout=federation.deadlines.advertise_keys,
+        )
+
+    async def wait_for_peers(self, timeout: float) -> set[str]:
+        """Wait until every other site announced itself online (or ``timeout``); return them.
+
+        MQTT does not keep messages for subscribers that are not there yet, so starting a
+        round before the others subscribed would lose our first message to them.
+        """
+        others = {self.roster.name(i) for i in range(len(self.roster))} - {self.name}
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while True:
+            online = {s for s in others if self.presence.get(s) == b"online"}
+            remaining = give_up - loop.time()
+            if online == others or remaining <= 0:
+                return online
+            self._presence_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._presence_changed.wait(), remaining)
 
     async def __aenter__(self) -> Self:
         await self._transport.__aenter__()
@@ -161,6 +226,7 @@ class PeerNode:
                     continue
                 if parsed.round_id is None:
                     self.presence[parsed.site] = delivery.payload
+                    self._presence_changed.set()
                     continue
                 try:
                     claimed: int | None = self.roster.index_of(parsed.site)
@@ -211,6 +277,8 @@ class PeerNode:
                 f"update has {array.size} entries; allowed 1..{self.max_vector_length}"
             )
         encoded = self.codec.encode(array, np.random.default_rng(), clip_norm=None)
+        if self.join_timeout > 0 and self._last_round == 0:
+            await self.wait_for_peers(self.join_timeout)
         params = SecAggParams(
             federation=self.federation,
             round_id=round_id,
@@ -230,10 +298,25 @@ class PeerNode:
         bytes_in_before = self._bytes_in
         try:
             ready, ignored, timings = await self._run(state, encoded.ring)
+        except RoundAbortedError as exc:
+            self._record(round_id, params, {"outcome": "aborted", "reason": exc.reason})
+            raise
         finally:
             self._current = None
         total = self.codec.decode(ready.total).reshape(array.shape)
         names = self.roster.name
+        self._record(
+            round_id,
+            params,
+            {
+                "outcome": "aggregate",
+                "participants": [names(p) for p in ready.included],
+                "dropped": {names(p): r for p, r in ready.dropped.items()},
+                "excluded": {names(p): r for p, r in ready.excluded.items()},
+                "result_digest": ready.result_digest.hex(),
+                "confirmed_by": [names(p) for p in ready.confirmed_by],
+            },
+        )
         return AggregateResult(
             total=total,
             count=len(ready.included),
@@ -248,6 +331,28 @@ class PeerNode:
             bytes_in=self._bytes_in - bytes_in_before,
             bytes_out=self._bytes_out_total() - bytes_out_before,
             ignored=dict(ignored),
+        )
+
+    def _record(self, round_id: int, params: SecAggParams, outcome: Mapping[str, object]) -> None:
+        """Append the round to the audit log (DESIGN §9): parameters, roster, outcome."""
+        if self.audit is None:
+            return
+        self.audit.append(
+            {
+                "protocol": PROTOCOL,
+                "federation": self.federation,
+                "round": round_id,
+                "site": self.name,
+                "roster_digest": self.roster.digest.hex(),
+                "parameters": {
+                    "n": len(self.roster),
+                    "threshold": params.threshold,
+                    "vector_length": params.vector_length,
+                    "frac_bits": self.codec.frac_bits,
+                    "max_abs_value": self.codec.max_abs_value,
+                },
+                **outcome,
+            }
         )
 
     def _bytes_out_total(self) -> int:

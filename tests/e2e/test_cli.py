@@ -16,8 +16,10 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_runs_rounds_and_agrees_with_plaintext() -> None:
-    done = _run("demo", "--sites", "4", "--rounds", "2", "--dim", "2000", "--seed", "5")
+def test_in_process_demo_runs_rounds_and_agrees_with_plaintext() -> None:
+    done = _run(
+        "demo", "--in-process", "--sites", "4", "--rounds", "2", "--dim", "2000", "--seed", "5"
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("mpc-agg demo: 4 sites, threshold T=3, 2 rounds")
@@ -27,19 +29,16 @@ def test_demo_runs_rounds_and_agrees_with_plaintext() -> None:
 
 
 def test_demo_is_reproducible_with_a_seed() -> None:
-    first = _run(
-        "demo", "--sites", "3", "--rounds", "1", "--dim", "500", "--seed", "9", "--drop", "0"
-    )
-    second = _run(
-        "demo", "--sites", "3", "--rounds", "1", "--dim", "500", "--seed", "9", "--drop", "0"
-    )
+    args = ("demo", "--in-process", "--sites", "3", "--rounds", "1", "--dim", "500", "--seed", "9")
+    first = _run(*args, "--drop", "0")
+    second = _run(*args, "--drop", "0")
     assert first.returncode == 0 == second.returncode
     strip = [ln.rsplit(" ", 1)[0] for ln in first.stdout.splitlines()]  # drop timings
     assert strip == [ln.rsplit(" ", 1)[0] for ln in second.stdout.splitlines()]
 
 
 def test_demo_rejects_impossible_dropouts() -> None:
-    done = _run("demo", "--sites", "4", "--drop", "3")
+    done = _run("demo", "--in-process", "--sites", "4", "--drop", "3")
     assert done.returncode == 2
     assert "--drop must be in [0, n−T = 1]" in done.stderr
 
@@ -48,3 +47,13 @@ def test_unknown_command_is_a_usage_error() -> None:
     done = _run("frobnicate")
     assert done.returncode == 2
     assert "invalid choice" in done.stderr
+
+
+def test_demo_through_mosquitto_with_site_processes() -> None:
+    done = _run("demo", "--sites", "3", "--rounds", "2", "--dim", "3000", "--seed", "2")
+    assert done.returncode == 0, done.stderr
+    assert "broker: mosquitto with TLS + per-site ACL" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 2
+    assert all("site-0, site-1, site-2" in row for row in rows)
+    assert "every site computed the identical sum each round" in done.stdout
