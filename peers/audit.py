@@ -1,16 +1,23 @@
-"""Hash-chained JSON-lines audit log, one per site (DESIGN §1 item 4, §9).
+r"""Hash-chained JSON-lines audit log, one per site (DESIGN §1 item 4, §9).
 
 Each line is one canonical JSON object (``json.dumps(sort_keys=True,
 separators=(",", ":"), ensure_ascii=False)``, UTF-8, one line each)::
 
-    {"prev":"<hex>","record":{...},"seq":k,"time":"2025-01-01T12:00:00.000000Z"}
+    {"prev":"<hex>","record":{...},"seq":k,"sig":"<hex>","time":"2025-01-01T12:00:00.000000Z"}
 
 ``seq`` is the 1-based line number; ``prev`` is the hex SHA-256 of the previous line's
 bytes (without its newline), 64 zeros on line 1; ``time`` is UTC. The digest of the
 last line — returned by :meth:`AuditLog.append`, see :attr:`AuditLog.head` — commits to
 the whole log.
 
-What the chain proves: any edited, removed, reordered or inserted line before the last
+``sig`` (present when the log is written with the site's signing key, as ``PeerNode``
+does) is an Ed25519 signature by the site's long-term key over ``"mpc-agg/audit/v1\0"``
+and the canonical entry without ``sig``. Checked against the roster key
+(``verify_audit_log(path, verify_key=…)``, ``mpc-agg audit verify --federation``), it
+makes every line, the last one included, impossible to edit or forge without that key.
+Only dropping whole lines at the end still needs an anchor.
+
+What the chain alone proves: any edited, removed, reordered or inserted line before the last
 one, and a truncated last line, is detected by :func:`verify_audit_log` without any
 outside information. Changing the *last* line into another valid line, or dropping
 whole lines at the end, can only be detected against an anchor — a ``(seq, digest)``
@@ -39,11 +46,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from mpc_agg.errors import MpcAggError
+from mpc_agg.crypto import SigningKey, VerifyKey
+from mpc_agg.errors import MpcAggError, SignatureError
 
 #: ``prev`` of the first line.
 GENESIS: Final = "0" * 64
 _FIELDS: Final = frozenset({"seq", "prev", "time", "record"})
+_SIGNED_FIELDS: Final = _FIELDS | {"sig"}
+_SIGNING_DOMAIN: Final = b"mpc-agg/audit/v1\x00"
+_HEX_SIGNATURE: Final = re.compile(r"[0-9a-f]{128}")
 _HEX_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 _TIME: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 #: Key names that never belong in an audit record (compared case-insensitively).
@@ -94,14 +105,16 @@ def _utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _check_line(number: int, line: bytes, prev: str) -> str | None:
+def _check_line(
+    number: int, line: bytes, prev: str, verify_key: VerifyKey | None = None
+) -> str | None:
     """Problem with line ``number`` on its own and against ``prev``; ``None`` when fine."""
     try:
         entry = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return "not valid UTF-8 JSON"
-    if not isinstance(entry, dict) or set(entry) != _FIELDS:
-        return "not an audit entry (expected exactly the keys prev, record, seq, time)"
+    if not isinstance(entry, dict) or set(entry) not in (_FIELDS, _SIGNED_FIELDS):
+        return "not an audit entry (expected exactly the keys prev, record, seq, time[, sig])"
     try:
         canonical = _canonical(entry)
     except ValueError:
@@ -119,14 +132,29 @@ def _check_line(number: int, line: bytes, prev: str) -> str | None:
         return "record is not an object"
     if entry["prev"] != prev:
         return "prev does not match the digest of the previous line"
+    if verify_key is not None:
+        signature = entry.pop("sig", None)
+        if not isinstance(signature, str) or not _HEX_SIGNATURE.fullmatch(signature):
+            return "not signed (a signed log was expected)"
+        try:
+            verify_key.verify(bytes.fromhex(signature), _SIGNING_DOMAIN + _canonical(entry))
+        except SignatureError:
+            return "signature does not verify under the site's key (edited or forged)"
     return None
 
 
-def verify_audit_log(path: Path | str, *, anchor: tuple[int, str] | None = None) -> AuditReport:
+def verify_audit_log(
+    path: Path | str,
+    *,
+    anchor: tuple[int, str] | None = None,
+    verify_key: VerifyKey | None = None,
+) -> AuditReport:
     """Check the whole chain of ``path``; report the first bad line.
 
     A missing file is an empty, valid log. ``anchor = (seq, digest)`` additionally
     requires line ``seq`` to exist and to hash to ``digest`` (see the module docstring).
+    With ``verify_key`` (the site's roster key) every line must carry a valid signature,
+    which also protects the last line.
     """
     path = Path(path)
     try:
@@ -138,7 +166,7 @@ def verify_audit_log(path: Path | str, *, anchor: tuple[int, str] | None = None)
     digests: list[str] = []
     prev = GENESIS
     for number, line in enumerate(lines, start=1):
-        problem = _check_line(number, line, prev)
+        problem = _check_line(number, line, prev, verify_key)
         if problem is not None:
             bad = number
             if problem.startswith("prev does not match") and number > 1:
@@ -146,7 +174,10 @@ def verify_audit_log(path: Path | str, *, anchor: tuple[int, str] | None = None)
                 # it was changed (then this is its only broken link) or this line's prev
                 # was (then this line also breaks the link to the next one).
                 nxt = lines[number] if number < len(lines) else None
-                if nxt is not None and _check_line(number + 1, nxt, _digest(line)) is None:
+                if (
+                    nxt is not None
+                    and _check_line(number + 1, nxt, _digest(line), verify_key) is None
+                ):
                     bad = number - 1
                     problem = f"changed after line {number} committed to its digest"
                 elif nxt is None:
@@ -209,11 +240,13 @@ class AuditLog:
     opened with ``O_APPEND``, followed by ``fsync``.
     """
 
-    __slots__ = ("_head", "_lines", "_path", "_size")
+    __slots__ = ("_head", "_lines", "_path", "_signing_key", "_size")
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, signing_key: SigningKey | None = None) -> None:
         self._path = Path(path)
-        report = verify_audit_log(self._path)
+        self._signing_key = signing_key
+        verify_key = VerifyKey(signing_key.public_bytes()) if signing_key is not None else None
+        report = verify_audit_log(self._path, verify_key=verify_key)
         if not report.ok:
             raise AuditError(
                 f"{self._path}: refusing to append to a broken audit log: {report.problem}"
@@ -252,6 +285,9 @@ class AuditLog:
             line = _canonical(entry)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"record is not JSON-serialisable: {exc}") from None
+        if self._signing_key is not None:
+            entry["sig"] = self._signing_key.sign(_SIGNING_DOMAIN + line).hex()
+            line = _canonical(entry)
         created = not self._path.exists()
         fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -138,9 +138,18 @@ def _report(result: AggregateResult) -> dict[str, Any]:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    report = verify_audit_log(args.file)
+    verify_key = None
+    if args.federation is not None:
+        roster = load_federation(args.federation).roster
+        try:
+            verify_key = roster.verify_key(roster.index_of(args.site))
+        except KeyError:
+            _err(f"no site named {args.site!r} in {args.federation}")
+            return 2
+    report = verify_audit_log(args.file, verify_key=verify_key)
     if report.ok:
-        print(f"{args.file}: ok, {report.lines} lines, hash chain intact")
+        checked = f"signed by {args.site}" if verify_key else "signatures NOT checked"
+        print(f"{args.file}: ok, {report.lines} lines, hash chain intact, {checked}")
         return 0
     print(f"{args.file}: BROKEN at line {report.line_number}: {report.problem}")
     return 1
@@ -424,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check a site's hash-chained audit log")
     verify.add_argument("file")
+    verify.add_argument(
+        "--federation", default=None, help="federation.toml: check signatures with the roster key"
+    )
+    verify.add_argument("--site", default=None, help="the site that wrote the log")
     verify.set_defaults(handler=_audit)
 
     demo = sub.add_parser("demo", help="a whole federation on this machine, vs. plaintext")
@@ -455,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo" and (args.sites < 2 or args.rounds < 1 or args.dim < 1):
         _err("need --sites ≥ 2, --rounds ≥ 1, --dim ≥ 1")
+        return 2
+    if args.command == "audit" and (args.federation is None) != (args.site is None):
+        _err("audit verify: give both --federation and --site, or neither")
         return 2
     try:
         return int(args.handler(args))

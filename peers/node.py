@@ -176,7 +176,7 @@ class PeerNode:
             frac_bits=federation.encoding.frac_bits,
             max_abs_value=federation.encoding.max_abs_value,
             max_vector_length=federation.limits.max_vector_length,
-            audit=AuditLog(site.audit_log),
+            audit=AuditLog(site.audit_log, signing_key=site.signing_key),
             join_timeout=federation.deadlines.advertise_keys,
         )
 

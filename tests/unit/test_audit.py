@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mpc_agg.crypto import SigningKey, VerifyKey
+from mpc_agg.randomness import DeterministicRandomSource
 from peers.audit import GENESIS, AuditError, AuditLog, AuditReport, verify_audit_log
 
 N_LINES = 6
@@ -323,3 +325,57 @@ def test_every_append_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert len(synced) == 2
     log.append({"event": "two"})
     assert len(synced) == 3
+
+
+# --------------------------------------------------------------------------- signed logs
+
+
+def _signed_log(tmp_path: Path, lines: int = 3) -> tuple[Path, SigningKey]:
+    key = SigningKey.generate(DeterministicRandomSource("audit-signer"))
+    path = tmp_path / "signed.jsonl"
+    log = AuditLog(path, signing_key=key)
+    for i in range(lines):
+        log.append({"round": i + 1, "outcome": "aggregate"})
+    return path, key
+
+
+def test_signed_log_verifies_with_the_site_key(tmp_path: Path) -> None:
+    path, key = _signed_log(tmp_path)
+    report = verify_audit_log(path, verify_key=VerifyKey(key.public_bytes()))
+    assert report.ok
+    assert report.lines == 3
+
+
+def test_editing_the_last_signed_line_is_detected(tmp_path: Path) -> None:
+    path, key = _signed_log(tmp_path)
+    path.write_text(path.read_text().replace('"round":3', '"round":4'))
+    assert verify_audit_log(path).ok  # the bare chain cannot see it …
+    report = verify_audit_log(path, verify_key=VerifyKey(key.public_bytes()))
+    assert not report.ok  # … the signature can
+    assert report.line_number == 3
+    assert report.problem is not None
+    assert "signature does not verify" in report.problem
+
+
+def test_a_signed_log_checked_with_another_key_fails_on_line_one(tmp_path: Path) -> None:
+    path, _ = _signed_log(tmp_path)
+    other = SigningKey.generate(DeterministicRandomSource("someone-else"))
+    report = verify_audit_log(path, verify_key=VerifyKey(other.public_bytes()))
+    assert not report.ok
+    assert report.line_number == 1
+
+
+def test_an_unsigned_log_fails_when_signatures_are_required(tmp_path: Path) -> None:
+    path = tmp_path / "plain.jsonl"
+    AuditLog(path).append({"round": 1})
+    key = SigningKey.generate(DeterministicRandomSource("audit-signer"))
+    report = verify_audit_log(path, verify_key=VerifyKey(key.public_bytes()))
+    assert not report.ok
+    assert report.problem is not None
+    assert "not signed" in report.problem
+
+
+def test_reopening_a_signed_log_resumes_signing(tmp_path: Path) -> None:
+    path, key = _signed_log(tmp_path, lines=2)
+    AuditLog(path, signing_key=key).append({"round": 3})
+    assert verify_audit_log(path, verify_key=VerifyKey(key.public_bytes())).lines == 3

@@ -1,0 +1,160 @@
+"""A federation as users run it: ``mpc-agg init``, ``mpc-agg broker`` and one
+``mpc-agg aggregate`` process per site, over Mosquitto with TLS and the generated ACL."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SITES = 4
+FRAC_BITS = 20
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "peers.cli", *args]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Path]:
+    """A 4-site federation with 2-second deadlines and its broker running."""
+    port = _free_port()
+    root = tmp_path / "fed"
+    done = subprocess.run(
+        _cli("init", str(root), "--sites", str(SITES), "--broker-port", str(port)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "threshold T=3" in done.stdout
+    toml = root / "federation.toml"
+    toml.write_text(re.sub(r"(?m)^(\w+) = \d+\.0$", r"\1 = 2.0", toml.read_text()))
+    broker = subprocess.Popen(
+        _cli("broker", str(root)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("broker did not start")
+        yield root
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        broker.wait(10)
+
+
+def _inputs(root: Path, dim: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    updates = [
+        np.round(rng.uniform(-0.5, 0.5, dim) * 2**FRAC_BITS) / 2**FRAC_BITS for _ in range(SITES)
+    ]
+    for k, update in enumerate(updates):
+        np.save(root / f"x{k}.npy", update)
+    return updates
+
+
+def _start_sites(root: Path) -> list[subprocess.Popen[str]]:
+    return [
+        subprocess.Popen(
+            _cli(
+                "aggregate",
+                "--config",
+                str(root / "sites" / f"site-{k}.toml"),
+                "--input",
+                str(root / f"x{k}.npy"),
+                "--output",
+                str(root / f"sum{k}.npy"),
+                "--report",
+                str(root / f"report{k}.json"),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(SITES)
+    ]
+
+
+def test_four_site_processes_produce_the_identical_exact_sum(federation: Path) -> None:
+    updates = _inputs(federation, 20_000, seed=1)
+    sites = _start_sites(federation)
+    outputs = [site.communicate(timeout=60) for site in sites]
+    for site, (stdout, stderr) in zip(sites, outputs, strict=True):
+        assert site.returncode == 0, stderr
+        assert "sum of 4 sites" in stdout
+    sums = [np.load(federation / f"sum{k}.npy") for k in range(SITES)]
+    for total in sums:
+        assert np.array_equal(total, sum(updates))
+    reports = [json.loads((federation / f"report{k}.json").read_text()) for k in range(SITES)]
+    assert len({r["result_digest"] for r in reports}) == 1
+    assert all(r["included"] == [f"site-{k}" for k in range(SITES)] for r in reports)
+    fed = str(federation / "federation.toml")
+    for k in range(SITES):
+        log = federation / "sites" / f"site-{k}.audit.jsonl"
+        verified = subprocess.run(
+            _cli("audit", "verify", str(log), "--federation", fed, "--site", f"site-{k}"),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stdout
+        assert "ok, 1 lines, hash chain intact, signed by" in verified.stdout
+    # an edited record — even the last line — fails the signature check and is named
+    log = federation / "sites" / "site-0.audit.jsonl"
+    log.write_text(log.read_text().replace('"site-0"', '"site-9"', 1))
+    broken = subprocess.run(
+        _cli("audit", "verify", str(log), "--federation", fed, "--site", "site-0"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert broken.returncode == 1
+    assert "BROKEN at line 1" in broken.stdout
+    assert "signature does not verify" in broken.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_a_site_killed_at_a_random_moment_gives_correct_sums_or_clean_aborts(
+    federation: Path, seed: int
+) -> None:
+    updates = _inputs(federation, 300_000, seed=seed)
+    sites = _start_sites(federation)
+    time.sleep(random.Random(seed).uniform(0.3, 1.5))
+    sites[3].send_signal(signal.SIGKILL)
+    outputs = [site.communicate(timeout=60) for site in sites[:3]]
+    sites[3].wait(10)
+    for k, (site, (_stdout, stderr)) in enumerate(zip(sites[:3], outputs, strict=True)):
+        if site.returncode == 0:
+            report = json.loads((federation / f"report{k}.json").read_text())
+            included = [int(name.split("-")[1]) for name in report["included"]]
+            assert np.array_equal(
+                np.load(federation / f"sum{k}.npy"), sum(updates[i] for i in included)
+            )
+        else:
+            assert site.returncode == 1, stderr
+            lines = stderr.strip().splitlines()
+            assert lines
+            assert "aborted" in lines[-1]
