@@ -19,13 +19,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mpc_agg.errors import EncodingError, HeadroomError
-from mpc_agg.ring import SIGNED_LIMIT, RingVector, SignedVector, embed, lift
+from mpc_agg.ring import SIGNED_LIMIT, RingVector, lift
 
 FloatVector = NDArray[np.float64]
 
 #: float64 represents every integer below 2^53 exactly; scaled values must stay below it
 #: so that the rounding step is exact.
 _EXACT_FLOAT_LIMIT = float(1 << 53)
+#: Entries encoded per block (bounds the float64 temporaries to a few MB).
+_BLOCK = 1 << 18
 
 
 def check_headroom(max_abs: int, n_peers: int) -> None:
@@ -111,34 +113,40 @@ class FixedPointCodec:
         array = np.asarray(values)
         if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
             raise EncodingError(f"cannot encode dtype {array.dtype}; expected floats")
-        flat = np.ascontiguousarray(array, dtype=np.float64).reshape(-1)
+        flat = np.ascontiguousarray(array).reshape(-1)
         if not np.isfinite(flat).all():
             bad = int(np.count_nonzero(~np.isfinite(flat)))
             raise EncodingError(f"update contains {bad} NaN/inf entries; refusing to encode")
-        norm = float(np.linalg.norm(flat))
+        norm = float(np.linalg.norm(flat.astype(np.float64, copy=False)))
         if not math.isfinite(norm):
             raise EncodingError("the update's L2 norm overflows float64; refusing to encode")
+        factor = 1.0
         clipped = False
         if clip_norm is not None:
             if not (math.isfinite(clip_norm) and clip_norm > 0):
                 raise EncodingError(f"clip_norm must be finite and > 0, got {clip_norm}")
             if norm > clip_norm:
-                flat = flat * (clip_norm / norm)
+                factor = clip_norm / norm
                 clipped = True
-        peak = float(np.max(np.abs(flat))) if flat.size else 0.0
+        peak = max(float(np.max(flat)), -float(np.min(flat))) * factor if flat.size else 0.0
         if peak > self.max_abs_value:
             raise EncodingError(
                 f"an entry has |x| = {peak:.6g} > max_abs_value {self.max_abs_value:.6g}; "
                 f"clip the update (clip_norm) or raise max_abs_value — nothing was clipped"
             )
-        scaled = flat * self.scale
-        floor = np.floor(scaled)
-        frac = scaled - floor
-        rounded = floor + (rng.random(flat.shape[0]) < frac)
-        integers: SignedVector = rounded.astype(np.int64)
-        max_abs = int(np.max(np.abs(integers))) if integers.size else 0
+        integers = np.empty(flat.shape[0], dtype=np.int64)
+        scale = self.scale * factor
+        # Block by block: temporaries stay O(block), not O(d) (a 10^8-entry update must fit).
+        for start in range(0, flat.shape[0], _BLOCK):
+            block = flat[start : start + _BLOCK].astype(np.float64) * scale
+            floor = np.floor(block)
+            block -= floor  # fractional part in [0, 1)
+            floor += rng.random(block.shape[0]) < block  # round up with probability = fraction
+            integers[start : start + _BLOCK] = floor
+        max_abs = max(int(integers.max()), -int(integers.min())) if integers.size else 0
         check_headroom(max_abs, self.n_peers)
-        return EncodedUpdate(ring=embed(integers), clipped=clipped, l2_norm=norm, max_abs=max_abs)
+        ring = integers.view(np.uint64)
+        return EncodedUpdate(ring=ring, clipped=clipped, l2_norm=norm, max_abs=max_abs)
 
     def decode(self, total: RingVector) -> FloatVector:
         """Decode a ring vector (e.g. an aggregate) back to floats: lift, then ÷ 2^frac_bits."""

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import secrets
 import shutil
 import socket
@@ -131,6 +132,7 @@ def _report(result: AggregateResult) -> dict[str, Any]:
         "bytes_in": result.bytes_in,
         "bytes_out": result.bytes_out,
         "ignored": dict(result.ignored),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 

@@ -68,6 +68,7 @@ class MqttTransport:
         self._lock = asyncio.Lock()
         self._generation = 0
         self._closing = False
+        self._connected = asyncio.Event()
         self.bytes_out = 0
         self.bytes_in = 0
         self.reconnects = 0
@@ -123,6 +124,7 @@ class MqttTransport:
                 continue
             self._client = client
             self._generation += 1
+            self._connected.set()
             for topic_filter in self._filters:
                 await client.subscribe(topic_filter, qos=1)
             if self._filters:
@@ -143,6 +145,7 @@ class MqttTransport:
             await self._connect()
 
     async def _drop_client(self) -> None:
+        self._connected.clear()
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(aiomqtt.MqttError):
@@ -174,7 +177,10 @@ class MqttTransport:
         while True:
             client, generation = self._client, self._generation
             if client is None:
-                raise TransportError("publish on a closed MQTT transport")
+                if self.closing:
+                    raise TransportError("publish on a closed MQTT transport")
+                await self._wait_connected()
+                continue
             try:
                 await self._publish_frames(client, topic, payload, message_id)
                 return
@@ -182,6 +188,16 @@ class MqttTransport:
                 if self.closing:
                     raise TransportError("transport closed while publishing") from None
                 await self._reconnect(generation)  # then resend every frame (dedup by index)
+
+    async def _wait_connected(self) -> None:
+        """Wait for a reconnection in progress (another task is reconnecting)."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.reconnect_timeout)
+        except TimeoutError:
+            raise TransportError(
+                f"MQTT broker at {self.host}:{self.port} unreachable for "
+                f"{self.reconnect_timeout:.0f}s"
+            ) from None
 
     async def _publish_frames(
         self, client: aiomqtt.Client, topic: str, payload: bytes, message_id: bytes
@@ -224,7 +240,8 @@ class MqttTransport:
         while not self._closing:
             client, generation = self._client, self._generation
             if client is None:
-                return
+                await self._wait_connected()
+                continue
             try:
                 async for message in client.messages:
                     payload = message.payload

@@ -1,0 +1,123 @@
+"""A round as users run it: ``mpc-agg init`` + ``broker`` + one ``aggregate`` process per site.
+
+Reports wall time, peak RSS of every site process and bytes per site, over Mosquitto with
+TLS and the generated ACL. Run::
+
+    .venv/bin/python -m benchmarks.mqtt_round --n 3 --d 10000000 [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import write
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "peers.cli", *args]
+
+
+def measure(n: int, d: int, dtype: str) -> dict[str, Any]:
+    """One round with ``n`` site processes and ``d`` entries of ``dtype``."""
+    with tempfile.TemporaryDirectory(prefix="mpc-agg-bench-") as tmp:
+        root = Path(tmp) / "fed"
+        port = _free_port()
+        subprocess.run(
+            _cli("init", str(root), "--sites", str(n), "--broker-port", str(port)),
+            check=True,
+            capture_output=True,
+        )
+        toml = root / "federation.toml"
+        toml.write_text(
+            toml.read_text().replace(
+                "max_vector_length = 100000000", f"max_vector_length = {max(d, 1)}"
+            )
+        )
+        rng = np.random.default_rng(0)
+        for k in range(n):
+            np.save(root / f"x{k}.npy", rng.uniform(-0.5, 0.5, d).astype(dtype))
+        broker = subprocess.Popen(
+            _cli("broker", str(root)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            time.sleep(0.5)
+            started = time.perf_counter()
+            sites = [
+                subprocess.Popen(
+                    _cli(
+                        "aggregate",
+                        "--config",
+                        str(root / "sites" / f"site-{k}.toml"),
+                        "--input",
+                        str(root / f"x{k}.npy"),
+                        "--output",
+                        str(root / f"sum{k}.npy"),
+                        "--report",
+                        str(root / f"report{k}.json"),
+                    ),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+                for k in range(n)
+            ]
+            for site in sites:
+                _, err = site.communicate(timeout=1800)
+                if site.returncode != 0:
+                    raise RuntimeError(err.decode()[-500:])
+            wall = time.perf_counter() - started
+        finally:
+            broker.send_signal(signal.SIGTERM)
+            broker.wait(10)
+        reports = [json.loads((root / f"report{k}.json").read_text()) for k in range(n)]
+        expected = sum(np.load(root / f"x{k}.npy").astype(np.float64) for k in range(n))
+        error = max(
+            float(np.max(np.abs(np.load(root / f"sum{k}.npy") - expected))) for k in range(n)
+        )
+    vector_mb = d * np.dtype(dtype).itemsize / 2**20
+    return {
+        "n": n,
+        "d": d,
+        "dtype": dtype,
+        "wall_s_all_processes": wall,
+        "round_s_by_phase_site0": reports[0]["timings_s"],
+        "peak_rss_mb_per_site": [r["peak_rss_mb"] for r in reports],
+        "input_vector_mb": vector_mb,
+        "peak_rss_in_input_vectors": max(r["peak_rss_mb"] for r in reports) / vector_mb,
+        "bytes_out_per_site": [r["bytes_out"] for r in reports],
+        "bytes_in_per_site": [r["bytes_in"] for r in reports],
+        "max_abs_error_vs_float_sum": error,
+        "identical_digests": len({r["result_digest"] for r in reports}) == 1,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=3)
+    parser.add_argument("--d", type=int, default=10_000_000)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+    row = measure(args.n, args.d, args.dtype)
+    path = write(f"mqtt_round_n{args.n}_d{args.d}", row)
+    print(json.dumps(row, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
