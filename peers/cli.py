@@ -232,8 +232,11 @@ def _demo(args: argparse.Namespace) -> int:
     n, rounds = args.sites, args.rounds
     seed = args.seed if args.seed is not None else secrets.randbits(32)
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        _err("mosquitto is not installed; install it or run `mpc-agg demo --in-process`")
-        return 2
+        print(
+            "mosquitto is not installed: running the sites in-process instead "
+            "(install mosquitto, e.g. `apt install mosquitto`, for the broker demo)\n"
+        )
+        return _demo_in_process(args)
     with tempfile.TemporaryDirectory(prefix="mpc-agg-demo-") as tmp:
         root = Path(tmp)
         port = _free_port()
