@@ -65,11 +65,12 @@ async def test_a_message_forged_by_a_broker_level_client_is_rejected() -> None:
     )
     rng = np.random.default_rng(31)
     updates = [on_grid(rng, (1000,)) for _ in range(3)]
-    async with running_nodes(
-        3, _transports(1883, federation), federation=federation, threshold=2
-    ) as nodes, MqttTransport(
-        host="127.0.0.1", port=1883, client_id=f"{federation}-admin"
-    ) as admin:
+    async with (
+        running_nodes(
+            3, _transports(1883, federation), federation=federation, threshold=2
+        ) as nodes,
+        MqttTransport(host="127.0.0.1", port=1883, client_id=f"{federation}-admin") as admin,
+    ):
         # an administrator of the broker publishes on site-1's topic, before site-1 does
         await admin.publish(message_topic(federation, 1, "site-1"), forged)
         await asyncio.sleep(0.2)
