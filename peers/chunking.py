@@ -9,7 +9,8 @@ the same bytes as 1 MB messages ≈ 1.5 GB/s (DESIGN §6). Frame layout::
 The reassembler bounds memory: a message larger than ``max_message_bytes`` is refused at
 its first frame, each source may have ``max_pending_per_source`` partial messages (the
 oldest is evicted), and partial messages older than ``max_pending_total`` in count are
-dropped first. A complete message whose SHA-256 differs from the announced one is dropped.
+dropped first. A partial message holds only the chunks received so far (never the size its
+frames announce). A complete message whose SHA-256 differs from the announced one is dropped.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class _Partial:
     count: int
     chunk_size: int
     digest: bytes
-    buffer: bytearray
-    received: set[int] = field(default_factory=set)
+    chunks: dict[int, bytes] = field(default_factory=dict)
+    received: int = 0
 
 
 class Reassembler:
@@ -77,7 +78,7 @@ class Reassembler:
     @property
     def pending_bytes(self) -> int:
         """Bytes held by incomplete messages (bounded by the limits)."""
-        return sum(len(p.buffer) for p in self._partials.values())
+        return sum(p.received for p in self._partials.values())
 
     def feed(self, source: str, frame: bytes) -> bytes | None:
         """Add one frame; return the whole message when it completes, else None."""
@@ -95,7 +96,7 @@ class Reassembler:
         partial = self._partials.get(key)
         if partial is None:
             self._make_room(source)
-            partial = _Partial(total, count, chunk_size, digest, bytearray(total))
+            partial = _Partial(total, count, chunk_size, digest)
             self._partials[key] = partial
         if (partial.total, partial.count, partial.chunk_size, partial.digest) != (
             total,
@@ -111,14 +112,15 @@ class Reassembler:
         if len(data) != expected:
             self._partials.pop(key, None)
             raise ChunkError(f"chunk {index} carries {len(data)} bytes, expected {expected}")
-        if index in partial.received:
+        if index in partial.chunks:
             return None  # QoS 1 redelivery
-        partial.buffer[start : start + expected] = data
-        partial.received.add(index)
-        if len(partial.received) < count:
+        partial.chunks[index] = data.tobytes()
+        partial.received += expected
+        if len(partial.chunks) < count:
             return None
         del self._partials[key]
-        message = bytes(partial.buffer)
+        message = b"".join(partial.chunks[i] for i in range(count))
+        partial.chunks.clear()
         if not digests_equal(sha256(message), digest):
             raise ChunkError("reassembled message does not match its digest")
         return message

@@ -95,6 +95,9 @@ def _broker(args: argparse.Namespace) -> int:  # noqa: RET503 - execv does not r
 
 def _aggregate(args: argparse.Namespace) -> int:
     site = load_site(args.config)
+    if not 1 <= args.round < 2**64:  # before connecting: SPEC §2.1, and round 0 is never run
+        _err(f"--round must be in [1, 2^64), got {args.round}")
+        return 2
     try:
         update = np.load(args.input, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -148,6 +151,9 @@ def _audit(args: argparse.Namespace) -> int:
         except KeyError:
             _err(f"no site named {args.site!r} in {args.federation}")
             return 2
+    if not Path(args.file).is_file():  # a typo or a deleted log is not an "ok" empty log
+        _err(f"no audit log at {args.file}")
+        return 2
     report = verify_audit_log(args.file, verify_key=verify_key)
     if report.ok:
         checked = f"signed by {args.site}" if verify_key else "signatures NOT checked"
@@ -230,6 +236,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.in_process:
         return _demo_in_process(args)
     n, rounds = args.sites, args.rounds
+    if args.threshold is not None and not 2 <= args.threshold <= n:
+        _err(f"--threshold must be in [2, {n}]")
+        return 2
     seed = args.seed if args.seed is not None else secrets.randbits(32)
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         print(
@@ -311,6 +320,7 @@ def _print_demo(
         if any("aborted" in line for line in lines):
             reasons = {line.get("aborted", "") for line in lines} - {""}
             print(f"{r + 1:>5}  aborted: {'; '.join(sorted(reasons))}")
+            bad += 1
             continue
         first = lines[0]
         included = [int(name.split("-")[1]) for name in first["included"]]
@@ -354,7 +364,7 @@ def _demo_in_process(args: argparse.Namespace) -> int:
     )
     print("network: in-process (protocol machines wired in memory, no broker)\n")
     print(f"{'round':>5}  {'included':<24} {'dropped (phase)':<30} {'max|secure−plain|':>18}  time")
-    worst = 0.0
+    worst, aborted = 0.0, 0
     for round_id in range(1, rounds + 1):
         updates = {p: demo_update(seed, p, round_id, dim, args.clip) for p in range(n)}
         encoded = {p: codec.encode(u, rng).ring for p, u in updates.items()}
@@ -377,6 +387,7 @@ def _demo_in_process(args: argparse.Namespace) -> int:
         if not results:
             reasons = {a.reason for a in outcome.aborts().values()}
             print(f"{round_id:>5}  aborted: {'; '.join(sorted(reasons))}")
+            aborted += 1
             continue
         digests = {r.result_digest for r in results.values()}
         first = next(iter(results.values()))
@@ -395,6 +406,8 @@ def _demo_in_process(args: argparse.Namespace) -> int:
         )
         if flags:
             return 1
+    if aborted:
+        return 1
     bound = n * 2.0**-args.frac_bits
     print(
         f"\nall sites agreed every round; the ring sums were bit-exact; worst float error "

@@ -6,7 +6,8 @@ messages. Presence: the site registers an MQTT Will that the broker publishes (r
 ``offline``) if the connection dies, and publishes a retained ``online`` once its
 subscriptions are in place. On a lost connection the transport reconnects with exponential
 backoff, re-subscribes and carries on; publishing waits for the reconnection. After
-``reconnect_timeout`` seconds without a connection it raises :class:`TransportError`.
+``reconnect_timeout`` seconds without a connection (or of publishes that keep failing) it
+raises :class:`TransportError`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class MqttTransport:
         presence_topic: str | None = None,
         chunk_size: int = 1 << 20,
         max_message_bytes: int = 1 << 30,
+        max_pending_total: int = 64,
         reconnect_timeout: float = 60.0,
         backoff: tuple[float, float] = (0.1, 5.0),
         window: int = 8,
@@ -64,7 +66,9 @@ class MqttTransport:
         self.window = window
         self._client: aiomqtt.Client | None = None
         self._filters: list[str] = []
-        self._reassembler = Reassembler(max_message_bytes=max_message_bytes)
+        self._reassembler = Reassembler(
+            max_message_bytes=max_message_bytes, max_pending_total=max_pending_total
+        )
         self._lock = asyncio.Lock()
         self._generation = 0
         self._closing = False
@@ -122,13 +126,23 @@ class MqttTransport:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff[1])
                 continue
+            try:
+                for topic_filter in self._filters:
+                    await client.subscribe(topic_filter, qos=1)
+                if self._filters:
+                    await self._announce(client)
+            except aiomqtt.MqttError as exc:  # lost again at once: another attempt
+                last = exc
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.__aexit__(None, None, None)
+                if loop.time() + delay > give_up:
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
             self._client = client
             self._generation += 1
             self._connected.set()
-            for topic_filter in self._filters:
-                await client.subscribe(topic_filter, qos=1)
-            if self._filters:
-                await self._announce(client)
             return
         raise TransportError(
             f"cannot connect to the MQTT broker at {self.host}:{self.port} as "
@@ -172,8 +186,15 @@ class MqttTransport:
     # ------------------------------------------------------------------ Transport
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        """Publish ``payload`` as frames of at most ``chunk_size`` bytes (QoS 1)."""
+        """Publish ``payload`` as frames of at most ``chunk_size`` bytes (QoS 1).
+
+        Raises :class:`TransportError` when publishing keeps failing for more than
+        ``reconnect_timeout`` seconds even though reconnecting works (e.g. a frame larger
+        than the broker's ``max_packet_size``: the broker drops the connection each time).
+        """
         message_id = os.urandom(16)
+        loop = asyncio.get_running_loop()
+        failing_since: float | None = None
         while True:
             client, generation = self._client, self._generation
             if client is None:
@@ -184,9 +205,17 @@ class MqttTransport:
             try:
                 await self._publish_frames(client, topic, payload, message_id)
                 return
-            except aiomqtt.MqttError:
+            except aiomqtt.MqttError as exc:
                 if self.closing:
                     raise TransportError("transport closed while publishing") from None
+                now = loop.time()
+                if failing_since is None:
+                    failing_since = now
+                elif now - failing_since > self.reconnect_timeout:
+                    raise TransportError(
+                        f"publishing {len(payload)} bytes on {topic} to {self.host}:{self.port} "
+                        f"kept failing for {self.reconnect_timeout:.0f}s: {exc}"
+                    ) from None
                 await self._reconnect(generation)  # then resend every frame (dedup by index)
 
     async def _wait_connected(self) -> None:
@@ -251,8 +280,12 @@ class MqttTransport:
                     if parsed is not None and parsed.round_id is None:
                         yield Delivery(topic, bytes(payload))  # presence: small, never chunked
                         continue
+                    # Partial messages are counted per sending site (the broker's ACL
+                    # confines a site to its own name), not per topic: the round in the
+                    # topic is the sender's choice.
+                    source = topic if parsed is None else f"{parsed.federation}/{parsed.site}"
                     try:
-                        whole = self._reassembler.feed(topic, bytes(payload))
+                        whole = self._reassembler.feed(source, bytes(payload))
                     except ChunkError as exc:
                         log.warning("dropped a malformed frame on %s: %s", topic, exc)
                         continue

@@ -9,7 +9,10 @@ phase and turns effects into a result.
 Messages are routed by the round number in their topic: the current round's go to its
 machine, messages for a later round are held (bounded) until that round starts — a fast
 site may begin round r+1 before a slow one has finished round r — and older ones are
-dropped.
+dropped. The hold is bounded per roster site (the sender in the topic, which the broker's
+ACL enforces): at most ``_EARLY_ROUNDS`` future rounds of ``_EARLY_LIMIT_PER_PEER``
+messages each, so one site flooding future rounds cannot push out another site's messages;
+topics of sites outside the roster are never held.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import contextlib
 import logging
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -37,6 +40,7 @@ from peers.config import SiteConfig
 from peers.mqtt import MqttTransport
 from peers.transport import (
     Transport,
+    TransportError,
     federation_filter,
     message_topic,
     parse_topic,
@@ -57,8 +61,10 @@ from protocols.secagg.messages import Phase
 
 log = logging.getLogger(__name__)
 
-#: Messages held per future round (a round needs about 6 per peer).
+#: Messages held per site and future round (a round needs about 6 per peer).
 _EARLY_LIMIT_PER_PEER = 12
+#: Future rounds held per site (the lowest round ids win).
+_EARLY_ROUNDS = 2
 
 
 class RoundAbortedError(MpcAggError):
@@ -142,10 +148,14 @@ class PeerNode:
         self._presence_changed = asyncio.Event()
         self._current: _Round | None = None
         self._last_round = 0
-        self._early: defaultdict[int, list[tuple[int | None, bytes]]] = defaultdict(list)
+        # (round, claimed sender) -> [(arrival number, message)]
+        self._early: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
+        self._arrivals = 0
+        self._busy = False
         self._reader: asyncio.Task[None] | None = None
         self._reader_error: BaseException | None = None
         self.presence: dict[str, bytes] = {}
+        self._site_names = frozenset(e.name for e in roster.entries)
         self._bytes_in = 0
 
     @classmethod
@@ -164,6 +174,8 @@ class PeerNode:
                 presence_topic=presence_topic(federation.id, site.name),
                 chunk_size=federation.limits.chunk_size,
                 max_message_bytes=8 * federation.limits.max_vector_length + (1 << 22),
+                # every other site's masked input may be in flight at once (4 per site)
+                max_pending_total=max(64, 4 * federation.n),
             )
         return cls(
             federation=federation.id,
@@ -225,8 +237,9 @@ class PeerNode:
                 if parsed is None or parsed.federation != self.federation:
                     continue
                 if parsed.round_id is None:
-                    self.presence[parsed.site] = delivery.payload
-                    self._presence_changed.set()
+                    if parsed.site in self._site_names:  # bounded: roster sites only
+                        self.presence[parsed.site] = delivery.payload
+                        self._presence_changed.set()
                     continue
                 try:
                     claimed: int | None = self.roster.index_of(parsed.site)
@@ -238,19 +251,38 @@ class PeerNode:
                 self._route(parsed.round_id, claimed, delivery.payload)
         except Exception as exc:  # surfaced by aggregate(), never swallowed
             self._reader_error = exc
-            if self._current is not None:
-                self._current.inbox.put_nowait((None, b""))
+        else:
+            self._reader_error = TransportError("the transport stopped delivering messages")
+        if self._current is not None:
+            self._current.inbox.put_nowait((None, b""))
 
     def _route(self, round_id: int, claimed: int | None, data: bytes) -> None:
         current = self._current
         if current is not None and round_id == current.round_id:
             current.inbox.put_nowait((claimed, data))
-        elif round_id > self._last_round:
-            held = self._early[round_id]
-            if len(held) < _EARLY_LIMIT_PER_PEER * len(self.roster):
-                held.append((claimed, data))
-            for stale in [r for r in self._early if r <= self._last_round]:
-                del self._early[stale]
+        elif round_id > self._last_round and claimed is not None:
+            key = (round_id, claimed)
+            held = self._early.get(key)
+            if held is None:
+                rounds = [k for k in self._early if k[1] == claimed]
+                if len(rounds) >= _EARLY_ROUNDS:
+                    highest = max(rounds)
+                    if highest < key:
+                        return
+                    del self._early[highest]
+                held = self._early[key] = []
+            if len(held) < _EARLY_LIMIT_PER_PEER:
+                self._arrivals += 1
+                held.append((self._arrivals, data))
+
+    def _take_early(self, round_id: int) -> list[tuple[int, bytes]]:
+        """The held messages of ``round_id`` in arrival order; drop those of older rounds."""
+        taken: list[tuple[int, int, bytes]] = []
+        for key in [k for k in self._early if k[0] <= round_id]:
+            held = self._early.pop(key)
+            if key[0] == round_id:
+                taken.extend((arrival, key[1], data) for arrival, data in held)
+        return [(claimed, data) for _, claimed, data in sorted(taken, key=lambda t: t[0])]
 
     # ------------------------------------------------------------------ rounds
 
@@ -259,12 +291,21 @@ class PeerNode:
 
         Raises :class:`RoundAbortedError` when the round aborts (the reason names the
         phase and the peers), :class:`EncodingError` for NaN/inf or out-of-range input,
-        and :class:`ProtocolMisuseError` for a second concurrent round or a reused round.
+        :class:`ProtocolMisuseError` for a second concurrent round or a reused round, and
+        :class:`~peers.transport.TransportError` when the transport fails (once the task
+        reading incoming messages has died, every later round fails at once with its error).
         """
-        if self._current is not None:
-            raise ProtocolMisuseError(
-                f"round {self._current.round_id} is still running; one round at a time per node"
-            )
+        if self._busy:
+            raise ProtocolMisuseError("a round is still running; one round at a time per node")
+        if self._reader_error is not None:
+            raise self._reader_error
+        self._busy = True  # before the first await: wait_for_peers() may take a while
+        try:
+            return await self._aggregate(update, round_id)
+        finally:
+            self._busy = False
+
+    async def _aggregate(self, update: ArrayLike, round_id: int | None) -> AggregateResult:
         round_id = self._last_round + 1 if round_id is None else round_id
         if round_id <= self._last_round:
             raise ProtocolMisuseError(
@@ -292,14 +333,20 @@ class PeerNode:
         state = _Round(round_id, machine)
         self._current = state
         self._last_round = round_id
-        for claimed, data in self._early.pop(round_id, []):
+        for claimed, data in self._take_early(round_id):
             state.inbox.put_nowait((claimed, data))
+        if self._reader_error is not None:  # died while we waited for the peers
+            state.inbox.put_nowait((None, b""))
         bytes_out_before = self._bytes_out_total()
         bytes_in_before = self._bytes_in
         try:
             ready, ignored, timings = await self._run(state, encoded.ring)
         except RoundAbortedError as exc:
             self._record(round_id, params, {"outcome": "aborted", "reason": exc.reason})
+            raise
+        except Exception as exc:  # transport lost, reader died: the round still leaves a line
+            reason = f"{type(exc).__name__}: {exc}"
+            self._record(round_id, params, {"outcome": "failed", "reason": reason})
             raise
         finally:
             self._current = None

@@ -23,7 +23,8 @@ from mpc_agg.errors import MpcAggError
 
 PREFIX = "mpcagg/v1"
 PRESENCE = "presence"
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")  # used with fullmatch: "$" allows a "\n"
+_ROUND = re.compile(r"[0-9]{1,20}")  # ASCII only: str.isdigit() accepts "²", int() refuses it
 
 
 class TransportError(MpcAggError):
@@ -69,7 +70,7 @@ class Transport(Protocol):
 
 def check_segment(value: str, what: str) -> str:
     """Validate a topic segment (federation id or site name)."""
-    if not _SEGMENT.match(value):
+    if not _SEGMENT.fullmatch(value):
         raise ValueError(f"{what} {value!r} must match [A-Za-z0-9._-]{{1,64}}")
     return value
 
@@ -106,11 +107,11 @@ def parse_topic(topic: str) -> ParsedTopic | None:
     if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX:
         return None
     federation, middle, site = parts[2], parts[3], parts[4]
-    if not (_SEGMENT.match(federation) and _SEGMENT.match(site)):
+    if not (_SEGMENT.fullmatch(federation) and _SEGMENT.fullmatch(site)):
         return None
     if middle == PRESENCE:
         return ParsedTopic(federation, None, site)
-    if not middle.isdigit() or len(middle) > 20:
+    if not _ROUND.fullmatch(middle):
         return None
     return ParsedTopic(federation, int(middle), site)
 

@@ -1,0 +1,95 @@
+"""Review: the reassembler's memory is bounded by the bytes received, not the bytes announced."""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from peers.chunking import ChunkError, Reassembler, split
+from peers.config import (
+    BrokerConfig,
+    Deadlines,
+    EncodingConfig,
+    FederationConfig,
+    Limits,
+    SiteConfig,
+)
+from peers.node import PeerNode
+from protocols.harness import make_roster
+
+
+def test_review_an_announced_size_is_not_allocated_before_its_bytes_arrive() -> None:
+    big = bytes(16 << 20)
+    firsts = [next(split(big, chunk_size=1024, message_id=os.urandom(16))) for _ in range(8)]
+    reassembler = Reassembler(max_message_bytes=16 << 20)
+    tracemalloc.start()
+    try:
+        for k, frame in enumerate(firsts):  # ~1 KB each, announcing 16 MB each
+            assert reassembler.feed(f"fed/site-{k}", frame) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes held for {8 * 1024} bytes received"
+    assert reassembler.pending_bytes == 8 * 1024
+
+
+def test_review_reassembly_out_of_order_with_redelivery_and_a_bad_digest() -> None:
+    message = os.urandom(10_000)
+    frames = list(split(message, chunk_size=999, message_id=b"m" * 16))
+    reassembler = Reassembler(max_message_bytes=1 << 20)
+    out = None
+    for frame in [*frames[::-1][:-1], frames[3], frames[0]]:
+        out = reassembler.feed("fed/site-0", frame)
+    assert out == message
+    assert reassembler.pending_bytes == 0
+    tampered = [bytearray(f) for f in split(message, chunk_size=4096, message_id=b"n" * 16)]
+    tampered[1][-1] ^= 1
+    assert reassembler.feed("fed/site-0", bytes(tampered[0])) is None
+    assert reassembler.feed("fed/site-0", bytes(tampered[1])) is None
+    with pytest.raises(ChunkError, match="digest"):
+        reassembler.feed("fed/site-0", bytes(tampered[2]))
+
+
+def test_review_a_large_federation_reassembles_every_peers_interleaved_message(
+    tmp_path: Path,
+) -> None:
+    n = 100  # every peer's masked input arrives as chunks interleaved with the others'
+    roster, keys = make_roster(n)
+    broker = BrokerConfig(host="127.0.0.1", port=1883, tls=False, ca_file=None)
+    federation = FederationConfig(
+        id="fed-big",
+        protocol="secagg",
+        threshold=67,
+        broker=broker,
+        deadlines=Deadlines(),
+        encoding=EncodingConfig(),
+        limits=Limits(chunk_size=1000),
+        roster=roster,
+        path=tmp_path / "federation.toml",
+    )
+    site = SiteConfig(
+        federation=federation,
+        name="site-0",
+        index=0,
+        signing_key=keys[0],
+        broker=broker,
+        audit_log=tmp_path / "site-0.audit.jsonl",
+        path=tmp_path / "site-0.toml",
+    )
+    node = PeerNode.from_config(site)
+    reassembler = node._transport._reassembler  # type: ignore[attr-defined]
+    assert isinstance(reassembler, Reassembler)
+    messages = {k: os.urandom(2500) for k in range(1, n)}
+    frames = {
+        k: list(split(m, chunk_size=1000, message_id=os.urandom(16))) for k, m in messages.items()
+    }
+    done = {}
+    for index in range(3):
+        for k in range(1, n):
+            whole = reassembler.feed(f"fed-big/site-{k}", frames[k][index])
+            if whole is not None:
+                done[k] = whole
+    assert done == messages
