@@ -267,6 +267,17 @@ class AuditLog:
         """Number of entries in the log."""
         return self._lines
 
+    def last_round(self, federation: str) -> int:
+        """Largest ``round`` recorded for ``federation`` (0 if none): round ids never repeat."""
+        last = 0
+        if self._path.exists():
+            for line in self._path.read_bytes().splitlines():
+                record = json.loads(line).get("record", {})
+                value = record.get("round")
+                if record.get("federation") == federation and type(value) is int:
+                    last = max(last, value)
+        return last
+
     @property
     def head(self) -> tuple[int, str]:
         """``(seq, digest)`` of the last line — an anchor for :func:`verify_audit_log`."""

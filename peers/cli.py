@@ -95,7 +95,7 @@ def _broker(args: argparse.Namespace) -> int:  # noqa: RET503 - execv does not r
 
 def _aggregate(args: argparse.Namespace) -> int:
     site = load_site(args.config)
-    if not 1 <= args.round < 2**64:  # before connecting: SPEC §2.1, and round 0 is never run
+    if args.round is not None and not 1 <= args.round < 2**64:  # SPEC §2.1; 0 is never run
         _err(f"--round must be in [1, 2^64), got {args.round}")
         return 2
     try:
@@ -444,7 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument("--input", required=True, help="the update (.npy, float)")
     aggregate.add_argument("--output", required=True, help="where to write the sum (.npy)")
     aggregate.add_argument("--report", default=None, help="write a JSON report of the round")
-    aggregate.add_argument("--round", type=int, default=1, help="round number (default 1)")
+    aggregate.add_argument(
+        "--round",
+        type=int,
+        default=None,
+        help="round number (default: one after the last round in this site's audit log)",
+    )
     aggregate.set_defaults(handler=_aggregate)
 
     audit = sub.add_parser("audit", help="audit-log tools")

@@ -129,6 +129,7 @@ class PeerNode:
         randomness: RandomSource | None = None,
         audit: AuditLog | None = None,
         join_timeout: float = 0.0,
+        last_round: int = 0,
     ) -> None:
         self.federation = federation
         self.roster = roster
@@ -147,7 +148,8 @@ class PeerNode:
         self.join_timeout = join_timeout
         self._presence_changed = asyncio.Event()
         self._current: _Round | None = None
-        self._last_round = 0
+        self._last_round = last_round
+        self._joined = False
         # (round, claimed sender) -> [(arrival number, message)]
         self._early: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
         self._arrivals = 0
@@ -163,6 +165,9 @@ class PeerNode:
         """A node for ``site`` (its broker, deadlines, encoding, limits and audit log)."""
         federation = site.federation
         broker = site.broker
+        # Round ids are never reused (SPEC §2.1): continue after the last one this site
+        # recorded, across process restarts too.
+        audit = AuditLog(site.audit_log, signing_key=site.signing_key)
         if transport is None:
             transport = MqttTransport(
                 host=broker.host,
@@ -188,7 +193,8 @@ class PeerNode:
             frac_bits=federation.encoding.frac_bits,
             max_abs_value=federation.encoding.max_abs_value,
             max_vector_length=federation.limits.max_vector_length,
-            audit=AuditLog(site.audit_log, signing_key=site.signing_key),
+            audit=audit,
+            last_round=audit.last_round(federation.id),
             join_timeout=federation.deadlines.advertise_keys,
         )
 
@@ -318,7 +324,8 @@ class PeerNode:
                 f"update has {array.size} entries; allowed 1..{self.max_vector_length}"
             )
         encoded = self.codec.encode(array, np.random.default_rng(), clip_norm=None)
-        if self.join_timeout > 0 and self._last_round == 0:
+        if self.join_timeout > 0 and not self._joined:
+            self._joined = True
             await self.wait_for_peers(self.join_timeout)
         params = SecAggParams(
             federation=self.federation,

@@ -158,3 +158,34 @@ def test_a_site_killed_at_a_random_moment_gives_correct_sums_or_clean_aborts(
             lines = stderr.strip().splitlines()
             assert lines
             assert "aborted" in lines[-1]
+
+
+def test_round_ids_continue_from_the_audit_log_and_are_never_reused(federation: Path) -> None:
+    updates = _inputs(federation, 2_000, seed=5)
+    for expected_round in (1, 2):
+        sites = _start_sites(federation)
+        for site in sites:
+            _, stderr = site.communicate(timeout=60)
+            assert site.returncode == 0, stderr
+        reports = [json.loads((federation / f"report{k}.json").read_text()) for k in range(SITES)]
+        assert [r["round"] for r in reports] == [expected_round] * SITES
+        assert np.array_equal(np.load(federation / "sum0.npy"), sum(updates))
+    reused = subprocess.run(
+        _cli(
+            "aggregate",
+            "--config",
+            str(federation / "sites" / "site-0.toml"),
+            "--input",
+            str(federation / "x0.npy"),
+            "--output",
+            str(federation / "again.npy"),
+            "--round",
+            "1",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert reused.returncode == 2
+    assert "never reused" in reused.stderr
