@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,12 +21,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import write
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from peers.cli import free_port
 
 
 def _cli(*args: str) -> list[str]:
@@ -38,7 +32,7 @@ def measure(n: int, d: int, dtype: str) -> dict[str, Any]:
     """One round with ``n`` site processes and ``d`` entries of ``dtype``."""
     with tempfile.TemporaryDirectory(prefix="mpc-agg-bench-") as tmp:
         root = Path(tmp) / "fed"
-        port = _free_port()
+        port = free_port()
         subprocess.run(
             _cli("init", str(root), "--sites", str(n), "--broker-port", str(port)),
             check=True,

@@ -82,8 +82,7 @@ class MaskTerm:
 def expand(key: bytes, length: int) -> RingVector:
     """The first ``length`` uint64 words of AES-256-CTR(key, iv=0) (for tests and vectors)."""
     out = np.empty(length, dtype=RING_DTYPE)
-    apply_masks(out, [], initial_zero=True)
-    apply_masks(out, [MaskTerm(key, +1)])
+    apply_masks(out, [MaskTerm(key, +1)], initial_zero=True)
     return out
 
 

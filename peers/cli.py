@@ -21,7 +21,6 @@ import os
 import random
 import resource
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from mpc_agg.errors import MpcAggError
 from mpc_agg.fixedpoint import FixedPointCodec
 from peers.audit import verify_audit_log
 from peers.config import ConfigError, load_federation, load_site
-from peers.init import broker_command, init_federation
+from peers.init import broker_command, find_program, init_federation
 from peers.node import AggregateResult, PeerNode, RoundAbortedError
 from peers.transport import TransportError
 from protocols.harness import Dropout, run_secagg_round
@@ -82,10 +81,10 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:  # noqa: RET503 - execv does not return
-    command = broker_command(Path(args.directory))
-    if shutil.which(command[0]) is None and not Path(command[0]).exists():
+    if find_program("mosquitto") is None:
         _err("mosquitto is not installed (e.g. `apt install mosquitto`)")
         return 2
+    command = broker_command(Path(args.directory))
     print(f"starting: {' '.join(command)}", flush=True)
     os.execv(command[0], command)  # noqa: S606 - the foreground broker replaces this process
 
@@ -202,7 +201,8 @@ def _demo_site(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -240,7 +240,7 @@ def _demo(args: argparse.Namespace) -> int:
         _err(f"--threshold must be in [2, {n}]")
         return 2
     seed = args.seed if args.seed is not None else secrets.randbits(32)
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+    if find_program("mosquitto") is None:
         print(
             "mosquitto is not installed: running the sites in-process instead "
             "(install mosquitto, e.g. `apt install mosquitto`, for the broker demo)\n"
@@ -248,7 +248,7 @@ def _demo(args: argparse.Namespace) -> int:
         return _demo_in_process(args)
     with tempfile.TemporaryDirectory(prefix="mpc-agg-demo-") as tmp:
         root = Path(tmp)
-        port = _free_port()
+        port = free_port()
         init_federation(root / "fed", sites=n, broker_port=port, threshold=args.threshold)
         federation = load_federation(root / "fed" / "federation.toml")
         codec = FixedPointCodec(

@@ -147,7 +147,7 @@ def init_federation(
 def broker_command(directory: Path) -> list[str]:
     """The command line that starts the federation's Mosquitto broker."""
     conf = (Path(directory) / "broker" / "mosquitto.conf").absolute()
-    return [_find_program("mosquitto") or "mosquitto", "-c", str(conf)]
+    return [find_program("mosquitto") or "mosquitto", "-c", str(conf)]
 
 
 # --------------------------------------------------------------------------- files
@@ -397,7 +397,7 @@ def _pem_private(key: ec.EllipticCurvePrivateKey) -> str:
 # --------------------------------------------------------------------------- passwords
 
 
-def _find_program(name: str) -> str | None:
+def find_program(name: str) -> str | None:
     """``name`` on PATH, else in the sbin folders Debian and Homebrew install it to."""
     found = shutil.which(name)
     if found:
@@ -417,7 +417,7 @@ def _write_password_file(path: Path, passwords: dict[str, str]) -> None:
     a command line, visible to every local user). Without it: the same ``$7$`` hash
     (PBKDF2-HMAC-SHA512) computed here, so ``init`` works on machines without Mosquitto.
     """
-    tool = _find_program("mosquitto_passwd")
+    tool = find_program("mosquitto_passwd")
     if tool is None:
         lines = [f"{user}:{_mosquitto_hash(password)}" for user, password in passwords.items()]
         _write(path, "\n".join(lines) + "\n", secret=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mpc_agg.crypto import SigningKey
-from mpc_agg.envelope import BROADCAST, parse_envelope, seal_envelope
+from mpc_agg.envelope import parse_envelope
 from mpc_agg.errors import DecodeError
 from mpc_agg.randomness import DeterministicRandomSource
 from mpc_agg.ring import RingVector
@@ -101,15 +101,7 @@ class Adversary:
 
 def resign(machine: SecAggMachine, kind: MessageKind, payload: bytes) -> bytes:
     """Seal ``payload`` as ``kind`` with the machine's own key and context (for adversaries)."""
-    return seal_envelope(
-        machine._context,  # the harness plays this peer
-        phase=kind.phase,
-        kind=kind,
-        sender=machine.me,
-        recipient=BROADCAST,
-        payload=payload,
-        signing_key=machine._signing_key,
-    )
+    return machine._seal(kind, payload)  # the harness plays this peer
 
 
 def adopt(machine: SecAggMachine, kind: MessageKind, data: bytes) -> None:

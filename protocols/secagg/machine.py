@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -439,8 +439,9 @@ class SecAggMachine:
             peers = set(self._confirmed)
         return peers - {self.me}
 
-    def _broadcast(self, kind: MessageKind, payload: bytes) -> tuple[Broadcast, bytes]:
-        data = seal_envelope(
+    def _seal(self, kind: MessageKind, payload: bytes) -> bytes:
+        """Sign ``payload`` as this peer's broadcast of ``kind`` in this round."""
+        return seal_envelope(
             self._context,
             phase=kind.phase,
             kind=kind,
@@ -449,6 +450,9 @@ class SecAggMachine:
             payload=payload,
             signing_key=self._signing_key,
         )
+
+    def _broadcast(self, kind: MessageKind, payload: bytes) -> tuple[Broadcast, bytes]:
+        data = self._seal(kind, payload)
         digest = parse_envelope(data, max_payload=self.params.max_payload).message_digest
         self._seen[(kind, self.me)] = digest
         return Broadcast(data, kind.phase), digest
@@ -457,6 +461,18 @@ class SecAggMachine:
         if peer not in self._excluded and peer != self.me:
             self._excluded[peer] = reason
             effects.append(PeerExcluded(peer, reason, self.phase))
+
+    def _short_of_threshold(
+        self, count: int, what: str, peers: Sequence[int], effects: list[Effect]
+    ) -> bool:
+        """Abort with the one reason format of every threshold check when count < T."""
+        if count >= self.params.threshold:
+            return False
+        self._abort(
+            f"only {count} {what} {format_peers(peers)}; threshold T={self.params.threshold}",
+            effects,
+        )
+        return True
 
     def _abort(self, reason: str, effects: list[Effect]) -> None:
         effects.append(RoundAborted(reason, self.phase))
@@ -515,12 +531,9 @@ class SecAggMachine:
 
     def _finish_advertise_keys(self, effects: list[Effect]) -> None:
         holders = sorted(self._advertised)
-        if len(holders) < self.params.threshold:
-            self._abort(
-                f"only {len(holders)} of {self.params.n} peers advertised keys "
-                f"{format_peers(holders)}; threshold T={self.params.threshold}",
-                effects,
-            )
+        if self._short_of_threshold(
+            len(holders), f"of {self.params.n} peers advertised keys", holders, effects
+        ):
             return
         assert self._mask_key is not None
         xs = [p + 1 for p in holders]
@@ -622,12 +635,9 @@ class SecAggMachine:
     def _finish_share_keys(self, effects: list[Effect]) -> None:
         dealers = sorted(self._dealers)
         mask_set = tuple(p for p in dealers if p != self.me and p not in self._complaints)
-        if len(mask_set) + 1 < self.params.threshold:
-            self._abort(
-                f"only {len(mask_set) + 1} peers dealt valid shares {format_peers(dealers)}; "
-                f"threshold T={self.params.threshold}",
-                effects,
-            )
+        if self._short_of_threshold(
+            len(mask_set) + 1, "peers dealt valid shares", dealers, effects
+        ):
             return
         assert self._input is not None
         assert self._mask_key is not None
@@ -664,12 +674,7 @@ class SecAggMachine:
 
     def _finish_masked_input(self, effects: list[Effect]) -> None:
         survivors = sorted(self._inputs)
-        if len(survivors) < self.params.threshold:
-            self._abort(
-                f"only {len(survivors)} masked inputs arrived {format_peers(survivors)}; "
-                f"threshold T={self.params.threshold}",
-                effects,
-            )
+        if self._short_of_threshold(len(survivors), "masked inputs arrived", survivors, effects):
             return
         view = ConsistencyCheck(
             advertised=tuple(
@@ -700,21 +705,13 @@ class SecAggMachine:
         )
 
     def _finish_consistency_check(self, effects: list[Effect]) -> None:
-        t = self.params.threshold
-        if len(self._confirmed) < t:
-            self._abort(
-                f"only {len(self._confirmed)} peers confirmed the view "
-                f"{format_peers(sorted(self._confirmed))}; threshold T={t}",
-                effects,
-            )
+        confirmed = sorted(self._confirmed)
+        if self._short_of_threshold(len(confirmed), "peers confirmed the view", confirmed, effects):
             return
         agreement = self._agree(effects)
-        if len(agreement.included) < t:
-            self._abort(
-                f"only {len(agreement.included)} inputs can be included "
-                f"{format_peers(agreement.included)}; threshold T={t}",
-                effects,
-            )
+        if self._short_of_threshold(
+            len(agreement.included), "inputs can be included", agreement.included, effects
+        ):
             return
         self._agreement = agreement
         reveals: list[RevealedShare] = []

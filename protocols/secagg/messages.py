@@ -72,6 +72,13 @@ def _check_set(values: Sequence[int], what: str) -> None:
         raise InvalidValueError(f"{what}: must be strictly increasing")
 
 
+def _ciphertext_for(ciphertexts: Sequence[tuple[int, bytes]], recipient: int) -> bytes | None:
+    for r, ct in ciphertexts:
+        if r == recipient:
+            return ct
+    return None
+
+
 # --------------------------------------------------------------------------- §5.1
 
 
@@ -135,10 +142,7 @@ class ShareKeys:
 
     def ciphertext_for(self, recipient: int) -> bytes | None:
         """The ciphertext addressed to ``recipient``, if any."""
-        for r, ct in self.ciphertexts:
-            if r == recipient:
-                return ct
-        return None
+        return _ciphertext_for(self.ciphertexts, recipient)
 
     def encode(self) -> bytes:
         """Canonical encoding."""
@@ -321,10 +325,7 @@ class Unmask:
 
     def ciphertext_for(self, recipient: int) -> bytes | None:
         """The ciphertext addressed to ``recipient``, if any."""
-        for r, ct in self.ciphertexts:
-            if r == recipient:
-                return ct
-        return None
+        return _ciphertext_for(self.ciphertexts, recipient)
 
     def encode(self) -> bytes:
         """Canonical encoding."""

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from peers.cli import free_port
+
 SITES = 4
 FRAC_BITS = 20
 
@@ -25,16 +27,10 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "peers.cli", *args]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[Path]:
     """A 4-site federation with 2-second deadlines and its broker running."""
-    port = _free_port()
+    port = free_port()
     root = tmp_path / "fed"
     done = subprocess.run(
         _cli("init", str(root), "--sites", str(SITES), "--broker-port", str(port)),

@@ -22,6 +22,7 @@ import aiomqtt
 import pytest
 
 from peers import init as init_module
+from peers.cli import free_port
 from peers.config import load_federation, load_site
 from peers.init import broker_command, init_federation
 from peers.transport import message_topic, presence_topic
@@ -67,13 +68,6 @@ class Broker:
         )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_for_tls(port: int, ca_file: Path, process: subprocess.Popen[bytes], log: Path) -> None:
     """Return once the broker completes a TLS handshake on ``port`` (fail after 10 s)."""
     context = ssl.create_default_context(cafile=str(ca_file))
@@ -95,7 +89,7 @@ def _wait_for_tls(port: int, ca_file: Path, process: subprocess.Popen[bytes], lo
 
 @contextlib.contextmanager
 def _running_broker(directory: Path, **init_options: object) -> Iterator[Broker]:
-    port = _free_port()
+    port = free_port()
     init_federation(directory, sites=3, broker_port=port, **init_options)  # type: ignore[arg-type]
     federation = load_federation(directory / "federation.toml")
     assert federation.broker.ca_file is not None
@@ -290,10 +284,10 @@ async def test_broker_certificate_from_another_ca_is_rejected(
 async def test_python_password_hashes_work_with_mosquitto(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    find_program = init_module._find_program
+    find_program = init_module.find_program
     monkeypatch.setattr(
         init_module,
-        "_find_program",
+        "find_program",
         lambda name: None if name == "mosquitto_passwd" else find_program(name),
     )
     directory = tmp_path / "federation"

@@ -16,6 +16,7 @@ import pytest
 from mpc_agg.crypto import SigningKey
 from mpc_agg.envelope import BROADCAST, EnvelopeContext, seal_envelope
 from mpc_agg.randomness import DeterministicRandomSource
+from peers.cli import free_port
 from peers.mqtt import MqttTransport
 from peers.node import AggregateResult, RoundAbortedError
 from peers.transport import Transport, message_topic, presence_topic
@@ -23,12 +24,6 @@ from protocols.harness import make_roster
 from protocols.secagg.machine import PROTOCOL
 from protocols.secagg.messages import AdvertiseKeys, MessageKind
 from tests.runtime.nodes import on_grid, run_round, running_nodes
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _transports(port: int, federation: str) -> Callable[[int], Transport]:
@@ -86,7 +81,7 @@ async def test_a_message_forged_by_a_broker_level_client_is_rejected() -> None:
 def restartable_broker(
     tmp_path: Path,
 ) -> Iterator[tuple[int, Callable[[], None], Callable[[], None]]]:
-    port = _free_port()
+    port = free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     process: list[subprocess.Popen[bytes]] = []

@@ -134,7 +134,7 @@ def test_password_file_holds_pbkdf2_hashes_of_every_account(generated: Path) -> 
 def test_python_hash_when_mosquitto_passwd_is_absent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(init_module, "_find_program", lambda name: None)
+    monkeypatch.setattr(init_module, "find_program", lambda name: None)
     init_federation(tmp_path, sites=2)
     entries = dict(
         line.split(":", 1) for line in (tmp_path / "broker" / "passwd").read_text().splitlines()
