@@ -77,19 +77,25 @@ class ConfigError(MpcAggError, ValueError):
 # --------------------------------------------------------------------------- dataclasses
 
 
+MQTT_VERSIONS = ("5", "3.1.1")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BrokerConfig:
     """How to reach the MQTT broker (DESIGN §6).
 
     ``ca_file`` is the CA bundle that signs the broker's certificate (required with
     ``tls``, ``None`` without). ``username``/``password`` are ``None`` in a
-    :class:`FederationConfig` and filled in a :class:`SiteConfig`.
+    :class:`FederationConfig` and filled in a :class:`SiteConfig`. ``mqtt_version`` is
+    ``"5"`` (default) or ``"3.1.1"`` for a broker that speaks only the older protocol
+    (the demo's pure-Python fallback broker).
     """
 
     host: str
     port: int
     tls: bool
     ca_file: Path | None
+    mqtt_version: str = "5"
     username: str | None = None
     password: str | None = field(default=None, repr=False)
 
@@ -341,8 +347,13 @@ def _broker(table: _Table) -> BrokerConfig:
         # Explicit even for a public CA (point it at the system bundle): the transport
         # enables TLS from this file, so a missing one must not mean "no TLS".
         raise table.error("ca_file", "is required when tls = true (the CA that signs the broker)")
+    mqtt_version = table.string("mqtt_version", default="5")
+    if mqtt_version not in MQTT_VERSIONS:
+        raise table.error(
+            "mqtt_version", f"must be one of {', '.join(MQTT_VERSIONS)}, got {mqtt_version!r}"
+        )
     table.finish()
-    return BrokerConfig(host=host, port=port, tls=tls, ca_file=ca_file)
+    return BrokerConfig(host=host, port=port, tls=tls, ca_file=ca_file, mqtt_version=mqtt_version)
 
 
 def _deadlines(table: _Table) -> Deadlines:

@@ -29,12 +29,13 @@ from peers.transport import Delivery, TransportError, parse_topic
 
 log = logging.getLogger(__name__)
 
+_PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
 ONLINE = b"online"
 OFFLINE = b"offline"
 
 
 class MqttTransport:
-    """A :class:`~peers.transport.Transport` over an MQTT 5 broker."""
+    """A :class:`~peers.transport.Transport` over an MQTT 5 (or 3.1.1) broker."""
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class MqttTransport:
         reconnect_timeout: float = 60.0,
         backoff: tuple[float, float] = (0.1, 5.0),
         window: int = 8,
+        mqtt_version: str = "5",
     ) -> None:
         self.host = host
         self.port = port
@@ -64,6 +66,9 @@ class MqttTransport:
         self.reconnect_timeout = reconnect_timeout
         self._backoff = backoff
         self.window = window
+        if mqtt_version not in _PROTOCOLS:
+            raise ValueError(f"mqtt_version must be one of {', '.join(_PROTOCOLS)}")
+        self._protocol = _PROTOCOLS[mqtt_version]
         self._client: aiomqtt.Client | None = None
         self._filters: list[str] = []
         self._reassembler = Reassembler(
@@ -102,7 +107,7 @@ class MqttTransport:
             username=self._username,
             password=self._password,
             identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
+            protocol=self._protocol,
             will=will,
             tls_context=tls_context,
             keepalive=10,

@@ -181,6 +181,7 @@ class PeerNode:
                 max_message_bytes=8 * federation.limits.max_vector_length + (1 << 22),
                 # every other site's masked input may be in flight at once (4 per site)
                 max_pending_total=max(64, 4 * federation.n),
+                mqtt_version=broker.mqtt_version,
             )
         return cls(
             federation=federation.id,
