@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import write
-from peers.cli import free_port
+from peers.demo import free_port
 
 
 def _cli(*args: str) -> list[str]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,10 +53,30 @@ def test_unknown_command_is_a_usage_error() -> None:
 
 
 def test_demo_through_mosquitto_with_site_processes() -> None:
-    done = _run("demo", "--sites", "3", "--rounds", "2", "--dim", "3000", "--seed", "2")
+    done = _run(
+        "demo", "--task", "sum", "--sites", "3", "--rounds", "2", "--dim", "3000", "--seed", "2"
+    )
     assert done.returncode == 0, done.stderr
-    assert "broker: mosquitto with TLS + per-site ACL" in done.stdout
+    assert "broker: mosquitto with TLS + per-site passwords and ACL" in done.stdout
     rows = [line for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 2
     assert all("site-0, site-1, site-2" in row for row in rows)
     assert "every site computed the identical sum each round" in done.stdout
+
+
+def test_aggregate_checks_its_output_paths_before_the_round(tmp_path: Path) -> None:
+    """A typo in --output must not cost the federation a round: refused before connecting."""
+    assert _run("init", str(tmp_path / "fed"), "--sites", "3").returncode == 0
+    np.save(tmp_path / "x.npy", np.zeros(4))
+    site = tmp_path / "fed" / "sites" / "site-0.toml"
+    for output, message in (
+        (tmp_path / "missing" / "sum.npy", f"directory {tmp_path / 'missing'} does not exist"),
+        (tmp_path, "is a directory"),
+    ):
+        done = _run(
+            "aggregate", "--config", str(site), "--input", str(tmp_path / "x.npy"),
+            "--output", str(output),
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert f"--output {output}: {message}" in done.stderr
+    assert not (tmp_path / "fed" / "sites" / "site-0.audit.jsonl").exists()  # no round began

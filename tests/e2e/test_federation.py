@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peers.cli import free_port
+from peers.demo import free_port
 
 SITES = 4
 FRAC_BITS = 20

@@ -22,8 +22,8 @@ import aiomqtt
 import pytest
 
 from peers import init as init_module
-from peers.cli import free_port
 from peers.config import load_federation, load_site
+from peers.demo import free_port
 from peers.init import broker_command, init_federation
 from peers.transport import message_topic, presence_topic
 

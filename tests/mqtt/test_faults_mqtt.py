@@ -16,7 +16,7 @@ import pytest
 from mpc_agg.crypto import SigningKey
 from mpc_agg.envelope import BROADCAST, EnvelopeContext, seal_envelope
 from mpc_agg.randomness import DeterministicRandomSource
-from peers.cli import free_port
+from peers.demo import free_port
 from peers.mqtt import MqttTransport
 from peers.node import AggregateResult, RoundAbortedError
 from peers.transport import Transport, message_topic, presence_topic

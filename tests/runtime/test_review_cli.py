@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -11,13 +10,9 @@ import numpy as np
 import pytest
 
 from mpc_agg.fixedpoint import FixedPointCodec
-from peers import cli
+from peers import cli, demo
 from protocols.harness import Dropout, RoundOutcome, run_secagg_round
 from protocols.secagg.messages import Phase
-
-
-class _Finished:
-    returncode = 0
 
 
 def test_review_broker_demo_with_an_aborted_round_does_not_exit_0(
@@ -25,10 +20,8 @@ def test_review_broker_demo_with_an_aborted_round_does_not_exit_0(
 ) -> None:
     aborted = json.dumps({"round": 1, "aborted": "only 1 of 3 peers advertised keys"})
     outputs = [(aborted + "\n", "") for _ in range(3)]
-    sites: Any = [_Finished() for _ in range(3)]
-    args = argparse.Namespace(dim=10)
     codec = FixedPointCodec(frac_bits=20, n_peers=3, max_abs_value=1.0)
-    code = cli._print_demo(outputs, sites, 3, 1, 7, args, codec)
+    code = demo._print_sum(outputs, 3, 1, 7, 10, codec)
     out = capsys.readouterr().out
     assert "aborted: only 1 of 3 peers advertised keys" in out
     assert "every site computed the identical sum" not in out
@@ -44,7 +37,7 @@ def test_review_in_process_demo_with_an_aborted_round_does_not_exit_0(
         kwargs["dropouts"] = [Dropout(p, Phase.ADVERTISE_KEYS) for p in range(kwargs["n"])]
         return real(**kwargs)
 
-    monkeypatch.setattr("peers.cli.run_secagg_round", everyone_drops)
+    monkeypatch.setattr("peers.demo.run_secagg_round", everyone_drops)
     code = cli.main(
         ["demo", "--in-process", "--sites", "3", "--rounds", "1", "--dim", "10", "--drop", "0"]
     )

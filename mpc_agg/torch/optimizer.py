@@ -1,0 +1,388 @@
+"""``SecureAggOptimizer``: secure aggregation inside an existing torch training loop.
+
+The only module of the package that imports torch (the ``torch`` extra). It wraps any
+``torch.optim.Optimizer`` (DESIGN §4): ::
+
+    opt = SecureAggOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), peer)
+    ...
+    loss.backward()
+    opt.step()          # the gradients of every site, securely averaged, then SGD
+
+``peer`` is anything with ``aggregate(update) -> result`` where ``result`` has ``total``
+(the sum of the accepted sites' vectors) and ``count`` (how many sites): a
+:class:`peers.background.BackgroundPeer` for the synchronous :meth:`step` (the peer's
+event loop runs on its own thread), or a :class:`peers.node.PeerNode` — whose
+``aggregate`` is a coroutine — for ``await opt.astep()``.
+
+Modes:
+
+* ``"gradient"``: every ``step()`` flattens the gradients into one float64 vector, clips
+  its L2 norm to ``max_grad_norm`` (if set), aggregates, writes ``total / count`` back into
+  the ``.grad`` fields and calls the wrapped optimizer's step.
+* ``"delta"`` (FedAvg): ``step()`` is the wrapped optimizer's local step; every ``every``-th
+  step the change of the parameters since the last synchronisation (clipped to
+  ``max_grad_norm``) is aggregated and the parameters become the anchor plus the average
+  change. Optimizer state (momentum, Adam moments) stays local.
+
+Rollback: when the aggregation fails — the round aborts, the transport fails, an entry is
+out of the encodable range — the parameters, their gradients and the optimizer state are
+exactly what they were before ``step()`` and :class:`AggregationFailedError` is raised
+(``on_failure="raise"``), or the step is skipped and counted (``on_failure="skip"``). Both
+are logged.
+
+``param_groups``, ``state``, ``defaults``, ``state_dict``, ``load_state_dict``,
+``zero_grad`` and ``add_param_group`` are the wrapped optimizer's, so LR schedulers and
+checkpoints work unchanged (``state_dict()`` is the wrapped optimizer's own and loads into
+it without the wrapper). A closure, if given, is evaluated once before the aggregation;
+optimizers that call it several times per step (LBFGS) are not supported.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from mpc_agg.errors import MpcAggError
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["gradient", "delta"]
+OnFailure = Literal["raise", "skip"]
+
+
+class AggregationFailedError(MpcAggError):
+    """A secure aggregation inside ``step()`` failed; the model and optimizer are unchanged.
+
+    ``cause`` is the underlying error (e.g. ``RoundAbortedError`` with its reason).
+    """
+
+    def __init__(self, message: str, *, cause: BaseException) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class AggregateOutcome(Protocol):
+    """What an aggregator returns: the sum over the accepted sites and their number."""
+
+    @property
+    def total(self) -> NDArray[np.float64]:
+        """Sum of the accepted sites' vectors."""
+
+    @property
+    def count(self) -> int:
+        """Number of accepted sites."""
+
+
+class Aggregator(Protocol):
+    """``aggregate(vector)``: synchronous, or a coroutine (only for :meth:`astep`)."""
+
+    def aggregate(self, update: NDArray[np.float64]) -> Any:
+        """Aggregate ``update`` with the other sites; an :class:`AggregateOutcome`."""
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """Everything ``step()`` may change, to restore it bit for bit."""
+
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor | None]
+    optimizer_state: dict[str, Any]
+
+
+class SecureAggOptimizer(torch.optim.Optimizer):
+    """Wrap ``optimizer`` so that each step uses the securely aggregated update.
+
+    Raises ``ValueError`` for an invalid mode, ``every``, ``max_grad_norm`` or
+    ``on_failure``.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        aggregator: Aggregator,
+        *,
+        mode: Mode = "gradient",
+        every: int = 1,
+        max_grad_norm: float | None = None,
+        on_failure: OnFailure = "raise",
+    ) -> None:
+        if mode not in ("gradient", "delta"):
+            raise ValueError(f"mode must be 'gradient' or 'delta', got {mode!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        if mode == "gradient" and every != 1:
+            raise ValueError("every > 1 needs mode='delta' (local steps between rounds)")
+        if max_grad_norm is not None and not (max_grad_norm > 0 and np.isfinite(max_grad_norm)):
+            raise ValueError(f"max_grad_norm must be a positive number, got {max_grad_norm!r}")
+        if on_failure not in ("raise", "skip"):
+            raise ValueError(f"on_failure must be 'raise' or 'skip', got {on_failure!r}")
+        # Deliberately no super().__init__(): param_groups and state are the wrapped
+        # optimizer's (properties below), only the hook registries are our own.
+        self.original_optimizer = optimizer
+        self.aggregator = aggregator
+        self.mode: Mode = mode
+        self.every = every
+        self.max_grad_norm = max_grad_norm
+        self.on_failure: OnFailure = on_failure
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self.local_steps = 0
+        """Local steps since the last synchronisation (delta mode)."""
+        self.rounds = 0
+        """Successful aggregation rounds."""
+        self.skipped = 0
+        """Steps skipped after a failed aggregation (``on_failure="skip"``)."""
+        self.last_result: Any = None
+        """The aggregator's result of the last successful round."""
+        self._anchor: list[torch.Tensor] | None = None
+        if mode == "delta":
+            self._anchor = [p.detach().clone() for p in self._params()]
+
+    # ------------------------------------------------------------------ forwarding
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The wrapped optimizer's parameter groups (schedulers change ``lr`` here)."""
+        return self.original_optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.original_optimizer.param_groups = value
+
+    @property
+    def state(self) -> Any:
+        """The wrapped optimizer's per-parameter state."""
+        return self.original_optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.original_optimizer.state = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The wrapped optimizer's defaults."""
+        return self.original_optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self.original_optimizer.defaults = value
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's ``state_dict()`` (loads into it without the wrapper)."""
+        return self.original_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load into the wrapped optimizer (delta mode: the parameters become the anchor)."""
+        self.original_optimizer.load_state_dict(state_dict)
+        if self.mode == "delta":
+            self._anchor = [p.detach().clone() for p in self._params()]
+            self.local_steps = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """The wrapped optimizer's ``zero_grad``."""
+        self.original_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the wrapped optimizer (and, in delta mode, to the anchor)."""
+        self.original_optimizer.add_param_group(param_group)
+        if self._anchor is not None:
+            self._anchor = [p.detach().clone() for p in self._params()]
+            self.local_steps = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"SecureAggOptimizer({type(self.original_optimizer).__name__}, mode={self.mode!r}, "
+            f"every={self.every}, max_grad_norm={self.max_grad_norm})"
+        )
+
+    # ------------------------------------------------------------------ steps
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One training step with securely aggregated gradients or deltas (synchronous)."""
+        gen = self._step(closure)
+        with torch.no_grad():
+            try:
+                request = next(gen)
+                while True:
+                    outcome, error = None, None
+                    try:
+                        outcome = self._call_sync(request)
+                    except Exception as exc:  # to the generator: rollback, raise or skip
+                        error = exc
+                    request = gen.send((outcome, error))
+            except StopIteration as stop:
+                return cast("float | None", stop.value)
+
+    async def astep(self, closure: Callable[[], float] | None = None) -> float | None:
+        """:meth:`step` for an aggregator whose ``aggregate`` is a coroutine."""
+        gen = self._step(closure)
+        try:
+            with torch.no_grad():
+                request = next(gen)
+            while True:
+                outcome, error = None, None
+                try:
+                    result = self.aggregator.aggregate(request)
+                    outcome = await result if inspect.isawaitable(result) else result
+                except Exception as exc:
+                    error = exc
+                with torch.no_grad():
+                    request = gen.send((outcome, error))
+        except StopIteration as stop:
+            return cast("float | None", stop.value)
+
+    def _call_sync(self, vector: NDArray[np.float64]) -> Any:
+        result = self.aggregator.aggregate(vector)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError(
+                "the aggregator's aggregate() is a coroutine: wrap the PeerNode in "
+                "peers.background.BackgroundPeer for step(), or use `await opt.astep()`"
+            )
+        return result
+
+    def _step(
+        self, closure: Callable[[], float] | None
+    ) -> Generator[NDArray[np.float64], tuple[Any, BaseException | None], float | None]:
+        """The step as a generator: yields the vector to aggregate, receives the outcome.
+
+        Shared by :meth:`step` and :meth:`astep` so both roll back identically.
+        """
+        if self.mode == "delta":
+            self.local_steps += 1
+            if self.local_steps < self.every:
+                return self.original_optimizer.step(closure)
+            snapshot = self._snapshot()
+            loss = self.original_optimizer.step(closure)
+            assert self._anchor is not None
+            vector = self._flatten(
+                [p.detach() - a for p, a in zip(self._params(), self._anchor, strict=True)]
+            )
+        else:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            snapshot = self._snapshot()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params()]
+            vector = self._flatten(grads)
+        outcome, error = yield self._clip(vector)
+        if error is None:
+            try:
+                mean = self._mean(outcome, vector.shape[0])
+            except (MpcAggError, ValueError, TypeError) as exc:
+                error = exc
+        if error is not None:
+            self._restore(snapshot)
+            if self.mode == "delta":
+                self.local_steps -= 1
+            self._failed(error)
+            return None
+        self.rounds += 1
+        self.last_result = outcome
+        if self.mode == "delta":
+            assert self._anchor is not None
+            for param, anchor, change in zip(
+                self._params(), self._anchor, self._unflatten(mean), strict=True
+            ):
+                param.copy_(anchor + change)
+            self._anchor = [p.detach().clone() for p in self._params()]
+            self.local_steps = 0
+            return loss
+        for param, grad in zip(self._params(), self._unflatten(mean), strict=True):
+            if param.grad is None:
+                param.grad = grad.clone()
+            else:
+                param.grad.copy_(grad)
+        return self.original_optimizer.step()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _flatten(self, tensors: list[torch.Tensor]) -> NDArray[np.float64]:
+        if not tensors:
+            raise ValueError("the optimizer has no parameters")
+        flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+        return flat.cpu().numpy()
+
+    def _unflatten(self, vector: NDArray[np.float64]) -> list[torch.Tensor]:
+        out, offset = [], 0
+        for param in self._params():
+            size = param.numel()
+            piece = torch.from_numpy(vector[offset : offset + size]).reshape(param.shape)
+            out.append(piece.to(dtype=param.dtype, device=param.device))
+            offset += size
+        return out
+
+    def _clip(self, vector: NDArray[np.float64]) -> NDArray[np.float64]:
+        if self.max_grad_norm is None:
+            return vector
+        norm = float(np.linalg.norm(vector))
+        if norm > self.max_grad_norm:
+            vector = vector * (self.max_grad_norm / norm)
+        return vector
+
+    @staticmethod
+    def _mean(outcome: Any, length: int) -> NDArray[np.float64]:
+        total = np.asarray(outcome.total, dtype=np.float64).reshape(-1)
+        count = int(outcome.count)
+        if total.shape[0] != length or count < 1:
+            raise ValueError(
+                f"the aggregator returned {total.shape[0]} entries from {count} sites; "
+                f"expected {length} entries from at least one site"
+            )
+        return total / count
+
+    def _snapshot(self) -> _Snapshot:
+        params = self._params()
+        return _Snapshot(
+            params=[p.detach().clone() for p in params],
+            grads=[None if p.grad is None else p.grad.detach().clone() for p in params],
+            optimizer_state=copy.deepcopy(self.original_optimizer.state_dict()),
+        )
+
+    def _restore(self, snapshot: _Snapshot) -> None:
+        self.original_optimizer.load_state_dict(snapshot.optimizer_state)
+        for param, value, grad in zip(self._params(), snapshot.params, snapshot.grads, strict=True):
+            param.copy_(value)
+            if grad is None:
+                param.grad = None
+            elif param.grad is None:
+                param.grad = grad
+            else:
+                param.grad.copy_(grad)
+
+    def _failed(self, error: BaseException) -> None:
+        message = f"secure aggregation failed ({type(error).__name__}: {error})"
+        if self.on_failure == "skip":
+            self.skipped += 1
+            log.warning("%s; step skipped, model and optimizer state unchanged", message)
+            return
+        log.error("%s; model and optimizer state unchanged", message)
+        raise AggregationFailedError(
+            message + "; model and optimizer state unchanged", cause=error
+        ) from error
+
+
+__all__ = [
+    "AggregateOutcome",
+    "AggregationFailedError",
+    "Aggregator",
+    "SecureAggOptimizer",
+]
