@@ -10,15 +10,17 @@ one in-memory broker in a test). Interrupting a blocked call (Ctrl-C) cancels th
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from numpy.typing import ArrayLike
 
-from peers.config import SiteConfig
+from peers.config import SiteConfig, load_site
 from peers.node import AggregateResult, PeerNode
 
 T = TypeVar("T")
@@ -83,11 +85,31 @@ class BackgroundPeer:
         self._owns_loop = loop is None
         self._loop = loop
         self.timeout = timeout
+        self._closed = False
 
     @classmethod
     def from_config(cls, config: SiteConfig, **kwargs: Any) -> Self:
         """A background peer for one site configuration (see :meth:`PeerNode.from_config`)."""
         return cls(lambda: PeerNode.from_config(config), **kwargs)
+
+    @classmethod
+    def open(cls, site_file: str | Path, **kwargs: Any) -> Self:
+        """Start the peer of the site described by ``site_file`` (from ``mpc-agg init``).
+
+        For scripts that do not want a ``with`` block: the peer is connected when this
+        returns and is closed when the interpreter exits (or by :meth:`close`). Raises
+        :class:`~peers.config.ConfigError` for a bad file and
+        :class:`~peers.transport.TransportError` when the broker is unreachable.
+        """
+        peer = cls.from_config(load_site(site_file), **kwargs)
+        peer.__enter__()
+        atexit.register(peer.close)
+        return peer
+
+    def close(self) -> None:
+        """Leave the federation: close the node and the loop thread (idempotent)."""
+        if self._loop is not None and not self._closed:
+            self.__exit__(None, None, None)
 
     @property
     def node(self) -> PeerNode:
@@ -121,6 +143,7 @@ class BackgroundPeer:
         tb: TracebackType | None,
     ) -> None:
         assert self._loop is not None
+        self._closed = True
         try:
             if self._node is not None:
                 self._loop.run(self._node.__aexit__(exc_type, exc, tb))
