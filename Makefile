@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## make demo: one secure aggregation round per requested round, compared with the plaintext sum
+## make demo: federated training of a digits classifier through a broker, secure vs plaintext
 demo: $(STAMP)
 	$(BIN)/mpc-agg demo
 
