@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import random
 import secrets
@@ -29,9 +30,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,6 +47,10 @@ from peers.transport import TransportError
 from protocols.harness import Dropout, run_secagg_round
 from protocols.secagg.machine import default_threshold
 from protocols.secagg.messages import Phase
+
+if TYPE_CHECKING:
+    from mpc_agg.torch.digits import DigitsTask, RoundMetrics
+    from mpc_agg.torch.optimizer import Aggregator, SecureAggOptimizer
 
 BROKERS = ("auto", "mosquitto", "amqtt", "none")
 _DROPPABLE = (
@@ -250,8 +256,7 @@ def _task(args: argparse.Namespace, sites: int) -> Any:
 
 def train_site_process(args: argparse.Namespace) -> int:
     """One training site: FedAvg through the broker; one JSON line per round on stdout."""
-    from mpc_agg.torch.digits import RoundMetrics, flat_parameters, train_site  # noqa: PLC0415
-    from mpc_agg.torch.optimizer import SecureAggOptimizer  # noqa: PLC0415
+    from mpc_agg.torch.digits import flat_parameters, train_site  # noqa: PLC0415
     from peers.background import BackgroundPeer  # noqa: PLC0415
 
     site = load_site(args.config)
@@ -286,15 +291,12 @@ def train_site_process(args: argparse.Namespace) -> int:
 
 def train_demo(args: argparse.Namespace, kind: str) -> int:
     """Plaintext baseline in-process, then the secure run through the broker, compared."""
-    try:
-        import torch  # noqa: F401, PLC0415
-
-        from mpc_agg.torch.digits import RoundMetrics, train_plaintext  # noqa: PLC0415
-    except ImportError as exc:
+    missing = [name for name in ("torch", "sklearn") if importlib.util.find_spec(name) is None]
+    if missing:
         raise DemoError(
-            f"the training demo needs torch and scikit-learn ({exc.name} is missing): "
+            f"the training demo needs torch and scikit-learn ({', '.join(missing)} missing): "
             "pip install 'torch==2.13.0' 'mpc-agg[torch,demo]', or use --task sum"
-        ) from None
+        )
     n = args.sites
     rounds = args.rounds or 20
     args.seed = args.seed if args.seed is not None else secrets.randbits(31)
@@ -467,6 +469,82 @@ def _plot(path: Path, record: dict[str, Any]) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# --------------------------------------------------------------------------- plaintext baseline
+
+
+@dataclass(frozen=True, slots=True)
+class _Sum:
+    total: NDArray[np.float64]
+    count: int
+
+
+class PlaintextAverage:
+    """In-the-clear aggregation for the baseline: ``n`` sites on threads meet at a barrier.
+
+    ``for_site(k)`` is site ``k``'s aggregator; every site gets the same sum, added in
+    site order.
+    """
+
+    def __init__(self, sites: int) -> None:
+        self._vectors: list[NDArray[np.float64] | None] = [None] * sites
+        self._barrier = threading.Barrier(sites)
+
+    def for_site(self, site: int) -> Aggregator:
+        """The aggregator site ``site`` passes to its optimizer."""
+        outer = self
+
+        class _Site:
+            def aggregate(self, update: NDArray[np.float64]) -> _Sum:
+                outer._vectors[site] = update.copy()
+                outer._barrier.wait()
+                vectors = [v for v in outer._vectors if v is not None]
+                total = np.sum(vectors, axis=0)
+                outer._barrier.wait()  # nobody overwrites before everyone has summed
+                return _Sum(total, len(vectors))
+
+        return _Site()
+
+
+def train_plaintext(
+    task: DigitsTask, rounds: int, report: Callable[[RoundMetrics], None]
+) -> NDArray[np.float64]:
+    """The baseline: all sites in this process, deltas averaged in the clear.
+
+    ``report`` gets site 0's metrics after each round (every site holds the same model).
+    Returns site 0's final parameters (:func:`flat_parameters`). Raises the first error a
+    site thread hit.
+    """
+    from mpc_agg.torch.digits import load_split, train_site  # noqa: PLC0415 - torch extra
+
+    data = load_split(task)
+    average = PlaintextAverage(task.sites)
+    errors: list[BaseException] = []
+    finals: dict[int, NDArray[np.float64]] = {}
+
+    def run(site: int) -> None:
+        def on_round(metrics: RoundMetrics, _opt: SecureAggOptimizer) -> None:
+            if site == 0:
+                report(metrics)
+
+        try:
+            from mpc_agg.torch.digits import flat_parameters  # noqa: PLC0415
+
+            model = train_site(task, site, average.for_site(site), rounds, on_round, data=data)
+            finals[site] = flat_parameters(model)
+        except BaseException as exc:
+            errors.append(exc)
+            average._barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(task.sites)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return finals[0]
 
 
 # --------------------------------------------------------------------------- sum

@@ -3,8 +3,9 @@
 Everything a site does in ``mpc-agg demo`` except talking to the network: the data split,
 the model, the local steps and the evaluation. The same :func:`train_site` runs with a
 secure aggregator (a :class:`peers.background.BackgroundPeer` over the broker) and with
-:class:`PlaintextAverage` (sites in threads, deltas averaged in the clear), so the two
-training curves differ only by the aggregation (DESIGN §9).
+the demo's plaintext averaging (``peers.demo.train_plaintext``: sites in threads, deltas
+averaged in the clear), so the two training curves differ only by the aggregation
+(DESIGN §9).
 
 The data ships with scikit-learn (1,797 8×8 images, nothing is downloaded). A fixed 20 %
 stratified test split is held out; the rest is split across the sites with a Dirichlet
@@ -15,7 +16,6 @@ data, and the parameter deltas — clipped to L2 norm ``clip`` — are averaged.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +27,6 @@ from numpy.typing import NDArray
 from mpc_agg.torch.optimizer import Aggregator, SecureAggOptimizer
 
 Dataset = tuple[torch.Tensor, torch.Tensor]
-_INIT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,15 +98,22 @@ def _dirichlet_split(
 def make_model(task: DigitsTask) -> torch.nn.Module:
     """A two-layer perceptron, identically initialised at every site (from the seed).
 
-    torch's default initialisation draws from the global generator: seeding it and
-    building the model happen under one lock (sites may be threads) and inside
-    ``fork_rng`` (the caller's generator state is left alone).
+    torch's default ``Linear`` initialisation (uniform in ±1/√fan_in for weights and
+    biases) drawn from a generator of our own: the global one is neither read nor changed,
+    so sites running as threads cannot disturb each other.
     """
-    with _INIT_LOCK, torch.random.fork_rng():
-        torch.manual_seed(task.seed)
-        return torch.nn.Sequential(
-            torch.nn.Linear(64, task.hidden), torch.nn.ReLU(), torch.nn.Linear(task.hidden, 10)
-        )
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, task.hidden), torch.nn.ReLU(), torch.nn.Linear(task.hidden, 10)
+    )
+    generator = torch.Generator().manual_seed(task.seed)
+    with torch.no_grad():
+        for layer in model.modules():
+            if not isinstance(layer, torch.nn.Linear):
+                continue
+            bound = 1.0 / float(layer.in_features) ** 0.5
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)
+    return model
 
 
 def evaluate(model: torch.nn.Module, data: Dataset) -> tuple[float, float]:
@@ -162,75 +168,6 @@ def train_site(
     return model
 
 
-@dataclass(frozen=True, slots=True)
-class _Sum:
-    total: NDArray[np.float64]
-    count: int
-
-
-class PlaintextAverage:
-    """In-the-clear aggregation for the baseline: ``n`` sites on threads meet at a barrier.
-
-    ``for_site(k)`` is site ``k``'s aggregator; every site gets the same sum, added in
-    site order.
-    """
-
-    def __init__(self, sites: int) -> None:
-        self._vectors: list[NDArray[np.float64] | None] = [None] * sites
-        self._barrier = threading.Barrier(sites)
-
-    def for_site(self, site: int) -> Aggregator:
-        """The aggregator site ``site`` passes to its optimizer."""
-        outer = self
-
-        class _Site:
-            def aggregate(self, update: NDArray[np.float64]) -> _Sum:
-                outer._vectors[site] = update.copy()
-                outer._barrier.wait()
-                vectors = [v for v in outer._vectors if v is not None]
-                total = np.sum(vectors, axis=0)
-                outer._barrier.wait()  # nobody overwrites before everyone has summed
-                return _Sum(total, len(vectors))
-
-        return _Site()
-
-
 def flat_parameters(model: torch.nn.Module) -> NDArray[np.float64]:
     """All parameters of ``model`` as one float64 vector (in ``parameters()`` order)."""
     return np.concatenate([p.detach().reshape(-1).double().numpy() for p in model.parameters()])
-
-
-def train_plaintext(
-    task: DigitsTask, rounds: int, report: Callable[[RoundMetrics], None]
-) -> NDArray[np.float64]:
-    """The baseline: all sites in this process, deltas averaged in the clear.
-
-    ``report`` gets site 0's metrics after each round (every site holds the same model).
-    Returns site 0's final parameters (:func:`flat_parameters`). Raises the first error a
-    site thread hit.
-    """
-    data = load_split(task)
-    average = PlaintextAverage(task.sites)
-    errors: list[BaseException] = []
-    finals: dict[int, NDArray[np.float64]] = {}
-
-    def run(site: int) -> None:
-        def on_round(metrics: RoundMetrics, _opt: SecureAggOptimizer) -> None:
-            if site == 0:
-                report(metrics)
-
-        try:
-            model = train_site(task, site, average.for_site(site), rounds, on_round, data=data)
-            finals[site] = flat_parameters(model)
-        except BaseException as exc:
-            errors.append(exc)
-            average._barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(task.sites)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return finals[0]
