@@ -3,11 +3,21 @@
 Messages larger than ``chunk_size`` travel as bounded frames (:mod:`peers.chunking`) on the
 same topic and are reassembled and digest-checked here, so the node above sees whole
 messages. Presence: the site registers an MQTT Will that the broker publishes (retained
-``offline``) if the connection dies, and publishes a retained ``online`` once its
-subscriptions are in place. On a lost connection the transport reconnects with exponential
-backoff, re-subscribes and carries on; publishing waits for the reconnection. After
-``reconnect_timeout`` seconds without a connection (or of publishes that keep failing) it
-raises :class:`TransportError`.
+``offline <session>``) if the connection dies, and publishes a retained ``online <session>``
+once its subscriptions are in place; ``session`` is random and fresh per transport (process).
+A retained ``online`` may have been left by a process that died without its Will being
+published yet, so it proves nothing: a transport answers every *live* ``online`` of a
+session it has not seen by announcing itself again, and a peer waiting for the others
+counts only announcements published while it was subscribed (``Delivery.retained`` false).
+
+On a lost connection the transport reconnects with exponential backoff, re-subscribes and
+carries on; publishing waits for the reconnection. After ``reconnect_timeout`` seconds
+without a connection (or of publishes that keep failing) it raises :class:`TransportError`.
+
+With MQTT 5 the subscriptions are ``no_local``: the broker does not send a site its own
+publications back (the node ignores them anyway; this saves their bytes and reassembly).
+aiomqtt's queue of incoming frames is bounded (``max_queued_frames``, by default as many
+frames as the reassembler may hold in partial messages); frames beyond it are dropped.
 """
 
 from __future__ import annotations
@@ -23,15 +33,24 @@ from types import TracebackType
 from typing import Self
 
 import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from peers.chunking import ChunkError, Reassembler, split
-from peers.transport import Delivery, TransportError, parse_topic
+from peers.transport import (
+    OFFLINE,
+    ONLINE,
+    Delivery,
+    TransportError,
+    parse_topic,
+    printable,
+    split_presence,
+)
 
 log = logging.getLogger(__name__)
 
 _PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
-ONLINE = b"online"
-OFFLINE = b"offline"
+#: Sessions of other processes remembered as answered (each is answered once).
+_ANSWERED_SESSIONS = 1024
 
 
 class MqttTransport:
@@ -54,6 +73,7 @@ class MqttTransport:
         backoff: tuple[float, float] = (0.1, 5.0),
         window: int = 8,
         mqtt_version: str = "5",
+        max_queued_frames: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -74,6 +94,17 @@ class MqttTransport:
         self._reassembler = Reassembler(
             max_message_bytes=max_message_bytes, max_pending_total=max_pending_total
         )
+        # Frames queued between the socket and messages(): no more than the reassembler
+        # may hold as partial messages anyway, so a large round always fits.
+        frames_per_message = -(-max_message_bytes // chunk_size)
+        self.max_queued_frames = (
+            max_queued_frames
+            if max_queued_frames is not None
+            else max(1024, max_pending_total * frames_per_message)
+        )
+        self.session = os.urandom(8).hex().encode()
+        self._answered: set[tuple[str, bytes]] = set()
+        self.dropped_frames = 0
         self._lock = asyncio.Lock()
         self._generation = 0
         self._closing = False
@@ -97,7 +128,7 @@ class MqttTransport:
         if self._ca_file is not None:
             tls_context = ssl.create_default_context(cafile=str(self._ca_file))
         will = (
-            aiomqtt.Will(self._presence, OFFLINE, qos=1, retain=True)
+            aiomqtt.Will(self._presence, self._presence_payload(OFFLINE), qos=1, retain=True)
             if self._presence is not None
             else None
         )
@@ -112,7 +143,19 @@ class MqttTransport:
             tls_context=tls_context,
             keepalive=10,
             timeout=10.0,
+            max_queued_incoming_messages=self.max_queued_frames,
         )
+
+    def _presence_payload(self, status: bytes) -> bytes:
+        return status + b" " + self.session
+
+    async def _subscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
+        """QoS 1; with MQTT 5 also ``no_local`` (our own publications are not sent back)."""
+        if self._protocol == aiomqtt.ProtocolVersion.V5:
+            options = SubscribeOptions(qos=1, noLocal=True)
+            await client.subscribe(topic_filter, options=options)
+        else:
+            await client.subscribe(topic_filter, qos=1)
 
     async def _connect(self) -> None:
         """Connect (with backoff), re-subscribe and announce presence."""
@@ -133,7 +176,7 @@ class MqttTransport:
                 continue
             try:
                 for topic_filter in self._filters:
-                    await client.subscribe(topic_filter, qos=1)
+                    await self._subscribe(client, topic_filter)
                 if self._filters:
                     await self._announce(client)
             except aiomqtt.MqttError as exc:  # lost again at once: another attempt
@@ -185,7 +228,9 @@ class MqttTransport:
         client = self._client
         if client is not None and self._presence is not None:
             with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(self._presence, OFFLINE, qos=1, retain=True)
+                await client.publish(
+                    self._presence, self._presence_payload(OFFLINE), qos=1, retain=True
+                )
         await self._drop_client()
 
     # ------------------------------------------------------------------ Transport
@@ -262,12 +307,29 @@ class MqttTransport:
         """
         self._filters.append(topic_filter)
         if self._client is not None:
-            await self._client.subscribe(topic_filter, qos=1)
+            await self._subscribe(self._client, topic_filter)
             await self._announce(self._client)
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         if self._presence is not None:
-            await client.publish(self._presence, ONLINE, qos=1, retain=True)
+            await client.publish(self._presence, self._presence_payload(ONLINE), qos=1, retain=True)
+
+    async def _answer(self, client: aiomqtt.Client, source: str, payload: bytes) -> None:
+        """Announce ourselves again to a new session that just came online.
+
+        It did not see our ``online`` live (it was not subscribed yet), and a retained one
+        may be stale, so it counts us only once we announce again. Each session is answered
+        once (remembered, bounded), so answers cannot go back and forth for ever.
+        """
+        status, session = split_presence(payload)
+        if self._presence is None or status != ONLINE or session in (b"", self.session):
+            return
+        if (source, session) in self._answered:
+            return
+        if len(self._answered) >= _ANSWERED_SESSIONS:
+            self._answered.clear()
+        self._answered.add((source, session))
+        await self._announce(client)
 
     async def messages(self) -> AsyncIterator[Delivery]:
         """Reassembled messages; survives reconnections; ends when the transport closes."""
@@ -283,7 +345,12 @@ class MqttTransport:
                     self.bytes_in += len(payload)
                     parsed = parse_topic(topic)
                     if parsed is not None and parsed.round_id is None:
-                        yield Delivery(topic, bytes(payload))  # presence: small, never chunked
+                        # presence: small, never chunked
+                        retained = bool(message.retain)
+                        if not retained:
+                            source = f"{parsed.federation}/{parsed.site}"
+                            await self._answer(client, source, bytes(payload))
+                        yield Delivery(topic, bytes(payload), retained=retained)
                         continue
                     # Partial messages are counted per sending site (the broker's ACL
                     # confines a site to its own name), not per topic: the round in the
@@ -292,7 +359,7 @@ class MqttTransport:
                     try:
                         whole = self._reassembler.feed(source, bytes(payload))
                     except ChunkError as exc:
-                        log.warning("dropped a malformed frame on %s: %s", topic, exc)
+                        self._dropped_frame(topic, exc)
                         continue
                     if whole is not None:
                         yield Delivery(topic, whole)
@@ -300,3 +367,16 @@ class MqttTransport:
                 if self.closing:
                     return
                 await self._reconnect(generation)
+
+    def _dropped_frame(self, topic: str, exc: ChunkError) -> None:
+        """Log a dropped frame: sender-chosen text escaped, a flood logged sparsely."""
+        self.dropped_frames += 1
+        count = self.dropped_frames
+        level = logging.WARNING if count & (count - 1) == 0 else logging.DEBUG  # 1, 2, 4, …
+        log.log(
+            level,
+            "dropped a malformed frame on %s: %s (%d dropped so far)",
+            printable(topic),
+            printable(exc),
+            count,
+        )

@@ -13,6 +13,21 @@ dropped. The hold is bounded per roster site (the sender in the topic, which the
 ACL enforces): at most ``_EARLY_ROUNDS`` future rounds of ``_EARLY_LIMIT_PER_PEER``
 messages each, so one site flooding future rounds cannot push out another site's messages;
 topics of sites outside the roster are never held.
+
+Backpressure: each round accepts at most ``_ROUND_LIMIT_PER_PEER`` messages and
+``_byte_budget(vector_length)`` bytes (two masked inputs and 1 MiB) per sending site (all
+topics outside the roster share one allowance); the excess is dropped and counted in
+``ignored`` as ``over the per-site limit``. A site flooding its own topic therefore holds a
+bounded amount of memory and queues at most that many messages ahead of the others'.
+
+Text another party chose (protocol reasons quoting a payload) goes into log lines and
+``ignored`` keys only through :func:`~peers.transport.printable`, and ``ignored`` keeps at
+most ``_IGNORED_REASONS`` distinct reasons (the rest are counted as ``other``).
+
+Presence: only a site's ``online`` published while we were subscribed counts in
+:meth:`PeerNode.wait_for_peers` (a retained one may come from a dead process; live peers
+announce themselves again when we come online), and an ``offline`` of an earlier session of
+a site whose newer session is online (its late Will) is ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -39,12 +55,16 @@ from peers.audit import AuditLog
 from peers.config import SiteConfig
 from peers.mqtt import MqttTransport
 from peers.transport import (
+    ONLINE,
+    Delivery,
     Transport,
     TransportError,
     federation_filter,
     message_topic,
     parse_topic,
     presence_topic,
+    printable,
+    split_presence,
 )
 from protocols.common import (
     AggregateReady,
@@ -65,6 +85,25 @@ log = logging.getLogger(__name__)
 _EARLY_LIMIT_PER_PEER = 12
 #: Future rounds held per site (the lowest round ids win).
 _EARLY_ROUNDS = 2
+#: Messages accepted per site and round (a round needs about 6; the rest: QoS 1 duplicates).
+_ROUND_LIMIT_PER_PEER = 24
+#: The ``ignored`` key of messages dropped over a per-site limit.
+OVER_LIMIT = "over the per-site limit"
+#: Distinct reasons kept in ``ignored``; the rest are counted under ``other``.
+_IGNORED_REASONS = 16
+
+
+def _byte_budget(vector_length: int) -> int:
+    """Bytes accepted per site and round: two masked inputs (8 bytes a coordinate) + 1 MiB."""
+    return 2 * 8 * vector_length + (1 << 20)
+
+
+def _note_ignored(ignored: Counter[str], reason: str, count: int = 1) -> None:
+    """Count ``reason`` (up to its first colon, escaped, capped) in a bounded counter."""
+    key = printable(reason.partition(":")[0], 80)
+    if key not in ignored and len(ignored) >= _IGNORED_REASONS:
+        key = "other"
+    ignored[key] += count
 
 
 class RoundAbortedError(MpcAggError):
@@ -105,9 +144,27 @@ class AggregateResult:
 class _Round:
     round_id: int
     machine: SecAggMachine
+    byte_limit: int
     inbox: asyncio.Queue[tuple[int | None, bytes]] = field(default_factory=asyncio.Queue)
     deadline_at: float | None = None
     deadline_phase: Phase | None = None
+    ignored: Counter[str] = field(default_factory=Counter)
+    # accepted messages and bytes per claimed sender (None: topics outside the roster)
+    received: Counter[int | None] = field(default_factory=Counter)
+    received_bytes: Counter[int | None] = field(default_factory=Counter)
+    flooding: set[int | None] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Held:
+    """Messages held for one future round from one site (bounded in count and bytes)."""
+
+    messages: list[tuple[int, bytes]] = field(default_factory=list)  # (arrival, message)
+    size: int = 0
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.messages)
 
 
 class PeerNode:
@@ -150,13 +207,14 @@ class PeerNode:
         self._current: _Round | None = None
         self._last_round = last_round
         self._joined = False
-        # (round, claimed sender) -> [(arrival number, message)]
-        self._early: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
+        # (round, claimed sender) -> messages held for that round
+        self._early: dict[tuple[int, int], _Held] = {}
         self._arrivals = 0
         self._busy = False
         self._reader: asyncio.Task[None] | None = None
         self._reader_error: BaseException | None = None
-        self.presence: dict[str, bytes] = {}
+        self.presence: dict[str, bytes] = {}  # roster site -> b"online" / b"offline"
+        self._live: dict[str, bytes] = {}  # site -> session seen coming online live
         self._site_names = frozenset(e.name for e in roster.entries)
         self._bytes_in = 0
 
@@ -203,13 +261,15 @@ class PeerNode:
         """Wait until every other site announced itself online (or ``timeout``); return them.
 
         MQTT does not keep messages for subscribers that are not there yet, so starting a
-        round before the others subscribed would lose our first message to them.
+        round before the others subscribed would lose our first message to them. Only an
+        ``online`` published while we were subscribed counts: a retained one may have been
+        left by a process that is gone (live sites announce themselves again for us).
         """
         others = {self.roster.name(i) for i in range(len(self.roster))} - {self.name}
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
         while True:
-            online = {s for s in others if self.presence.get(s) == b"online"}
+            online = others & self._live.keys()
             remaining = give_up - loop.time()
             if online == others or remaining <= 0:
                 return online
@@ -219,8 +279,12 @@ class PeerNode:
 
     async def __aenter__(self) -> Self:
         await self._transport.__aenter__()
-        await self._transport.subscribe(federation_filter(self.federation))
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        try:
+            await self._transport.subscribe(federation_filter(self.federation))
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        except BaseException:  # do not leak the connection
+            await self._transport.__aexit__(*sys.exc_info())
+            raise
         return self
 
     async def __aexit__(
@@ -245,8 +309,7 @@ class PeerNode:
                     continue
                 if parsed.round_id is None:
                     if parsed.site in self._site_names:  # bounded: roster sites only
-                        self.presence[parsed.site] = delivery.payload
-                        self._presence_changed.set()
+                        self._on_presence(parsed.site, delivery)
                     continue
                 try:
                     claimed: int | None = self.roster.index_of(parsed.site)
@@ -263,10 +326,23 @@ class PeerNode:
         if self._current is not None:
             self._current.inbox.put_nowait((None, b""))
 
+    def _on_presence(self, site: str, delivery: Delivery) -> None:
+        """Record a roster site's presence (``status`` or ``status session``)."""
+        status, session = split_presence(delivery.payload)
+        live = self._live.get(site)
+        if status != ONLINE and session and live is not None and live != session:
+            return  # the Will (or goodbye) of an earlier session of a site that is back
+        self.presence[site] = status[:16]
+        if status != ONLINE:
+            self._live.pop(site, None)
+        elif not delivery.retained:
+            self._live[site] = session
+        self._presence_changed.set()
+
     def _route(self, round_id: int, claimed: int | None, data: bytes) -> None:
         current = self._current
         if current is not None and round_id == current.round_id:
-            current.inbox.put_nowait((claimed, data))
+            self._admit(current, claimed, data)
         elif round_id > self._last_round and claimed is not None:
             key = (round_id, claimed)
             held = self._early.get(key)
@@ -277,19 +353,50 @@ class PeerNode:
                     if highest < key:
                         return
                     del self._early[highest]
-                held = self._early[key] = []
-            if len(held) < _EARLY_LIMIT_PER_PEER:
+                held = self._early[key] = _Held()
+            size = held.size + len(data)
+            if len(held.messages) < _EARLY_LIMIT_PER_PEER and size <= self._early_byte_limit:
                 self._arrivals += 1
-                held.append((self._arrivals, data))
+                held.messages.append((self._arrivals, data))
+                held.size = size
+            else:
+                held.dropped += 1
 
-    def _take_early(self, round_id: int) -> list[tuple[int, bytes]]:
-        """The held messages of ``round_id`` in arrival order; drop those of older rounds."""
+    @property
+    def _early_byte_limit(self) -> int:
+        return _byte_budget(self.max_vector_length)  # the round's length is not known yet
+
+    def _admit(self, state: _Round, claimed: int | None, data: bytes) -> None:
+        """Queue ``data`` for the round unless its sender is over its per-round limit."""
+        count = state.received[claimed] + 1
+        size = state.received_bytes[claimed] + len(data)
+        if count <= _ROUND_LIMIT_PER_PEER and size <= state.byte_limit:
+            state.received[claimed] = count
+            state.received_bytes[claimed] = size
+            state.inbox.put_nowait((claimed, data))
+            return
+        _note_ignored(state.ignored, OVER_LIMIT)
+        if claimed not in state.flooding:  # one line per site and round, not per message
+            state.flooding.add(claimed)
+            log.warning(
+                "round %d: %s sent more than %d messages or %d bytes; dropping the excess",
+                state.round_id,
+                "sites outside the roster" if claimed is None else self.roster.name(claimed),
+                _ROUND_LIMIT_PER_PEER,
+                state.byte_limit,
+            )
+
+    def _take_early(self, state: _Round) -> None:
+        """Admit the held messages of the round in arrival order; drop older rounds'."""
         taken: list[tuple[int, int, bytes]] = []
-        for key in [k for k in self._early if k[0] <= round_id]:
+        for key in [k for k in self._early if k[0] <= state.round_id]:
             held = self._early.pop(key)
-            if key[0] == round_id:
-                taken.extend((arrival, key[1], data) for arrival, data in held)
-        return [(claimed, data) for _, claimed, data in sorted(taken, key=lambda t: t[0])]
+            if key[0] == state.round_id:
+                taken.extend((arrival, key[1], data) for arrival, data in held.messages)
+                if held.dropped:
+                    _note_ignored(state.ignored, OVER_LIMIT, held.dropped)
+        for _, claimed, data in sorted(taken, key=lambda t: t[0]):
+            self._admit(state, claimed, data)
 
     # ------------------------------------------------------------------ rounds
 
@@ -338,11 +445,10 @@ class PeerNode:
         machine = SecAggMachine(
             params, me=self.me, signing_key=self._signing_key, randomness=self._rng
         )
-        state = _Round(round_id, machine)
+        state = _Round(round_id, machine, byte_limit=_byte_budget(params.vector_length))
         self._current = state
         self._last_round = round_id
-        for claimed, data in self._take_early(round_id):
-            state.inbox.put_nowait((claimed, data))
+        self._take_early(state)
         if self._reader_error is not None:  # died while we waited for the peers
             state.inbox.put_nowait((None, b""))
         bytes_out_before = self._bytes_out_total()
@@ -417,7 +523,7 @@ class PeerNode:
         self, state: _Round, ring: NDArray[np.uint64]
     ) -> tuple[AggregateReady, Counter[str], dict[str, float]]:
         loop = asyncio.get_running_loop()
-        ignored: Counter[str] = Counter()
+        ignored = state.ignored
         timings: dict[str, float] = {}
         started: dict[str, float | str] = {"at": time.perf_counter(), "phase": Phase.IDLE.name}
         pending = state.machine.begin(ring)
@@ -466,19 +572,19 @@ class PeerNode:
                 state.deadline_at = loop.time() + self._deadline(phase)
                 state.deadline_phase = phase
         elif isinstance(effect, MessageIgnored):
-            ignored[effect.reason.split(":")[0]] += 1
+            _note_ignored(ignored, effect.reason)
             log.debug(
                 "round %d: ignored a message from %s: %s",
                 state.round_id,
                 effect.sender,
-                effect.reason,
+                printable(effect.reason),
             )
         elif isinstance(effect, PeerExcluded):
             log.warning(
                 "round %d: excluded %s: %s",
                 state.round_id,
                 self.roster.name(effect.peer),
-                effect.reason,
+                printable(effect.reason),
             )
         elif isinstance(effect, RoundAborted):
             detail = ""
@@ -487,7 +593,8 @@ class PeerNode:
                     f"{reason} ×{count}" for reason, count in ignored.most_common(3)
                 )
             raise RoundAbortedError(
-                f"{effect.reason} (phase {effect.phase.name}){detail}", round_id=state.round_id
+                f"{printable(effect.reason, 500)} (phase {effect.phase.name}){detail}",
+                round_id=state.round_id,
             )
         elif isinstance(effect, AggregateReady):
             now = time.perf_counter()

@@ -8,7 +8,14 @@ machine verifies the signature inside every message (DESIGN §3).
 Topic scheme (one function builds each name, one parses them)::
 
     mpcagg/v1/{federation}/{round}/{site}        protocol messages of a round, by sender
-    mpcagg/v1/{federation}/presence/{site}       retained "online"/"offline" (+ MQTT Will)
+    mpcagg/v1/{federation}/presence/{site}       retained "online <session>" / "offline <session>"
+
+Presence payloads are a status word, optionally followed by a space and the announcing
+process's session id (random, fresh per process), so a peer can tell a live session from a
+retained announcement left by a dead one (see :class:`peers.mqtt.MqttTransport`).
+
+Topics, site names, error messages and protocol reasons may carry text chosen by another
+party; :func:`printable` makes such text safe for a log line or a dictionary key.
 """
 
 from __future__ import annotations
@@ -23,8 +30,32 @@ from mpc_agg.errors import MpcAggError
 
 PREFIX = "mpcagg/v1"
 PRESENCE = "presence"
+ONLINE = b"online"
+OFFLINE = b"offline"
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")  # used with fullmatch: "$" allows a "\n"
 _ROUND = re.compile(r"[0-9]{1,20}")  # ASCII only: str.isdigit() accepts "²", int() refuses it
+
+
+def printable(value: object, limit: int = 200) -> str:
+    r"""``str(value)`` made fit for one log line or dictionary key.
+
+    Control and other unprintable characters are escaped (a newline becomes the two
+    characters ``\n``) and at most ``limit`` characters are kept (then ``…``), so text
+    chosen by another party can neither forge log lines nor grow without bound.
+    """
+    text = str(value)
+    if len(text) <= limit and text.isprintable():
+        return text
+    escaped = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode() for c in text[:limit]
+    )
+    return escaped[:limit] + "…" if len(text) > limit or len(escaped) > limit else escaped
+
+
+def split_presence(payload: bytes) -> tuple[bytes, bytes]:
+    """``(status, session)`` of a presence payload; ``session`` is empty when absent."""
+    status, _, session = payload.partition(b" ")
+    return status, session
 
 
 class TransportError(MpcAggError):
@@ -33,10 +64,16 @@ class TransportError(MpcAggError):
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One complete incoming message."""
+    """One complete incoming message.
+
+    ``retained`` is true when the broker replayed a retained message on subscribing (it
+    may have been published long ago, by a process that is gone), false when the message
+    was published while we were subscribed.
+    """
 
     topic: str
     payload: bytes = field(repr=False)
+    retained: bool = False
 
 
 class Transport(Protocol):
