@@ -104,6 +104,7 @@ class MqttTransport:
         )
         self.session = os.urandom(8).hex().encode()
         self._answered: set[tuple[str, bytes]] = set()
+        self._answers: set[asyncio.Future[None]] = set()
         self.dropped_frames = 0
         self._lock = asyncio.Lock()
         self._generation = 0
@@ -225,6 +226,8 @@ class MqttTransport:
         tb: TracebackType | None,
     ) -> None:
         self._closing = True
+        for task in list(self._answers):
+            task.cancel()
         client = self._client
         if client is not None and self._presence is not None:
             with contextlib.suppress(aiomqtt.MqttError):
@@ -329,7 +332,16 @@ class MqttTransport:
         if len(self._answered) >= _ANSWERED_SESSIONS:
             self._answered.clear()
         self._answered.add((source, session))
-        await self._announce(client)
+        # In a task of its own: the reader must never wait for a PUBACK (a publish
+        # interrupted by the reader's cancellation could swallow the cancellation on
+        # Python 3.11, leaving PeerNode's exit waiting for the reader).
+        task = asyncio.ensure_future(self._announce_quietly(client))
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+
+    async def _announce_quietly(self, client: aiomqtt.Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._announce(client)
 
     async def messages(self) -> AsyncIterator[Delivery]:
         """Reassembled messages; survives reconnections; ends when the transport closes."""

@@ -293,11 +293,18 @@ class PeerNode:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        reader = self._reader
+        if reader is not None:
+            reader.cancel()
+            # Bounded: on Python 3.11 a cancellation racing a completed wait_for inside a
+            # library can be swallowed; closing the transport below then ends the reader.
+            await asyncio.wait({reader}, timeout=2.0)
         await self._transport.__aexit__(exc_type, exc, tb)
+        if reader is not None and not reader.done():
+            reader.cancel()
+            await asyncio.wait({reader}, timeout=2.0)
+        if reader is not None and reader.done() and not reader.cancelled():
+            reader.exception()  # retrieved: a reader error was already surfaced to rounds
 
     # ------------------------------------------------------------------ reading
 
