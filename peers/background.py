@@ -54,8 +54,7 @@ class EventLoopThread:
             return future.result(timeout)
         except BaseException:
             future.cancel()
-            if isinstance(future, concurrent.futures.Future):
-                concurrent.futures.wait([future], timeout=5)
+            concurrent.futures.wait([future], timeout=5)
             raise
 
     def close(self) -> None:

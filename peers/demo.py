@@ -146,9 +146,9 @@ def make_federation(
 
 
 class SiteProcesses:
-    """The demo's site processes; all are killed on exit, whatever happened."""
+    """The demo's site processes: killed after ``timeout`` s, and on exit whatever happened."""
 
-    def __init__(self, root: Path, sites: int, extra: list[str]) -> None:
+    def __init__(self, root: Path, sites: int, extra: list[str], *, timeout: float) -> None:
         self.processes = [
             subprocess.Popen(  # noqa: S603 - this interpreter, our own module
                 [
@@ -170,11 +170,15 @@ class SiteProcesses:
             )
             for k in range(sites)
         ]
+        self._watchdog = threading.Timer(timeout, self.kill)
+        self._watchdog.daemon = True
+        self._watchdog.start()
 
     def __enter__(self) -> SiteProcesses:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self._watchdog.cancel()
         self.kill()
 
     def kill(self) -> None:
@@ -185,16 +189,18 @@ class SiteProcesses:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
 
-    def watchdog(self, seconds: float) -> threading.Timer:
-        """Kill the sites after ``seconds`` (cancel the returned timer when done)."""
-        timer = threading.Timer(seconds, self.kill)
-        timer.daemon = True
-        timer.start()
-        return timer
+    def collect(self) -> list[tuple[str, str]] | None:
+        """Wait for every site: their (stdout, stderr), or ``None`` on a failure.
 
-    def collect(self) -> list[tuple[str, str]]:
-        """Wait for every site; its stdout and stderr."""
-        return [process.communicate() for process in self.processes]
+        The first failed site, its exit code and last stderr line are printed to stderr.
+        """
+        outputs = [process.communicate() for process in self.processes]
+        self._watchdog.cancel()
+        failure = site_failure(outputs, self.processes)
+        if failure:
+            print(f"mpc-agg: {failure}", file=sys.stderr)
+            return None
+        return outputs
 
 
 def site_failure(outputs: list[tuple[str, str]], processes: list[subprocess.Popen[str]]) -> str:
@@ -332,19 +338,11 @@ def train_demo(args: argparse.Namespace, kind: str) -> int:
         extra += ["--local-steps", str(task.local_steps)]
         with (
             running_broker(root / "fed", port, kind),
-            SiteProcesses(
-                root,
-                n,
-                extra,
-            ) as sites,
+            SiteProcesses(root, n, extra, timeout=args.timeout) as sites,
         ):
-            timer = sites.watchdog(args.timeout)
             secure = _stream_rounds(sites.processes[0], plain, rounds)
             outputs = sites.collect()
-            timer.cancel()
-            failure = site_failure(outputs, sites.processes)
-            if failure:
-                print(f"mpc-agg: {failure}", file=sys.stderr)
+            if outputs is None:
                 return 1
             per_site = [[json.loads(x) for x in o.splitlines() if x.strip()] for o, _ in outputs]
             per_site[0] = secure
@@ -604,13 +602,12 @@ def sum_demo(args: argparse.Namespace, kind: str) -> int:
         print(f"broker: {describe_broker(kind, port)}; one process per site\n")
         extra = ["--task", "sum", "--rounds", str(rounds), "--dim", str(args.dim)]
         extra += ["--seed", str(seed), "--clip", str(federation.encoding.max_abs_value)]
-        with running_broker(root / "fed", port, kind), SiteProcesses(root, n, extra) as sites:
-            timer = sites.watchdog(args.timeout)
+        with (
+            running_broker(root / "fed", port, kind),
+            SiteProcesses(root, n, extra, timeout=args.timeout) as sites,
+        ):
             outputs = sites.collect()
-            timer.cancel()
-            failure = site_failure(outputs, sites.processes)
-            if failure:
-                print(f"mpc-agg: {failure}", file=sys.stderr)
+            if outputs is None:
                 return 1
             return _print_sum(outputs, n, rounds, seed, args.dim, codec)
 

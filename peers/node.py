@@ -300,11 +300,12 @@ class PeerNode:
             # library can be swallowed; closing the transport below then ends the reader.
             await asyncio.wait({reader}, timeout=2.0)
         await self._transport.__aexit__(exc_type, exc, tb)
-        if reader is not None and not reader.done():
-            reader.cancel()
-            await asyncio.wait({reader}, timeout=2.0)
-        if reader is not None and reader.done() and not reader.cancelled():
-            reader.exception()  # retrieved: a reader error was already surfaced to rounds
+        if reader is not None:
+            if not reader.done():  # the closed transport ends its message iterator
+                reader.cancel()
+                await asyncio.wait({reader}, timeout=2.0)
+            if reader.done() and not reader.cancelled():
+                reader.result()  # as awaiting it did: _read keeps Exceptions for rounds
 
     # ------------------------------------------------------------------ reading
 

@@ -17,8 +17,7 @@ data, and the parameter deltas — clipped to L2 norm ``clip`` — are averaged.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -54,7 +53,6 @@ class RoundMetrics:
     train_loss: float
     test_loss: float
     test_accuracy: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_split(task: DigitsTask) -> tuple[list[Dataset], Dataset]:

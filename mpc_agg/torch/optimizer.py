@@ -277,7 +277,8 @@ class SecureAggOptimizer(torch.optim.Optimizer):
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
-            snapshot = self._snapshot()
+            # Nothing is written before the aggregate succeeds: no snapshot to restore.
+            snapshot = None
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params()]
             vector = self._flatten(grads)
         outcome, error = yield self._clip(vector)
@@ -287,8 +288,8 @@ class SecureAggOptimizer(torch.optim.Optimizer):
             except (MpcAggError, ValueError, TypeError) as exc:
                 error = exc
         if error is not None:
-            self._restore(snapshot)
-            if self.mode == "delta":
+            if snapshot is not None:  # delta mode: undo the local step
+                self._restore(snapshot)
                 self.local_steps -= 1
             self._failed(error)
             return None
