@@ -122,9 +122,9 @@ class MemoryTransport:
         self.bytes_out += len(payload)
         self._broker.route(topic, payload)
 
-    async def subscribe(self, topic_filter: str) -> None:
-        """Add a subscription."""
-        self._filters.append(topic_filter)
+    async def subscribe(self, topic_filter: str, *more: str) -> None:
+        """Add subscriptions."""
+        self._filters.extend((topic_filter, *more))
 
     async def messages(self) -> AsyncIterator[Delivery]:
         """Deliveries until the transport closes."""

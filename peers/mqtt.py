@@ -2,7 +2,11 @@
 
 Messages larger than ``chunk_size`` travel as bounded frames (:mod:`peers.chunking`) on the
 same topic and are reassembled and digest-checked here, so the node above sees whole
-messages. Presence: the site registers an MQTT Will that the broker publishes (retained
+messages; private messages (six-level topics, :func:`peers.transport.message_topic` with a
+recipient) are chunked and reassembled exactly like broadcasts, counted against the same
+per-sender allowance of partial messages.
+
+Presence: the site registers an MQTT Will that the broker publishes (retained
 ``offline <session>``) if the connection dies, and publishes a retained ``online <session>``
 once its subscriptions are in place; ``session`` is random and fresh per transport (process).
 A retained ``online`` may have been left by a process that died without its Will being
@@ -302,15 +306,19 @@ class MqttTransport:
             for task in in_flight:
                 task.cancel()
 
-    async def subscribe(self, topic_filter: str) -> None:
+    async def subscribe(self, topic_filter: str, *more: str) -> None:
         """Subscribe with QoS 1 (kept across reconnections); then announce presence.
 
-        ``online`` is published only once a subscription is in place, so a peer that sees
-        it knows this site will receive what is published from then on.
+        ``online`` is published only once every filter of the call is in place (a site
+        subscribes to the federation's broadcasts and to its own inbox of private messages
+        in one call), so a peer that sees it knows this site will receive what is published
+        to it from then on.
         """
-        self._filters.append(topic_filter)
+        filters = (topic_filter, *more)
+        self._filters.extend(filters)
         if self._client is not None:
-            await self._subscribe(self._client, topic_filter)
+            for each in filters:
+                await self._subscribe(self._client, each)
             await self._announce(self._client)
 
     async def _announce(self, client: aiomqtt.Client) -> None:

@@ -7,8 +7,16 @@ machine verifies the signature inside every message (DESIGN §3).
 
 Topic scheme (one function builds each name, one parses them)::
 
-    mpcagg/v1/{federation}/{round}/{site}        protocol messages of a round, by sender
-    mpcagg/v1/{federation}/presence/{site}       retained "online <session>" / "offline <session>"
+    mpcagg/v1/{federation}/{round}/{site}              a round's broadcasts, by sender
+    mpcagg/v1/{federation}/{round}/{site}/{recipient}  private messages, to one recipient
+    mpcagg/v1/{federation}/presence/{site}             retained "online|offline <session>"
+
+A site subscribes to two filters: :func:`federation_filter` (``…/{federation}/+/+``:
+broadcasts and presence, five levels; MQTT's ``+`` is exactly one level, so it never matches
+a six-level private topic) and :func:`inbox_filter` (``…/{federation}/+/+/{site}``: the
+private messages addressed to it). The broker's ACL lets a site read nothing else
+(:mod:`peers.init`), so a private message travels to its recipient only; its content is
+end-to-end encrypted anyway.
 
 Presence payloads are a status word, optionally followed by a space and the announcing
 process's session id (random, fresh per process), so a peer can tell a live session from a
@@ -96,8 +104,12 @@ class Transport(Protocol):
         """Publish one message (QoS 1: at least once)."""
         ...
 
-    async def subscribe(self, topic_filter: str) -> None:
-        """Receive messages on ``topic_filter`` (MQTT wildcards ``+`` and ``#``)."""
+    async def subscribe(self, topic_filter: str, *more: str) -> None:
+        """Receive messages on ``topic_filter`` and ``more`` (MQTT wildcards ``+``, ``#``).
+
+        A transport that announces presence does so once every filter of the call is in
+        place, so a peer that sees the announcement may send to any of them.
+        """
         ...
 
     def messages(self) -> AsyncIterator[Delivery]:
@@ -112,11 +124,21 @@ def check_segment(value: str, what: str) -> str:
     return value
 
 
-def message_topic(federation: str, round_id: int, site: str) -> str:
-    """Topic on which ``site`` publishes its messages of ``round_id``."""
+def message_topic(
+    federation: str, round_id: int, site: str, *, recipient: str | None = None
+) -> str:
+    """Topic on which ``site`` publishes its messages of ``round_id``.
+
+    Without ``recipient``: the round's broadcast topic of ``site`` (every peer reads it).
+    With ``recipient``: the topic of a private message from ``site`` to ``recipient``,
+    which only ``recipient`` may read.
+    """
     check_segment(federation, "federation id")
     check_segment(site, "site name")
-    return f"{PREFIX}/{federation}/{round_id}/{site}"
+    topic = f"{PREFIX}/{federation}/{round_id}/{site}"
+    if recipient is None:
+        return topic
+    return f"{topic}/{check_segment(recipient, 'recipient site name')}"
 
 
 def presence_topic(federation: str, site: str) -> str:
@@ -125,32 +147,52 @@ def presence_topic(federation: str, site: str) -> str:
 
 
 def federation_filter(federation: str) -> str:
-    """Subscription covering every round and the presence of a federation."""
+    """Subscription covering every round's broadcasts and the presence of a federation.
+
+    Five levels exactly: it matches no private (six-level) topic, not even one addressed
+    to the subscriber (that is :func:`inbox_filter`'s job).
+    """
     return f"{PREFIX}/{check_segment(federation, 'federation id')}/+/+"
+
+
+def inbox_filter(federation: str, site: str) -> str:
+    """Subscription covering the private messages addressed to ``site``, every round."""
+    check_segment(federation, "federation id")
+    return f"{PREFIX}/{federation}/+/+/{check_segment(site, 'site name')}"
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedTopic:
-    """A topic of our scheme: ``round_id`` is None for presence topics."""
+    """A topic of our scheme.
+
+    ``round_id`` is None for presence topics; ``site`` is the sender (or the announcing
+    site); ``recipient`` is the addressee of a private message, None for a broadcast or
+    presence.
+    """
 
     federation: str
     round_id: int | None
     site: str
+    recipient: str | None = None
 
 
 def parse_topic(topic: str) -> ParsedTopic | None:
     """Parse a topic of our scheme; None for anything else (never raises)."""
     parts = topic.split("/")
-    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX:
+    if len(parts) not in (5, 6) or f"{parts[0]}/{parts[1]}" != PREFIX:
         return None
     federation, middle, site = parts[2], parts[3], parts[4]
+    recipient = parts[5] if len(parts) == 6 else None
     if not (_SEGMENT.fullmatch(federation) and _SEGMENT.fullmatch(site)):
         return None
+    if recipient is not None and not _SEGMENT.fullmatch(recipient):
+        return None
     if middle == PRESENCE:
-        return ParsedTopic(federation, None, site)
+        # presence is broadcast only: a six-level topic under it is not ours
+        return ParsedTopic(federation, None, site) if recipient is None else None
     if not _ROUND.fullmatch(middle):
         return None
-    return ParsedTopic(federation, int(middle), site)
+    return ParsedTopic(federation, int(middle), site, recipient)
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:

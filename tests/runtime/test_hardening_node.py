@@ -143,7 +143,7 @@ async def test_hardening_distinct_ignored_reasons_are_capped() -> None:
 
 
 class _SubscribeFails(MemoryTransport):
-    async def subscribe(self, topic_filter: str) -> None:
+    async def subscribe(self, topic_filter: str, *more: str) -> None:
         raise TransportError("subscription refused")
 
 
