@@ -4,7 +4,9 @@
 ``mpc-agg init`` wrote, with the same guarantees the generated Mosquitto setup gives
 (DESIGN §6): a TLS listener with the federation's server certificate, one password per
 site (argon2 hashes, written next to the Mosquitto files at start), an ACL that lets a
-site publish only under its own sender id, and no anonymous clients. amqtt speaks
+site publish only under its own sender id and receive only the federation's broadcasts,
+presence and its own inbox of private messages (checked at every delivery, as Mosquitto
+does: :mod:`peers.amqtt_acl`), and no anonymous clients. amqtt speaks
 MQTT 3.1.1 only, so the federation must say ``mqtt_version = "3.1.1"`` in ``[broker]``
 (``mpc-agg demo`` does this when it falls back). For production use Mosquitto.
 """
@@ -43,13 +45,15 @@ def broker_config(directory: Path) -> dict[str, Any]:
     broker_dir, site_dir = directory / "broker", directory / "sites"
     hasher = PasswordHash((Argon2Hasher(),))
     root = f"{PREFIX}/{federation.id}"
-    lines, publish, subscribe = [], {}, {}
+    lines, publish, subscribe, receive = [], {}, {}, {}
     for entry in federation.roster.entries:
         name = entry.name
         password = (site_dir / f"{name}.password").read_text(encoding="ascii").strip()
         lines.append(f"{name}:{hasher.hash(password)}")
-        publish[name] = [f"{root}/+/{name}", f"{root}/{PRESENCE}/{name}"]
+        publish[name] = [f"{root}/+/{name}", f"{root}/{PRESENCE}/{name}", f"{root}/+/{name}/+"]
         subscribe[name] = [f"{root}/#"]
+        # checked for each delivery: five-level topics and the site's own inbox only
+        receive[name] = [f"{root}/+/+", f"{root}/+/+/{name}"]
     password_file = broker_dir / "amqtt.passwd"
     password_file.touch(mode=0o600, exist_ok=True)
     password_file.write_text("\n".join(lines) + "\n", encoding="ascii")
@@ -66,9 +70,10 @@ def broker_config(directory: Path) -> dict[str, Any]:
         },
         "plugins": {
             "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(password_file)},
-            "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {
+            "peers.amqtt_acl.FederationAclPlugin": {
                 "publish_acl": publish,
-                "acl": subscribe,
+                "subscribe_acl": subscribe,
+                "receive_acl": receive,
             },
         },
     }

@@ -13,13 +13,18 @@ Layout written into the target directory (DESIGN §1, §6)::
     broker/acl                 Mosquitto ACL
     broker/mosquitto.conf      TLS listener, no anonymous access, absolute paths
 
-Topic scheme the ACL enforces (:mod:`peers.transport`): a site publishes protocol
-messages on ``mpcagg/v1/{federation}/{round}/{site}`` and its presence on
-``mpcagg/v1/{federation}/presence/{site}``; the broker lets a site publish only where
-the last segment is its own MQTT username, which :func:`peers.config.load_site` sets to
-the site's name, and lets it read the whole federation. Identity still comes from the
-signature inside each envelope, never from the topic (DESIGN §3): the ACL only stops a
-site from crowding another's topics.
+Topic scheme the ACL enforces (:mod:`peers.transport`): a site publishes broadcasts on
+``mpcagg/v1/{federation}/{round}/{site}``, private messages on
+``mpcagg/v1/{federation}/{round}/{site}/{recipient}`` and its presence on
+``mpcagg/v1/{federation}/presence/{site}``. The broker lets a site publish only where the
+sender segment is its own MQTT username, which :func:`peers.config.load_site` sets to the
+site's name; it lets a site read the federation's five-level topics (broadcasts and
+presence) and, of the private messages, only those whose last segment is its own name.
+Mosquitto grants any subscription and filters each delivery against the ACL, so a site
+subscribing to ``…/#`` still receives no other site's private messages. Identity still
+comes from the signature inside each envelope, never from the topic (DESIGN §3), and
+private payloads are encrypted end to end: the ACL stops a site from crowding another's
+topics and keeps other sites' ciphertexts (and their traffic pattern) away from it.
 
 Nothing is overwritten: every file is created exclusively, and a directory that already
 holds a ``federation.toml`` is refused. Secrets come from the OS CSPRNG and never appear
@@ -241,16 +246,22 @@ def _acl(fed_id: str, names: Iterable[str]) -> str:
         "# for a site is its roster name. (Patterns apply to every user.)",
         f"pattern write {root}/+/%u",
         f"pattern write {root}/{PRESENCE}/%u",
+        "# Private messages: {round}/{sender}/{recipient}, only as the sender.",
+        f"pattern write {root}/+/%u/+",
+        "",
+        "# A site reads only its own inbox of private messages (last level = recipient).",
+        f"pattern read {root}/+/+/%u",
         "",
         "# Operators: read-only access to everything.",
         f"user {ADMIN_USER}",
         "topic read #",
         "topic read $SYS/#",
         "",
-        "# Every site reads the whole federation.",
+        "# Every site reads the broadcasts and presence of the federation (five levels:",
+        "# `+` is one level, so this matches no private message).",
     ]
     for name in names:
-        lines += [f"user {name}", f"topic read {root}/#"]
+        lines += [f"user {name}", f"topic read {root}/+/+"]
     return "\n".join(lines) + "\n"
 
 

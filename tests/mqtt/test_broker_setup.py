@@ -25,7 +25,7 @@ from peers import init as init_module
 from peers.config import load_federation, load_site
 from peers.demo import free_port
 from peers.init import broker_command, init_federation
-from peers.transport import message_topic, presence_topic
+from peers.transport import federation_filter, inbox_filter, message_topic, presence_topic
 
 HOST = "127.0.0.1"
 #: How long a subscriber waits to be sure a denied message was not delivered.
@@ -182,7 +182,12 @@ FORGED_TOPICS = [
     "{root}/{round}/site-1",  # another site's sender id
     "{root}/presence/site-1",  # another site's presence
     "{root}/{round}/site-1/to/site-0",
-    "{root}/{round}/site-0/extra",  # below our own topic: not part of the scheme
+    "{root}/{round}/site-1/site-0",  # a private message under another site's sender id
+    "{root}/{round}/site-1/site-2",
+    "{root}/presence/site-1/site-0",
+    # below our own private topics: not part of the scheme ({root}/{round}/site-0/x is a
+    # private message from site-0 to x, which site-0 may send)
+    "{root}/{round}/site-0/site-1/extra",
     "{root}/{round}/site-0x",  # a longer name that starts with ours is not ours
     "mpcagg/v1/other-federation/{round}/site-0",  # another federation
     "mpcagg/v1/{round}",
@@ -238,6 +243,59 @@ async def test_admin_reads_everything_but_cannot_publish_as_a_site(broker: Broke
         await site0.publish(message_topic(broker.federation, round_id, "site-0"), b"real", qos=1)
         message = await _next_message(site1)
         assert message.payload == b"real"
+
+
+async def _payloads_until(client: aiomqtt.Client, sentinel: bytes) -> list[bytes]:
+    """Payloads received up to ``sentinel`` and during QUIET seconds after it."""
+    payloads: list[bytes] = []
+    while sentinel not in payloads:
+        payloads.append(bytes((await _next_message(client)).payload))
+    while (late := await _message_within(client, QUIET)) is not None:
+        payloads.append(bytes(late.payload))
+    return payloads
+
+
+@pytest.mark.asyncio
+async def test_a_private_message_reaches_its_recipient_and_no_other_site(broker: Broker) -> None:
+    round_id = _round()
+    root = f"mpcagg/v1/{broker.federation}"
+    async with (
+        broker.client("site-0") as site0,
+        broker.client("site-1") as site1,
+        broker.client("site-2") as site2,
+        broker.client("admin") as admin,
+    ):
+        # Mosquitto grants every subscription and checks each delivery against the ACL:
+        # however site-1 subscribes, site-2's inbox is not delivered to it.
+        for wide in ("#", f"{root}/#", f"{root}/+/+/+", inbox_filter(broker.federation, "site-2")):
+            await _subscribe(site1, wide)
+        await _subscribe(site2, federation_filter(broker.federation))
+        await _subscribe(site2, inbox_filter(broker.federation, "site-2"))
+        await _subscribe(admin, f"{root}/#")
+        to_2 = message_topic(broker.federation, round_id, "site-0", recipient="site-2")
+        to_1 = message_topic(broker.federation, round_id, "site-0", recipient="site-1")
+        await site0.publish(to_2, b"share for site-2", qos=1)
+        await site0.publish(to_1, b"share for site-1", qos=1)
+        await site0.publish(message_topic(broker.federation, round_id, "site-0"), b"bc", qos=1)
+        at_1 = await _payloads_until(site1, b"bc")
+        at_2 = await _payloads_until(site2, b"bc")
+        at_admin = await _payloads_until(admin, b"bc")
+    assert set(at_1) == {b"share for site-1", b"bc"}  # (once per matching subscription)
+    assert at_2 == [b"share for site-2", b"bc"]
+    assert at_admin == [b"share for site-2", b"share for site-1", b"bc"]  # operators read all
+
+
+@pytest.mark.asyncio
+async def test_a_site_cannot_send_a_private_message_as_another_site(broker: Broker) -> None:
+    round_id = _round()
+    async with broker.client("site-2") as site2, broker.client("site-1") as site1:
+        await _subscribe(site2, inbox_filter(broker.federation, "site-2"))
+        forged = message_topic(broker.federation, round_id, "site-0", recipient="site-2")
+        own = message_topic(broker.federation, round_id, "site-1", recipient="site-2")
+        await site1.publish(forged, b"forged as site-0", qos=1)  # dropped by the broker
+        await site1.publish(own, b"from site-1", qos=1)
+        received = await _payloads_until(site2, b"from site-1")
+    assert received == [b"from site-1"]
 
 
 @pytest.mark.asyncio

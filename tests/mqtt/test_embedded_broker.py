@@ -16,7 +16,7 @@ import pytest
 from peers.config import FederationConfig, load_site
 from peers.demo import make_federation, running_broker
 from peers.node import PeerNode
-from peers.transport import message_topic
+from peers.transport import inbox_filter, message_topic
 
 HOST = "127.0.0.1"
 
@@ -83,6 +83,45 @@ async def test_a_site_cannot_publish_under_another_sites_name(
             await asyncio.wait_for(collect(), 1.5)
     assert (message_topic(federation.id, round_id, "site-0"), b"own") in received
     assert all(payload != b"forged" for _, payload in received)
+
+
+@pytest.mark.asyncio
+async def test_a_site_receives_only_its_own_private_messages(
+    amqtt_federation: tuple[Path, FederationConfig],
+) -> None:
+    directory, federation = amqtt_federation
+    round_id = uuid.uuid4().int % 10**9
+    root = f"mpcagg/v1/{federation.id}"
+    to_1 = message_topic(federation.id, round_id, "site-0", recipient="site-1")
+    forged = message_topic(federation.id, round_id, "site-2", recipient="site-1")
+    broadcast = message_topic(federation.id, round_id, "site-0")
+    received: dict[str, list[bytes]] = {"site-1": [], "site-2": []}
+    async with (
+        _client(directory, federation, "site-0") as sender,
+        _client(directory, federation, "site-1") as recipient,
+        _client(directory, federation, "site-2") as other,
+    ):
+        await recipient.subscribe(inbox_filter(federation.id, "site-1"), qos=1)
+        await other.subscribe(f"{root}/#", qos=1)
+        await other.subscribe(f"{root}/+/#", qos=1)  # passes amqtt's subscription check
+        await sender.publish(to_1, b"share for site-1", qos=1)
+        await sender.publish(forged, b"forged as site-2", qos=1)
+        await sender.publish(broadcast, b"broadcast", qos=1)
+
+        async def collect(client: aiomqtt.Client, into: list[bytes]) -> None:
+            async for message in client.messages:
+                into.append(bytes(message.payload))
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(
+                    collect(recipient, received["site-1"]), collect(other, received["site-2"])
+                ),
+                1.5,
+            )
+    assert received["site-1"] == [b"share for site-1"]
+    assert b"broadcast" in received["site-2"]
+    assert set(received["site-2"]) == {b"broadcast"}
 
 
 @pytest.mark.asyncio

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import ipaddress
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -78,17 +79,34 @@ def test_acl_lets_each_site_write_only_under_its_own_name(generated: Path) -> No
     assert rules == [
         "pattern write mpcagg/v1/fed-x/+/%u",
         "pattern write mpcagg/v1/fed-x/presence/%u",
+        "pattern write mpcagg/v1/fed-x/+/%u/+",
+        "pattern read mpcagg/v1/fed-x/+/+/%u",
         "user admin",
         "topic read #",
         "topic read $SYS/#",
-        *[r for k in range(4) for r in (f"user site-{k}", "topic read mpcagg/v1/fed-x/#")],
+        *[r for k in range(4) for r in (f"user site-{k}", "topic read mpcagg/v1/fed-x/+/+")],
     ]
-    # The transport's topics are the ones the patterns cover (last level = sender).
+    # The transport's topics are the ones the patterns cover (sender in the fifth level,
+    # the recipient of a private message in the sixth).
     assert message_topic("fed-x", 7, "site-1") == "mpcagg/v1/fed-x/7/site-1"
     assert presence_topic("fed-x", "site-1") == "mpcagg/v1/fed-x/presence/site-1"
+    private = message_topic("fed-x", 7, "site-1", recipient="site-3")
+    assert private == "mpcagg/v1/fed-x/7/site-1/site-3"
     parsed = parse_topic(message_topic("fed-x", 7, "site-1"))
     assert parsed is not None
     assert parsed.site == "site-1"
+    parsed = parse_topic(private)
+    assert parsed is not None
+    assert (parsed.site, parsed.recipient) == ("site-1", "site-3")
+
+
+def test_the_example_acl_is_what_init_writes() -> None:
+    example = Path(__file__).resolve().parents[2] / "configs" / "example"
+    # (not load_federation: the example ships without its CA certificate)
+    federation = tomllib.loads((example / "federation.toml").read_text())
+    names = [site["name"] for site in federation["sites"]]
+    acl = init_module._acl(federation["federation"]["id"], names)
+    assert (example / "broker" / "acl").read_text() == acl
 
 
 def test_mosquitto_conf_uses_absolute_paths(generated: Path) -> None:
