@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mpc_agg.errors import MpcAggError
+from mpc_agg.prg import expand as prg_expand
 from mpc_agg.randomness import RandomSource
 
 P = (1 << 61) - 1
@@ -31,6 +32,11 @@ _MASK32 = np.uint64(0xFFFFFFFF)
 _MASK29 = np.uint64((1 << 29) - 1)
 
 FieldVector = NDArray[np.uint64]
+#: Limbs of 21 bits: products of two limbs are < 2^42, so 2^11 of them sum exactly in a
+#: float64 (53-bit mantissa) — the inner dimension of :func:`matmul` is cut in such blocks.
+_LIMB_BITS = 21
+_LIMB_MASK = np.uint64((1 << _LIMB_BITS) - 1)
+_MATMUL_BLOCK = 1 << 11
 
 
 class FieldError(MpcAggError):
@@ -271,3 +277,203 @@ def rs_decode(
     if len(wrong) > (len(xs) - degree - 1) // 2:
         raise DecodingError(f"{len(wrong)} of {len(xs)} holders are wrong")
     return interpolate_at(basis, at), wrong
+
+
+# --------------------------------------------------------------------------- vectors, fast paths
+
+
+def from_signed(values: NDArray[np.int64]) -> FieldVector:
+    """Embed signed integers with |v| < p/2 in the field (−v ↦ p − v)."""
+    array = np.asarray(values, dtype=np.int64)
+    if array.size and int(np.abs(array).max()) >= P // 2:
+        raise FieldError("a signed value does not fit in (−p/2, p/2)")
+    return np.where(array < 0, array + np.int64(P), array).astype(np.uint64)
+
+
+def to_signed(vector: FieldVector) -> NDArray[np.int64]:
+    """The centred lift: field elements ↦ integers in (−p/2, p/2]."""
+    array = check(vector)
+    return np.where(array > _P // np.uint64(2), array.astype(np.int64) - np.int64(P), array).astype(
+        np.int64
+    )
+
+
+def shift(vector: FieldVector, bits: int) -> FieldVector:
+    """``vector · 2^bits`` mod p for reduced entries (a rotation of 61-bit words)."""
+    bits %= 61
+    if bits == 0:
+        return vector.copy()
+    low = (vector & np.uint64((1 << (61 - bits)) - 1)) << np.uint64(bits)
+    total = low + (vector >> np.uint64(61 - bits))
+    return np.where(total >= _P, total - _P, total)
+
+
+def reduce_signed(values: NDArray[np.int64]) -> FieldVector:
+    """Any int64 values ↦ their residues mod p."""
+    return np.mod(values, np.int64(P)).astype(np.uint64)
+
+
+def expand(key: bytes, length: int) -> FieldVector:
+    """``length`` uniform field elements from AES-256-CTR(``key``) (SPEC of each protocol).
+
+    Each 8-byte little-endian word of the keystream is shifted right by 3 (61 bits) and
+    rejected if ≥ p; the first ``length`` accepted words are returned, so the result is
+    exactly uniform and depends only on ``key`` and ``length``'s prefix.
+    """
+    words = length + 8
+    while True:
+        candidates = prg_expand(key, words) >> np.uint64(3)
+        accepted = candidates[candidates < _P]
+        if accepted.shape[0] >= length:
+            return np.ascontiguousarray(accepted[:length])
+        words *= 2  # probability ≈ 2^-61 per word: practically never taken
+
+
+def _limbs(matrix: NDArray[np.uint64]) -> list[NDArray[np.float64]]:
+    return [
+        ((matrix >> np.uint64(_LIMB_BITS * k)) & _LIMB_MASK).astype(np.float64) for k in range(3)
+    ]
+
+
+def _combine(parts: list[NDArray[np.uint64]]) -> FieldVector:
+    """Σ_k parts[k]·2^(21k) mod p for uint64 limb sums."""
+    total: FieldVector | None = None
+    for k, part in enumerate(parts):
+        term = shift(_reduce(part), _LIMB_BITS * k)
+        total = term if total is None else add(total, term)
+    assert total is not None
+    return total
+
+
+#: Blocks whose limb products (each < 2^53, three per limb sum) are accumulated in uint64
+#: before folding mod p: 3 · 2^53 · 512 < 2^64.
+_FOLD_EVERY = 512
+
+
+def matmul(a: NDArray[np.uint64], b: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """Exact matrix product mod p of reduced matrices (2-D, or 1-D as a row/column).
+
+    Both factors are cut into three 21-bit limbs; the nine limb products run as float64
+    matrix products (BLAS), each exact because the inner dimension is processed in blocks
+    of 2^11 (a block's limb product is < 2^53); they are summed as integers and folded
+    mod p. No Python loop over coordinates.
+    """
+    left = np.atleast_2d(a)
+    right = b.reshape(-1, 1) if b.ndim == 1 else b
+    if left.shape[1] != right.shape[0]:
+        raise FieldError(f"matmul shapes {left.shape} and {right.shape} do not match")
+    shape = (left.shape[0], right.shape[1])
+    sums = [np.zeros(shape, dtype=np.uint64) for _ in range(5)]
+    result: FieldVector = np.zeros(shape, dtype=np.uint64)
+    for block, start in enumerate(range(0, left.shape[1], _MATMUL_BLOCK)):
+        stop = start + _MATMUL_BLOCK
+        a_limbs = _limbs(left[:, start:stop])
+        b_limbs = _limbs(right[start:stop])
+        for i in range(3):
+            for j in range(3):
+                sums[i + j] += (a_limbs[i] @ b_limbs[j]).astype(np.uint64)
+        if (block + 1) % _FOLD_EVERY == 0:
+            result = add(result, _combine(sums))
+            sums = [np.zeros(shape, dtype=np.uint64) for _ in range(5)]
+    result = add(result, _combine(sums))
+    if b.ndim == 1:
+        result = result[:, 0]
+    if a.ndim == 1:
+        result = result[0]
+    return result
+
+
+def sum_rows(matrix: NDArray[np.uint64], axis: int = 0) -> FieldVector:
+    """Σ along ``axis`` mod p, exact (32-bit halves summed separately)."""
+    high = np.sum(matrix >> np.uint64(32), axis=axis, dtype=np.uint64)
+    low = np.sum(matrix & _MASK32, axis=axis, dtype=np.uint64)
+    if matrix.shape[axis] >= 1 << 31:
+        raise FieldError("sum_rows supports fewer than 2^31 terms")
+    return add(shift(_reduce(np.asarray(high)), 32), _reduce(np.asarray(low)))
+
+
+def square(vector: FieldVector) -> FieldVector:
+    """Elementwise x² mod p."""
+    return mul(vector, vector)
+
+
+# --------------------------------------------------------------------------- consecutive nodes
+
+
+def _batch_inverse(values: Sequence[int]) -> list[int]:
+    """Inverses of non-zero residues with one exponentiation (Montgomery's trick)."""
+    prefix = [1]
+    for v in values:
+        prefix.append(prefix[-1] * v % P)
+    running = inv(prefix[-1])
+    out = [0] * len(values)
+    for k in range(len(values) - 1, -1, -1):
+        out[k] = running * prefix[k] % P
+        running = running * values[k] % P
+    return out
+
+
+def _factorials(count: int) -> tuple[list[int], list[int]]:
+    fact = [1] * (count + 1)
+    for k in range(1, count + 1):
+        fact[k] = fact[k - 1] * k % P
+    inv_last = inv(fact[count])
+    inv_fact = [1] * (count + 1)
+    inv_fact[count] = inv_last
+    for k in range(count, 0, -1):
+        inv_fact[k - 1] = inv_fact[k] * k % P
+    return fact, inv_fact
+
+
+def lagrange_consecutive(count: int, at: int) -> FieldVector:
+    """λ_0..λ_{count−1} with f(at) = Σ λ_m f(m) for every f of degree < count (nodes 0..count−1)."""
+    at %= P
+    if at < count:
+        weights = np.zeros(count, dtype=np.uint64)
+        weights[at] = 1
+        return weights
+    _, inv_fact = _factorials(count - 1)
+    numerator = 1
+    for j in range(count):
+        numerator = numerator * (at - j) % P
+    inv_diff = _batch_inverse([(at - m) % P for m in range(count)])
+    top = count - 1
+    out = []
+    for m in range(count):
+        sign = -1 if (top - m) % 2 else 1
+        out.append(numerator * inv_diff[m] % P * inv_fact[m] % P * inv_fact[top - m] * sign % P)
+    return np.array(out, dtype=np.uint64)
+
+
+def extrapolation_matrix(count: int, targets: int) -> NDArray[np.uint64]:
+    """E with E @ [f(0), …, f(count−1)] = [f(count), …, f(count+targets−1)] for deg f < count."""
+    top = count - 1
+    fact, inv_fact = _factorials(count + targets)
+    inv_small = _batch_inverse(list(range(1, count + targets)))  # 1/(t − m) for t − m ≥ 1
+    rows = []
+    for k in range(targets):
+        t = count + k
+        numerator = fact[t] * inv_fact[t - count] % P  # Π_{j<count} (t − j)
+        row = []
+        for m in range(count):
+            sign = -1 if (top - m) % 2 else 1
+            weight = numerator * inv_small[t - m - 1] % P * inv_fact[m] % P
+            row.append(weight * inv_fact[top - m] * sign % P)
+        rows.append(row)
+    return np.array(rows, dtype=np.uint64).reshape(targets, count)
+
+
+#: Columns per block in :func:`lincomb` (bounds the float64 limb copies to a few MB).
+_LINCOMB_COLUMNS = 1 << 16
+
+
+def lincomb(coefficients: NDArray[np.uint64], vectors: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """``coefficients @ vectors`` mod p for a small K × m matrix and m long vectors.
+
+    Processed in column blocks so that memory stays O(m · block) beyond the output.
+    """
+    out = np.empty((coefficients.shape[0], vectors.shape[1]), dtype=np.uint64)
+    for start in range(0, vectors.shape[1], _LINCOMB_COLUMNS):
+        stop = start + _LINCOMB_COLUMNS
+        out[:, start:stop] = matmul(coefficients, vectors[:, start:stop])
+    return out

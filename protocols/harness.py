@@ -27,6 +27,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -46,7 +47,7 @@ from protocols.common import (
     Send,
 )
 from protocols.secagg.machine import SecAggMachine, SecAggParams, default_threshold
-from protocols.secagg.messages import MaskedInput, MessageKind, Phase, ShareKeys
+from protocols.secagg.messages import MaskedInput, MessageKind, ShareKeys
 
 _MAX_STEPS = 100_000
 
@@ -60,14 +61,52 @@ class FaultKind(enum.Enum):
     TAMPER = "tamper"
 
 
+class Machine(Protocol):
+    """What the network drives: any protocol's sans-I/O machine."""
+
+    @property
+    def me(self) -> int:
+        """The machine's own peer id."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """True once the round ended (aggregate or abort)."""
+        ...
+
+    @property
+    def phase(self) -> enum.IntEnum:
+        """The current phase."""
+        ...
+
+    def begin(self, update: RingVector) -> list[Effect]:
+        """Start the round."""
+        ...
+
+    def receive(self, sender: int | None, data: bytes) -> list[Effect]:
+        """Process one message."""
+        ...
+
+    def deadline(self, phase: Any) -> list[Effect]:
+        """Close ``phase``."""
+        ...
+
+
+ParamsT = TypeVar("ParamsT")
+MachineT = TypeVar("MachineT", bound=Machine)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fault:
-    """Apply ``kind`` to messages matching every given filter (None matches anything)."""
+    """Apply ``kind`` to messages matching every given filter (None matches anything).
+
+    ``message`` is a message kind of the protocol being run (its enum).
+    """
 
     kind: FaultKind
     sender: int | None = None
     recipient: int | None = None
-    message: MessageKind | None = None
+    message: enum.IntEnum | None = None
     probability: float = 1.0
 
 
@@ -76,7 +115,7 @@ class Dropout:
     """``peer`` crashes as it enters ``phase`` (sends nothing in that phase or later)."""
 
     peer: int
-    phase: Phase
+    phase: enum.IntEnum
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +127,23 @@ class Outgoing:
 
 
 class Adversary:
-    """Base class: rewrites the broadcasts of the peer it controls (default: honest)."""
+    """Base class: rewrites what the peer it controls sends (default: honest).
 
-    def outgoing(self, machine: SecAggMachine, kind: MessageKind, data: bytes) -> list[Outgoing]:
-        """Return what actually goes on the wire instead of ``data``."""
+    ``machine`` is that peer's machine (``SecAggMachine`` or ``RobustMachine``) and ``kind``
+    the message kind in that protocol's enum.
+    """
+
+    def outgoing(self, machine: Any, kind: Any, data: bytes) -> list[Outgoing]:
+        """Return what actually goes on the wire instead of the broadcast ``data``."""
         return [Outgoing(data)]
 
-    def injected(self, machine: SecAggMachine) -> list[Outgoing]:
+    def outgoing_private(
+        self, machine: Any, kind: Any, data: bytes, recipient: int
+    ) -> list[Outgoing]:
+        """Return what goes on the wire instead of ``data`` sent to ``recipient`` alone."""
+        return [Outgoing(data, recipient)]
+
+    def injected(self, machine: Any) -> list[Outgoing]:
         """Extra messages sent when the round starts."""
         return []
 
@@ -140,14 +189,15 @@ class PeerOutcome:
 
 
 @dataclass(slots=True)
-class RoundOutcome:
+class ProtocolOutcome(Generic[ParamsT, MachineT]):
     """Every peer's outcome, plus the inputs and machines (for assertions)."""
 
-    params: SecAggParams
+    params: ParamsT
     inputs: dict[int, RingVector]
     peers: dict[int, PeerOutcome]
-    machines: dict[int, SecAggMachine]
+    machines: dict[int, MachineT]
     delivered: int
+    vector_length: int
 
     def results(self) -> dict[int, AggregateReady]:
         """Peers that produced an aggregate."""
@@ -159,10 +209,14 @@ class RoundOutcome:
 
     def expected_total(self, included: Iterable[int]) -> RingVector:
         """Plaintext ring sum of the inputs of ``included``."""
-        total = np.zeros(self.params.vector_length, dtype=np.uint64)
+        total = np.zeros(self.vector_length, dtype=np.uint64)
         for peer in included:
             np.add(total, self.inputs[peer], out=total)
         return total
+
+
+#: The outcome of a ``secagg`` round (:func:`run_secagg_round`).
+RoundOutcome = ProtocolOutcome[SecAggParams, SecAggMachine]
 
 
 def make_roster(n: int, seed: int | str = 0) -> tuple[Roster, list[SigningKey]]:
@@ -218,40 +272,33 @@ def run_secagg_round(
         p: SecAggMachine(params, me=p, signing_key=keys[p], randomness=root.fork(f"peer/{p}"))
         for p in range(n)
     }
-    network = _Network(
+    network = Network(
         machines=machines,
+        kinds=MessageKind,
         dropouts={d.peer: d.phase for d in dropouts},
         faults=list(faults),
         adversaries=dict(adversaries or {}),
         rng=random.Random(seed),  # noqa: S311 - schedules faults, not a secret
         reorder=reorder,
     )
-    for recipient, data in inject:
-        network.queue.append((None, recipient, data))
-    for peer in range(n):
-        adversary = network.adversaries.get(peer)
-        if adversary is not None:
-            for extra in adversary.injected(machines[peer]):
-                network.post(peer, extra.data, extra.recipient)
-    for peer in range(n):
-        if network.dropouts.get(peer) == Phase.IDLE:
-            network.outcomes[peer].crashed = True
-            continue
-        network.handle(peer, machines[peer].begin(data_in[peer]))
-    network.run()
+    network.start(data_in, inject)
     return RoundOutcome(
         params=params,
         inputs=data_in,
         peers=network.outcomes,
         machines=machines,
         delivered=network.delivered,
+        vector_length=vector_length,
     )
 
 
 @dataclass(slots=True)
-class _Network:
-    machines: dict[int, SecAggMachine]
-    dropouts: dict[int, Phase]
+class Network:
+    """N machines of one protocol wired together in memory (see the module docstring)."""
+
+    machines: Mapping[int, Machine]
+    kinds: type[enum.IntEnum]
+    dropouts: dict[int, enum.IntEnum]
     faults: list[Fault]
     adversaries: dict[int, Adversary]
     rng: random.Random
@@ -265,10 +312,35 @@ class _Network:
     def __post_init__(self) -> None:
         self.outcomes = {p: PeerOutcome(p) for p in self.machines}
 
+    def start(self, inputs: Mapping[int, RingVector], inject: Sequence[tuple[int, bytes]]) -> None:
+        """Deliver ``inject`` first, begin every machine with its input, run to the end."""
+        for recipient, data in inject:
+            self.queue.append((None, recipient, data))
+        for peer, machine in self.machines.items():
+            adversary = self.adversaries.get(peer)
+            if adversary is not None:
+                for extra in adversary.injected(machine):
+                    self.post(peer, extra.data, extra.recipient)
+        for peer, machine in self.machines.items():
+            crash_at = self.dropouts.get(peer)
+            if crash_at is not None and crash_at.value == 0:
+                self.outcomes[peer].crashed = True
+                continue
+            self.handle(peer, machine.begin(inputs[peer]))
+        self.run()
+
+    def _kind(self, data: bytes) -> enum.IntEnum | None:
+        try:
+            return self.kinds(parse_envelope(data, max_payload=len(data)).kind)
+        except (DecodeError, ValueError):  # injected or tampered bytes may not parse
+            return None
+
     def alive(self, peer: int) -> bool:
+        """Whether ``peer`` has not crashed."""
         return not self.outcomes[peer].crashed
 
     def handle(self, peer: int, effects: list[Effect]) -> None:
+        """Record ``peer``'s effects and put its messages on the wire (through its adversary)."""
         outcome = self.outcomes[peer]
         for effect in effects:
             if outcome.crashed:
@@ -276,26 +348,35 @@ class _Network:
             outcome.effects.append(effect)
             if isinstance(effect, PhaseStarted):
                 crash_at = self.dropouts.get(peer)
-                if crash_at is not None and effect.phase >= crash_at:
+                if crash_at is not None and effect.phase.value >= crash_at.value:
                     outcome.crashed = True
             elif isinstance(effect, Broadcast):
-                kind = MessageKind(effect.phase.value)
                 adversary = self.adversaries.get(peer)
                 sends = (
-                    adversary.outgoing(self.machines[peer], kind, effect.data)
+                    adversary.outgoing(self.machines[peer], self._kind(effect.data), effect.data)
                     if adversary is not None
                     else [Outgoing(effect.data)]
                 )
                 for out in sends:
                     self.post(peer, out.data, out.recipient)
             elif isinstance(effect, Send):
-                self.post(peer, effect.data, effect.recipient)
+                adversary = self.adversaries.get(peer)
+                sends = (
+                    adversary.outgoing_private(
+                        self.machines[peer], self._kind(effect.data), effect.data, effect.recipient
+                    )
+                    if adversary is not None
+                    else [Outgoing(effect.data, effect.recipient)]
+                )
+                for out in sends:
+                    self.post(peer, out.data, out.recipient)
             elif isinstance(effect, AggregateReady):
                 outcome.result = effect
             elif isinstance(effect, RoundAborted):
                 outcome.aborted = effect
 
     def post(self, sender: int, data: bytes, recipient: int | None) -> None:
+        """Queue ``data`` for ``recipient`` (None: every peer but the sender)."""
         targets = (
             [recipient] if recipient is not None else [p for p in self.machines if p != sender]
         )
@@ -304,11 +385,7 @@ class _Network:
 
     def _apply_faults(self, sender: int | None, recipient: int, data: bytes) -> list[bytes] | None:
         """Return the copies to deliver now, or None if the message was dropped or delayed."""
-        kind: MessageKind | None = None
-        try:
-            kind = MessageKind(parse_envelope(data, max_payload=len(data)).kind)
-        except (DecodeError, ValueError):  # injected or tampered bytes may not parse
-            kind = None
+        kind = self._kind(data)
         copies = [data]
         for fault in self.faults:
             if fault.sender is not None and fault.sender != sender:
@@ -337,6 +414,7 @@ class _Network:
         return copies
 
     def run(self) -> None:
+        """Deliver until quiet; then fire every live machine's deadline, release delays, repeat."""
         steps = 0
         while True:
             while self.queue:

@@ -1,0 +1,446 @@
+"""A linear-verifier proof that a Shamir-shared vector has a small L2 norm (robust SPEC §6).
+
+The statement, for an integer vector x of length d embedded in GF(p), p = 2^61 − 1, and a
+bound B on the integer grid:
+
+    ‖x‖₂² ≤ B²   (over the integers, not modulo p).
+
+The dealer supplies, as a second shared vector (the *proof*):
+
+* the bits of the slack B² − ‖x‖² (so ‖x‖² + Σ 2^k b_k = B² with b_k ∈ {0, 1});
+* for each of R public ternary projections z_s ∈ {−1, 0, 1}^d drawn *after* x was
+  committed (PINE, Rothblum et al. 2023), the bits of ⟨z_s, x⟩ + αB (so every projection
+  lies in [−αB, 2^m' − 1 − αB]). A coordinate whose centred lift has |x̃_k| ≥ 2^m' makes
+  a projection leave that interval with probability ≥ 1/4, so after R projections every
+  |x̃_k| < 2^m' except with probability (3/4)^R; :func:`check_norm_bound` demands
+  d·2^(2m') + 2^m ≤ p, so the squared norm then cannot wrap modulo p;
+* a fully linear proof (Boneh et al. 2019, the FLP behind Prio3) that the gadget outputs
+  are right: the coordinates of x form an M × L matrix whose columns are interpolated by
+  wire polynomials U_l (a random seed at node 0, the data at nodes 1..M), and the proof
+  carries P_x(T) = Σ_l U_l(T)² as its values at the nodes 0..2M; likewise the bits, with
+  the per-wire gadget u² − u.
+
+Every verifier query is an *affine* function of (x, proof), so each holder computes it on
+its own shares and the results are themselves Shamir shares of the query on the secret:
+holders never multiply shares. The decision uses the reconstructed queries only:
+P_x(r) = Σ_l U_l(r)², P_b,l(r) = U_b,l(r)² − U_b,l(r) for every bit wire, and one random
+linear combination of every linear relation equal to zero. The opened values are
+uniformly random (the seeds) or determined by them, so they reveal nothing about an
+honest dealer's x beyond validity.
+
+Parameters and error probabilities (SPEC §6.4): α = 6 gives an honest dealer a failed
+projection with probability ≤ 2R·e^(−α²) (sub-Gaussian tail of a lazy ±1 sum, variance
+proxy 1/2), R = ⌈(40 + t)/log₂(4/3)⌉ makes (3/4)^R ≤ 2^−(40+t) (t colluders choosing
+among 2^t challenges by withholding their nonce reveal), and the polynomial identities
+fail at a random point with probability ≤ 2·max(M, M_b)/p each.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mpc_agg import field as gf
+from mpc_agg.crypto import derive_key
+from mpc_agg.errors import EncodingError
+from mpc_agg.prg import expand as prg_expand
+from mpc_agg.randomness import RandomSource
+
+#: Projection bound in units of B: an honest ⟨z, x⟩ exceeds αB w.p. ≤ 2e^(−α²) ≈ 2^−50.9.
+ALPHA = 6
+#: Target soundness of the wrap-around check, in bits, before the 2^t grinding factor.
+SECURITY_BITS = 40
+#: Most gadget calls per wire (M): the prover's extrapolation costs O(M·d).
+MAX_CALLS = 64
+#: Coordinates per chunk of the ternary projection matrix (one AES stream per chunk).
+WRAP_CHUNK = 1 << 14
+
+IntVector = NDArray[np.int64]
+
+
+def _ternary_table() -> NDArray[np.float64]:
+    """Byte ↦ its four entries z = b0·(1 − 2·b1), low bit pairs first."""
+    table = np.zeros((256, 4), dtype=np.float64)
+    for byte in range(256):
+        for k in range(4):
+            pair = (byte >> (2 * k)) & 3
+            table[byte, k] = (pair & 1) * (1 - 2 * (pair >> 1))
+    table.flags.writeable = False
+    return table
+
+
+_TERNARY = _ternary_table()
+
+
+class NormBoundError(EncodingError):
+    """The bound B cannot be checked soundly for this vector length, or x exceeds it."""
+
+
+class WrapRangeError(NormBoundError):
+    """An honest input fell outside a projection's range (probability ≤ 2^-40)."""
+
+
+def wrap_repetitions(threshold: int) -> int:
+    """R = ⌈(40 + t) / log₂(4/3)⌉ ternary projections (SPEC §6.4)."""
+    return math.ceil((SECURITY_BITS + threshold) / math.log2(4 / 3))
+
+
+def _feasible(norm_bound: int, vector_length: int) -> bool:
+    wrap_bits = (2 * ALPHA * norm_bound).bit_length()
+    slack_bits = (norm_bound * norm_bound).bit_length()
+    return vector_length * (1 << (2 * wrap_bits)) + (1 << slack_bits) <= gf.P
+
+
+def max_norm_bound(vector_length: int) -> int:
+    """The largest B that :func:`check_norm_bound` accepts for ``vector_length``."""
+    low, high = 0, 1 << 31
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _feasible(middle, vector_length):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def check_norm_bound(norm_bound: int, vector_length: int) -> None:
+    """Raise :class:`NormBoundError` unless B ≥ 1 and d·2^(2m') + 2^m ≤ p (SPEC §6.4).
+
+    m' bits hold a shifted projection (≤ 2αB), m bits the slack (≤ B²). The condition
+    makes the integer squared norm of any vector that passed the projections smaller
+    than p, so checking it modulo p is checking it over the integers.
+    """
+    if norm_bound < 1:
+        raise NormBoundError(f"the norm bound must be a positive integer, got {norm_bound}")
+    if not _feasible(norm_bound, vector_length):
+        raise NormBoundError(
+            f"norm bound B={norm_bound} is too large to check over GF(2^61 − 1) for "
+            f"d={vector_length}: the largest is {max_norm_bound(vector_length)} "
+            "(lower max_norm or frac_bits)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NormProofShape:
+    """Sizes and layout of the statement, the proof and the verifier (SPEC §6.2)."""
+
+    vector_length: int
+    norm_bound: int
+    repetitions: int
+    calls: int
+    wires: int
+    bit_calls: int
+    bit_wires: int
+    slack_bits: int
+    wrap_bits: int
+
+    @classmethod
+    def for_round(cls, *, vector_length: int, norm_bound: int, threshold: int) -> NormProofShape:
+        """The shape every peer derives from (d, B, t)."""
+        check_norm_bound(norm_bound, vector_length)
+        calls = min(MAX_CALLS, math.isqrt(vector_length - 1) + 1)
+        wires = -(-vector_length // calls)
+        repetitions = wrap_repetitions(threshold)
+        slack_bits = (norm_bound * norm_bound).bit_length()
+        wrap_bits = (2 * ALPHA * norm_bound).bit_length()
+        bits = slack_bits + repetitions * wrap_bits
+        bit_calls = math.isqrt(bits - 1) + 1
+        return cls(
+            vector_length=vector_length,
+            norm_bound=norm_bound,
+            repetitions=repetitions,
+            calls=calls,
+            wires=wires,
+            bit_calls=bit_calls,
+            bit_wires=-(-bits // bit_calls),
+            slack_bits=slack_bits,
+            wrap_bits=wrap_bits,
+        )
+
+    @property
+    def input_length(self) -> int:
+        """Shared input vector: x ‖ one output-check mask coordinate (SPEC §6.1)."""
+        return self.vector_length + 1
+
+    @property
+    def bits(self) -> int:
+        """Slack bits and the bits of every shifted projection."""
+        return self.slack_bits + self.repetitions * self.wrap_bits
+
+    @property
+    def proof_length(self) -> int:
+        """Bits ‖ x seeds (L) ‖ P_x at 0..2M ‖ bit seeds (L_b) ‖ P_b at 0..2M_b (× L_b)."""
+        return (
+            self.bits
+            + self.wires
+            + 2 * self.calls
+            + 1
+            + self.bit_wires
+            + (2 * self.bit_calls + 1) * self.bit_wires
+        )
+
+    @property
+    def verifier_length(self) -> int:
+        """U(r) (L) ‖ P_x(r) ‖ U_b(r) (L_b) ‖ P_b(r) (L_b) ‖ Z."""
+        return self.wires + 2 * self.bit_wires + 2
+
+    def _slices(self) -> tuple[slice, slice, slice, slice, slice]:
+        bits = self.bits
+        seeds = bits + self.wires
+        px = seeds + 2 * self.calls + 1
+        bit_seeds = px + self.bit_wires
+        return (
+            slice(0, bits),
+            slice(bits, seeds),
+            slice(seeds, px),
+            slice(px, bit_seeds),
+            slice(bit_seeds, self.proof_length),
+        )
+
+    @property
+    def _extrapolation(self) -> NDArray[np.uint64]:
+        return _extrapolation_matrix(self.calls)
+
+    @property
+    def _bit_extrapolation(self) -> NDArray[np.uint64]:
+        return _extrapolation_matrix(self.bit_calls)
+
+
+@functools.lru_cache(maxsize=16)
+def _extrapolation_matrix(calls: int) -> NDArray[np.uint64]:
+    """Nodes 0..calls → values at calls+1..2·calls (read-only, shared)."""
+    matrix = gf.extrapolation_matrix(calls + 1, calls)
+    matrix.flags.writeable = False
+    return matrix
+
+
+# --------------------------------------------------------------------------- challenges
+
+
+@dataclass(frozen=True, slots=True)
+class WrapChallenge:
+    """The R ternary projections z_s ∈ {−1, 0, 1}^d, P(0) = 1/2, P(±1) = 1/4 (SPEC §6.4).
+
+    Chunk q of WRAP_CHUNK coordinates comes from AES-256-CTR under
+    KDF(seed, "mpc-agg/robust/wrap/v1" ‖ u64(q)): two bits per entry (b0, b1) give
+    z = b0·(1 − 2·b1).
+    """
+
+    seed: bytes = field(repr=False)
+    repetitions: int
+    vector_length: int
+
+    def chunks(self) -> Iterator[tuple[int, NDArray[np.float64]]]:
+        """(start, Z) with Z the R × c block of projections for coordinates start..start+c."""
+        for index, start in enumerate(range(0, self.vector_length, WRAP_CHUNK)):
+            width = min(WRAP_CHUNK, self.vector_length - start)
+            key = derive_key(self.seed, info=b"mpc-agg/robust/wrap/v1" + index.to_bytes(8, "big"))
+            entries = self.repetitions * width
+            raw = prg_expand(key, -(-entries // 32)).view(np.uint8)[: -(-entries // 4)]
+            block = np.take(_TERNARY, raw, axis=0).reshape(-1)[:entries]
+            yield start, block.reshape(self.repetitions, width)
+
+    def projections(self, x: IntVector) -> list[int]:
+        """⟨z_s, x⟩ for every s, exact (|x_k| ≤ 2^20 keeps every chunk sum below 2^53)."""
+        totals = np.zeros(self.repetitions, dtype=np.int64)
+        for start, block in self.chunks():
+            part = block @ x[start : start + block.shape[1]].astype(np.float64)
+            totals += np.rint(part).astype(np.int64)
+        return [int(v) for v in totals]
+
+    def combined(self, weights: NDArray[np.uint64]) -> NDArray[np.uint64]:
+        """Σ_s η_s·z_s mod p (one d-vector: every holder's query needs only its inner product)."""
+        limbs = [
+            ((weights >> np.uint64(21 * k)) & np.uint64((1 << 21) - 1)).astype(np.float64)
+            for k in range(3)
+        ]
+        stacked = np.vstack(limbs)
+        out = np.empty(self.vector_length, dtype=np.uint64)
+        for start, block in self.chunks():
+            parts = np.rint(stacked @ block).astype(np.int64)  # |entry| ≤ R·2^21 < 2^53
+            value = gf.reduce_signed(parts[0])
+            value = gf.add(value, gf.shift(gf.reduce_signed(parts[1]), 21))
+            value = gf.add(value, gf.shift(gf.reduce_signed(parts[2]), 42))
+            out[start : start + block.shape[1]] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class QueryChallenge:
+    """The verifier's randomness, fixed after the proof was committed (SPEC §6.5).
+
+    ``point`` r avoids every interpolation node (0..2·max(M, M_b)) so the opened wire
+    values stay uniformly random; the weights batch every linear relation into one value.
+    """
+
+    point: int
+    norm_weight: int
+    wrap_weights: NDArray[np.uint64] = field(repr=False)
+    bit_weights: NDArray[np.uint64] = field(repr=False)
+
+    @classmethod
+    def from_seed(cls, seed: bytes, shape: NormProofShape) -> QueryChallenge:
+        """Expand a 32-byte public seed (SPEC §6.5)."""
+        key = derive_key(seed, info=b"mpc-agg/robust/query/v1")
+        count = 2 + shape.repetitions + shape.bit_calls * shape.bit_wires
+        values = gf.expand(key, count + 64)
+        nodes = 2 * max(shape.calls, shape.bit_calls)
+        candidates = [int(v) for v in values[count:] if int(v) > nodes]
+        if not candidates:  # 64 draws all in a set of size < 2^13: probability < 2^-3000
+            raise AssertionError("no admissible query point")
+        return cls(
+            point=candidates[0],
+            norm_weight=int(values[0]),
+            wrap_weights=values[2 : 2 + shape.repetitions],
+            bit_weights=values[2 + shape.repetitions : count].reshape(
+                shape.bit_calls, shape.bit_wires
+            ),
+        )
+
+
+# --------------------------------------------------------------------------- prover
+
+
+def _bits_of(values: list[int], width: int) -> NDArray[np.uint64]:
+    array = np.array(values, dtype=np.uint64)[:, None]
+    return ((array >> np.arange(width, dtype=np.uint64)) & np.uint64(1)).reshape(-1)
+
+
+def _wire_matrix(
+    seeds: NDArray[np.uint64], data: NDArray[np.uint64], calls: int
+) -> NDArray[np.uint64]:
+    """Rows: node 0 (seeds), nodes 1..calls (data, zero-padded, row-major)."""
+    wires = seeds.shape[0]
+    matrix = np.zeros((calls + 1, wires), dtype=np.uint64)
+    matrix[0] = seeds
+    flat = matrix[1:].reshape(-1)
+    flat[: data.shape[0]] = data
+    return matrix
+
+
+def _evaluations(
+    matrix: NDArray[np.uint64], extrapolation: NDArray[np.uint64]
+) -> NDArray[np.uint64]:
+    return np.vstack([matrix, gf.matmul(extrapolation, matrix)])
+
+
+def squared_norm(x: IntVector) -> int:
+    """‖x‖² exactly: callers first check |x_k| ≤ B, and d·B² < p < 2^63 (SPEC §6.4)."""
+    return int(np.dot(x, x)) if x.size else 0
+
+
+def prove(
+    shape: NormProofShape, x: IntVector, wrap: WrapChallenge, randomness: RandomSource
+) -> NDArray[np.uint64]:
+    """SPEC §6.3 — the proof vector for an honest x with ‖x‖ ≤ B.
+
+    Raises :class:`NormBoundError` if ‖x‖ > B (the caller's input is invalid: nothing
+    would make it pass) and :class:`WrapRangeError` if a projection leaves its range
+    (an honest input; probability ≤ 2^-40).
+    """
+    bound = shape.norm_bound
+    if x.shape != (shape.vector_length,):
+        raise NormBoundError(f"x must have shape ({shape.vector_length},), got {x.shape}")
+    if x.size and int(np.abs(x).max()) > bound:
+        raise NormBoundError(f"a coordinate exceeds the norm bound B={bound}")
+    slack = bound * bound - squared_norm(x)
+    if slack < 0:
+        raise NormBoundError(f"the update's L2 norm on the grid exceeds B={bound}")
+    shifted = [value + ALPHA * bound for value in wrap.projections(x)]
+    if any(not 0 <= w < 1 << shape.wrap_bits for w in shifted):
+        raise WrapRangeError("a random projection of the update left its range (p ≤ 2^-40)")
+    bits = np.concatenate([_bits_of([slack], shape.slack_bits), _bits_of(shifted, shape.wrap_bits)])
+    seeds = gf.random_vector(randomness, shape.wires)
+    wires = _wire_matrix(seeds, gf.from_signed(x), shape.calls)
+    px = gf.sum_rows(gf.square(_evaluations(wires, shape._extrapolation)), axis=1)
+    bit_seeds = gf.random_vector(randomness, shape.bit_wires)
+    bit_wires = _evaluations(
+        _wire_matrix(bit_seeds, bits, shape.bit_calls), shape._bit_extrapolation
+    )
+    pb = gf.sub(gf.square(bit_wires), bit_wires)
+    return np.concatenate([bits, seeds, px, bit_seeds, pb.reshape(-1)])
+
+
+# --------------------------------------------------------------------------- verifier
+
+
+def query(
+    shape: NormProofShape,
+    input_share: NDArray[np.uint64],
+    proof_share: NDArray[np.uint64],
+    challenge: QueryChallenge,
+    wrap_combined: NDArray[np.uint64],
+) -> NDArray[np.uint64]:
+    """SPEC §6.5 — the verifier vector: an affine function of (input, proof) shares.
+
+    Applied to a holder's shares it yields that holder's share of the verifier; applied
+    to the secret vectors it yields the verifier itself.
+    """
+    bits_slice, seeds_slice, px_slice, bit_seeds_slice, pb_slice = shape._slices()
+    x = input_share[: shape.vector_length]
+    bits = proof_share[bits_slice]
+    px = proof_share[px_slice]
+    pb = proof_share[pb_slice].reshape(2 * shape.bit_calls + 1, shape.bit_wires)
+    r = challenge.point
+    wires = _wire_matrix(proof_share[seeds_slice], x, shape.calls)
+    u = gf.matmul(gf.lagrange_consecutive(shape.calls + 1, r), wires)
+    px_r = gf.inner(gf.lagrange_consecutive(2 * shape.calls + 1, r), px)
+    bit_wires = _wire_matrix(proof_share[bit_seeds_slice], bits, shape.bit_calls)
+    ub = gf.matmul(gf.lagrange_consecutive(shape.bit_calls + 1, r), bit_wires)
+    pb_r = gf.matmul(gf.lagrange_consecutive(2 * shape.bit_calls + 1, r), pb)
+    z = _batched_relations(shape, x, bits, px, pb, challenge, wrap_combined)
+    scalars = np.array([px_r, z], dtype=np.uint64)
+    return np.concatenate([u, scalars[:1], ub, pb_r, scalars[1:]])
+
+
+def _powers_of_two(width: int) -> NDArray[np.uint64]:
+    return np.array([pow(2, k, gf.P) for k in range(width)], dtype=np.uint64)
+
+
+def _batched_relations(
+    shape: NormProofShape,
+    x: NDArray[np.uint64],
+    bits: NDArray[np.uint64],
+    px: NDArray[np.uint64],
+    pb: NDArray[np.uint64],
+    challenge: QueryChallenge,
+    wrap_combined: NDArray[np.uint64],
+) -> int:
+    """The batched linear relations (SPEC §6.5), zero for a valid (x, proof).
+
+    η₀·(Σ_{m=1..M} P_x(m) + slack − B²) + Σ β·P_b(data nodes) + Σ_s η_s·(w_s − αB)
+    − ⟨Σ_s η_s z_s, x⟩.
+    """
+    bound = shape.norm_bound
+    p = gf.P
+    slack = gf.inner(bits[: shape.slack_bits], _powers_of_two(shape.slack_bits))
+    norm = int(gf.sum_rows(px[1 : shape.calls + 1]))
+    total = challenge.norm_weight * (norm + slack - bound * bound) % p
+    total += gf.inner(pb[1 : shape.bit_calls + 1].reshape(-1), challenge.bit_weights.reshape(-1))
+    wrap_bits = bits[shape.slack_bits :].reshape(shape.repetitions, shape.wrap_bits)
+    shifted = gf.matmul(wrap_bits, _powers_of_two(shape.wrap_bits))
+    total += gf.inner(challenge.wrap_weights, gf.sub(shifted, ALPHA * bound))
+    total -= gf.inner(wrap_combined, x)
+    return total % p
+
+
+def decide(shape: NormProofShape, verifier: NDArray[np.uint64]) -> str | None:
+    """SPEC §6.6 — ``None`` if the reconstructed verifier accepts, else the failed check."""
+    wires, bit_wires = shape.wires, shape.bit_wires
+    u = verifier[:wires]
+    px_r = int(verifier[wires])
+    ub = verifier[wires + 1 : wires + 1 + bit_wires]
+    pb_r = verifier[wires + 1 + bit_wires : wires + 1 + 2 * bit_wires]
+    z = int(verifier[-1])
+    if px_r != int(gf.sum_rows(gf.square(u))):
+        return "the norm proof's polynomial identity fails at the challenge point"
+    if not np.array_equal(pb_r, gf.sub(gf.square(ub), ub)):
+        return "the range proof's polynomial identity fails at the challenge point"
+    if z != 0:
+        return "the norm, range and bit relations do not hold"
+    return None

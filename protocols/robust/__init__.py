@@ -1,0 +1,1 @@
+"""The ``robust`` protocol: verifiable Shamir sharing with input validation (SPEC.md)."""

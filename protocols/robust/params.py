@@ -1,0 +1,76 @@
+"""Round parameters of ``robust/1`` (SPEC §2) and the norm bound on the fixed-point grid."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mpc_agg.normproof import NormProofShape, check_norm_bound
+from protocols.common import Roster
+
+PROTOCOL = "robust/1"
+
+
+def default_threshold(n: int) -> int:
+    """SPEC §2.2 — the default t = ⌊(n − 1)/2⌋: the largest t with 2t + 1 ≤ n."""
+    return max(1, (n - 1) // 2)
+
+
+def grid_norm_bound(max_norm: float, frac_bits: int, vector_length: int) -> int:
+    """SPEC §2.3 — B on the integer grid for a float L2 bound ``max_norm``.
+
+    ``⌈max_norm·2^f⌉ + ⌈√d⌉``: a float vector with L2 norm ≤ ``max_norm`` stays within B
+    after stochastic rounding (each coordinate moves by less than 1, so the norm by less
+    than √d), so an honest update that respects ``max_norm`` is never rejected.
+    """
+    if not (math.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm must be a positive finite number, got {max_norm!r}")
+    return math.ceil(max_norm * 2.0**frac_bits) + math.isqrt(vector_length - 1) + 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RobustParams:
+    """SPEC §2.1 — parameters every peer of a round must agree on.
+
+    ``threshold`` is t: privacy holds against t colluding peers, 2t + 1 live peers are
+    needed. ``norm_bound`` is B: an input is accepted iff its L2 norm on the integer grid
+    is at most B.
+    """
+
+    federation: str
+    round_id: int
+    roster: Roster
+    threshold: int
+    vector_length: int
+    norm_bound: int
+
+    def __post_init__(self) -> None:
+        n = len(self.roster)
+        if self.threshold < 1 or 2 * self.threshold + 1 > n:
+            raise ValueError(f"threshold t={self.threshold} needs 1 ≤ t and 2t + 1 ≤ n={n}")
+        if not 1 <= self.vector_length <= 1 << 31:
+            raise ValueError(f"vector_length must be in [1, 2^31], got {self.vector_length}")
+        if not 0 <= self.round_id < 1 << 64:
+            raise ValueError("round_id must fit in 64 bits")
+        check_norm_bound(self.norm_bound, self.vector_length)
+
+    @property
+    def n(self) -> int:
+        """Roster size."""
+        return len(self.roster)
+
+    @property
+    def shape(self) -> NormProofShape:
+        """The validity proof's layout for this round (SPEC §6.3)."""
+        return NormProofShape.for_round(
+            vector_length=self.vector_length, norm_bound=self.norm_bound, threshold=self.threshold
+        )
+
+    @property
+    def max_bytes_per_sender(self) -> int:
+        """Bytes one peer may legitimately send to one other peer in a round (runtime budget).
+
+        A share vector, an encrypted output share, and public reveals of up to n share
+        vectors in the two dispute phases, plus 1 MiB of smaller messages.
+        """
+        return (2 * self.n + 4) * 8 * (self.vector_length + 2) + (1 << 20)
