@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from mpc_agg.errors import MpcAggError
 from peers.audit import verify_audit_log
-from peers.config import ConfigError, load_federation, load_site
+from peers.config import PROTOCOLS, ConfigError, load_federation, load_site
 from peers.demo import BROKERS, DemoError, run_demo, run_site
 from peers.init import broker_command, find_program, init_federation
 from peers.node import AggregateResult, PeerNode, RoundAbortedError
@@ -43,17 +43,34 @@ def _err(message: str) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    path = init_federation(
-        Path(args.directory),
-        sites=args.sites,
-        protocol=args.protocol,
-        broker_port=args.broker_port,
-        broker_host=args.broker_host,
-        threshold=args.threshold,
-    )
+    if args.protocol == "robust" and args.max_norm is None:
+        _err("init: --protocol robust needs --max-norm (the L2 bound on each site's update)")
+        return 2
+    if args.protocol != "robust" and args.max_norm is not None:
+        _err(f"init: --max-norm is only for --protocol robust, not {args.protocol}")
+        return 2
+    try:
+        path = init_federation(
+            Path(args.directory),
+            sites=args.sites,
+            protocol=args.protocol,
+            broker_port=args.broker_port,
+            broker_host=args.broker_host,
+            threshold=args.threshold,
+            max_norm=args.max_norm,
+        )
+    except ConfigError:
+        raise  # reported by main()
+    except ValueError as exc:  # a bad argument: one line, exit 2
+        _err(f"init: {exc}")
+        return 2
     federation = load_federation(path)
     root = Path(args.directory)
-    print(f"federation {federation.id}: {federation.n} sites, threshold T={federation.threshold}")
+    if federation.protocol == "robust":
+        detail = f"robust, threshold t={federation.threshold}, max_norm={federation.max_norm}"
+    else:
+        detail = f"threshold T={federation.threshold}"
+    print(f"federation {federation.id}: {federation.n} sites, {detail}")
     print(f"  {path}")
     print(f"  {root / 'sites'}/site-K.toml, .key, .password (one set per site; keep them private)")
     print(f"  {root / 'broker'}/mosquitto.conf, acl, passwd, ca.crt, server.crt")
@@ -194,10 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create a federation (keys, configs, broker setup)")
     init.add_argument("directory")
     init.add_argument("--sites", type=int, required=True)
-    init.add_argument("--protocol", default="secagg", choices=["secagg"])
+    init.add_argument("--protocol", default="secagg", choices=PROTOCOLS)
     init.add_argument("--broker-port", type=int, default=8883)
     init.add_argument("--broker-host", default="127.0.0.1")
-    init.add_argument("--threshold", type=int, default=None)
+    init.add_argument(
+        "--threshold",
+        type=int,
+        default=None,
+        help="secagg: T (default ⌊2n/3⌋+1); robust: t, with 2t+1 ≤ n (default ⌊(n−1)/2⌋)",
+    )
+    init.add_argument(
+        "--max-norm",
+        type=float,
+        default=None,
+        help="robust only (required): the L2 bound on each site's update, in float units",
+    )
     init.set_defaults(handler=_init)
 
     broker = sub.add_parser("broker", help="run the federation's Mosquitto in the foreground")

@@ -2,8 +2,9 @@
 
 Two files (DESIGN §1, §6). ``federation.toml`` is shared by every site and fixes what all
 peers must agree on: the federation id, the protocol and its threshold, the broker, the
-phase deadlines, the fixed-point encoding, size limits and the roster (site names and
-their long-term Ed25519 verify keys). A site file (``site-0.toml``) is private to one
+phase deadlines, the fixed-point encoding, size limits, the roster (site names and
+their long-term Ed25519 verify keys) and, for ``robust``, the ``[robust]`` table
+(``max_norm``: the L2 bound on each site's update). A site file (``site-0.toml``) is private to one
 site: which federation file to use, the site's name, and where its secrets and audit
 log live.
 
@@ -19,10 +20,13 @@ Invariants:
   accessible by group or others, are never echoed in an error message, and never appear
   in a ``repr``.
 - A site's signing key must match the verify key the roster lists for that site.
+- Settings of the other protocol are errors too: a ``[robust]`` table or a robust phase's
+  deadline in a ``secagg`` federation (and the reverse) would silently do nothing.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import re
@@ -37,15 +41,19 @@ from mpc_agg.crypto import SigningKey, VerifyKey
 from mpc_agg.errors import EncodingError, MpcAggError
 from mpc_agg.fixedpoint import FixedPointCodec
 from protocols.common import MAX_PEERS, Roster, RosterEntry
-from protocols.secagg.machine import default_threshold
-from protocols.secagg.messages import Phase
+from protocols.robust.params import default_threshold as robust_default_threshold
+from protocols.robust.phases import ACTIVE_PHASES as ROBUST_ACTIVE_PHASES
+from protocols.robust.phases import Phase as RobustPhase
+from protocols.secagg.machine import default_threshold as secagg_default_threshold
+from protocols.secagg.messages import Phase as SecAggPhase
 
 #: Federation ids and site names: they become MQTT topic segments and usernames, so no
 #: ``/``, ``+``, ``#`` or whitespace.
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
-#: Protocols this runtime can run.
-PROTOCOLS: Final = ("secagg",)
-#: Seconds per phase when ``[deadlines]`` leaves one out.
+#: Protocols a federation can name.
+PROTOCOLS: Final = ("secagg", "robust")
+#: Seconds per phase when ``[deadlines]`` leaves one out (unless :class:`Deadlines` says
+#: otherwise for a phase).
 DEFAULT_DEADLINE: Final = 30.0
 DEFAULT_FRAC_BITS: Final = 20
 DEFAULT_MAX_ABS_VALUE: Final = 1.0
@@ -102,21 +110,73 @@ class BrokerConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Deadlines:
-    """Seconds each ``secagg`` phase may last before the machine's ``deadline(phase)``."""
+    """Seconds each phase may last before the machine's ``deadline(phase)``.
 
+    One field per phase that waits, for both protocols: ``secagg``'s phases
+    (``advertise_keys`` … ``confirm_result``) and ``robust``'s (``advertise`` …
+    ``confirm``); a federation's ``[deadlines]`` sets those of its own protocol.
+    """
+
+    # secagg (protocols.secagg.messages.Phase)
     advertise_keys: float = DEFAULT_DEADLINE
     share_keys: float = DEFAULT_DEADLINE
     masked_input: float = DEFAULT_DEADLINE
     consistency_check: float = DEFAULT_DEADLINE
     unmask: float = DEFAULT_DEADLINE
     confirm_result: float = DEFAULT_DEADLINE
+    # robust (protocols.robust.phases.Phase); the phases moving vectors get longer
+    advertise: float = DEFAULT_DEADLINE
+    deal_input: float = 60.0
+    wrap_challenge: float = DEFAULT_DEADLINE
+    deal_proof: float = DEFAULT_DEADLINE
+    query_challenge: float = DEFAULT_DEADLINE
+    verify: float = DEFAULT_DEADLINE
+    dispute: float = DEFAULT_DEADLINE
+    output: float = 60.0
+    output_challenge: float = DEFAULT_DEADLINE
+    output_verify: float = DEFAULT_DEADLINE
+    output_dispute: float = DEFAULT_DEADLINE
+    confirm: float = 10.0
 
-    def for_phase(self, phase: Phase) -> float:
-        """The deadline of ``phase`` in seconds; phases without one raise ``ValueError``."""
-        if phase in (Phase.IDLE, Phase.DONE, Phase.ABORTED):
+    def for_phase(self, phase: enum.IntEnum) -> float:
+        """The deadline of ``phase`` (a ``secagg`` or ``robust`` ``Phase``) in seconds.
+
+        Looked up by protocol and phase name, never by value (phase numbers of the two
+        protocols overlap). Phases without a deadline raise ``ValueError``.
+        """
+        protocol = _PHASE_PROTOCOLS.get(type(phase))
+        if protocol is None:
+            raise ValueError(
+                f"phase {phase.name} has no deadline: {type(phase).__qualname__} is not the "
+                f"Phase enum of a protocol ({', '.join(PROTOCOLS)})"
+            )
+        name = _DEADLINE_FIELDS.get((protocol, phase.name))
+        if name is None:
             raise ValueError(f"phase {phase.name} has no deadline")
-        seconds: float = getattr(self, phase.name.lower())
+        seconds: float = getattr(self, name)
         return seconds
+
+
+#: The Phase enum of each protocol.
+_PHASE_PROTOCOLS: Final[Mapping[type[enum.IntEnum], str]] = {
+    SecAggPhase: "secagg",
+    RobustPhase: "robust",
+}
+_SECAGG_UNTIMED = (SecAggPhase.IDLE, SecAggPhase.DONE, SecAggPhase.ABORTED)
+#: (protocol, phase name) → the :class:`Deadlines` field (and ``[deadlines]`` key).
+_DEADLINE_FIELDS: Final[Mapping[tuple[str, str], str]] = {
+    **{("secagg", p.name): p.name.lower() for p in SecAggPhase if p not in _SECAGG_UNTIMED},
+    **{("robust", p.name): p.name.lower() for p in ROBUST_ACTIVE_PHASES},
+}
+#: ``[deadlines]`` key → the protocol whose phase it times.
+_DEADLINE_PROTOCOL: Final[Mapping[str, str]] = {
+    name: protocol for (protocol, _), name in _DEADLINE_FIELDS.items()
+}
+
+
+def deadline_keys(protocol: str) -> tuple[str, ...]:
+    """The ``[deadlines]`` keys of ``protocol``, in phase order."""
+    return tuple(name for name, owner in _DEADLINE_PROTOCOL.items() if owner == protocol)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,7 +197,13 @@ class Limits:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FederationConfig:
-    """Everything the sites of one federation agree on (``federation.toml``)."""
+    """Everything the sites of one federation agree on (``federation.toml``).
+
+    ``threshold`` is the protocol's: T for ``secagg`` (shares needed to recover), t for
+    ``robust`` (colluding peers tolerated; 2t + 1 ≤ n). ``max_norm`` is ``robust``'s
+    L2 bound on each site's update in float units (``[robust] max_norm``), ``None`` for
+    ``secagg``.
+    """
 
     id: str
     protocol: str
@@ -148,6 +214,7 @@ class FederationConfig:
     limits: Limits
     roster: Roster
     path: Path
+    max_norm: float | None = None
 
     @property
     def n(self) -> int:
@@ -234,9 +301,11 @@ class _Table:
             raise self.error(name, f"must be an integer, got {_show(value)}")
         return value
 
-    def positive(self, name: str, *, what: str, default: float) -> float:
-        value = self._get(name, required=False)
+    def positive(self, name: str, *, what: str, default: float | None) -> float:
+        """A positive finite number; required when ``default`` is None."""
+        value = self._get(name, required=default is None)
         if value is None:
+            assert default is not None
             return default
         if (
             isinstance(value, bool)
@@ -356,20 +425,65 @@ def _broker(table: _Table) -> BrokerConfig:
     return BrokerConfig(host=host, port=port, tls=tls, ca_file=ca_file, mqtt_version=mqtt_version)
 
 
-def _deadlines(table: _Table) -> Deadlines:
-    def seconds(name: str) -> float:
-        return table.positive(name, what="number of seconds", default=DEFAULT_DEADLINE)
+def _deadlines(table: _Table, protocol: str) -> Deadlines:
+    defaults = Deadlines()
+    seconds: dict[str, float] = {}
+    for name, owner in _DEADLINE_PROTOCOL.items():
+        if owner == protocol:
+            default = getattr(defaults, name)
+            seconds[name] = table.positive(name, what="number of seconds", default=default)
+        elif name in table.data:
+            raise table.error(
+                name, f"is a deadline of protocol {owner}; this federation runs {protocol}"
+            )
+    table.finish()
+    return replace(defaults, **seconds)
 
-    deadlines = Deadlines(
-        advertise_keys=seconds("advertise_keys"),
-        share_keys=seconds("share_keys"),
-        masked_input=seconds("masked_input"),
-        consistency_check=seconds("consistency_check"),
-        unmask=seconds("unmask"),
-        confirm_result=seconds("confirm_result"),
+
+def _threshold(fed: _Table, protocol: str, n: int) -> int:
+    threshold = fed.optional_integer("threshold")
+    if protocol == "robust":
+        # t colluding peers tolerated, 2t + 1 live peers needed (SPEC §2.2)
+        if n < 3:
+            raise fed.error(
+                "protocol", f"robust needs at least 3 sites (1 ≤ t and 2t + 1 ≤ n), got n={n}"
+            )
+        if threshold is None:
+            return robust_default_threshold(n)
+        if not 1 <= threshold <= (n - 1) // 2:
+            raise fed.error(
+                "threshold",
+                f"must be in [1, {(n - 1) // 2}] for robust (1 ≤ t and 2t + 1 ≤ n={n}), "
+                f"got {threshold}",
+            )
+        return threshold
+    if threshold is None:
+        return secagg_default_threshold(n)
+    if not 2 <= threshold <= n:
+        raise fed.error("threshold", f"must be in [2, n={n}], got {threshold}")
+    return threshold
+
+
+def _max_norm(root: _Table, protocol: str) -> float | None:
+    """``[robust] max_norm``: required with ``robust``, and no ``[robust]`` table otherwise."""
+    if protocol != "robust":
+        if "robust" in root.data:
+            raise root.error(
+                "robust", f'is only for protocol = "robust"; this federation runs {protocol}'
+            )
+        return None
+    if "robust" not in root.data:
+        raise root.error(
+            "robust",
+            'is required when protocol = "robust": a [robust] table with max_norm, '
+            "the L2 bound on each site's update",
+        )
+    table = root.table("robust", required=True)
+    max_norm = table.positive(
+        "max_norm", what="finite number (the L2 bound on each site's update)", default=None
     )
     table.finish()
-    return deadlines
+    return max_norm
 
 
 def _encoding(table: _Table, n: int) -> EncodingConfig:
@@ -437,16 +551,13 @@ def load_federation(path: Path | str) -> FederationConfig:
     protocol = fed.string("protocol", default="secagg")
     if protocol not in PROTOCOLS:
         raise fed.error("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    threshold = fed.optional_integer("threshold")
-    if threshold is None:
-        threshold = default_threshold(n)
-    elif not 2 <= threshold <= n:
-        raise fed.error("threshold", f"must be in [2, n={n}], got {threshold}")
+    threshold = _threshold(fed, protocol, n)
     fed.finish()
     broker = _broker(root.table("broker", required=True))
-    deadlines = _deadlines(root.table("deadlines", required=False))
+    deadlines = _deadlines(root.table("deadlines", required=False), protocol)
     encoding = _encoding(root.table("encoding", required=False), n)
     limits = _limits(root.table("limits", required=False))
+    max_norm = _max_norm(root, protocol)
     root.finish()
     return FederationConfig(
         id=fed_id,
@@ -458,6 +569,7 @@ def load_federation(path: Path | str) -> FederationConfig:
         limits=limits,
         roster=roster,
         path=path.absolute(),
+        max_norm=max_norm,
     )
 
 

@@ -39,6 +39,7 @@ import getpass
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import secrets
 import shutil
@@ -54,10 +55,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mpc_agg.crypto import SigningKey
 from mpc_agg.randomness import SystemRandomSource
-from peers.config import MQTT_VERSIONS, NAME_PATTERN, PROTOCOLS, ConfigError, load_federation
+from peers.config import (
+    MQTT_VERSIONS,
+    NAME_PATTERN,
+    PROTOCOLS,
+    ConfigError,
+    Deadlines,
+    deadline_keys,
+    load_federation,
+)
 from peers.transport import PREFIX, PRESENCE
 from protocols.common import MAX_PEERS
-from protocols.secagg.machine import default_threshold
+from protocols.robust.params import default_threshold as robust_default_threshold
+from protocols.secagg.machine import default_threshold as secagg_default_threshold
 
 #: Username of the operators' read-only account (generated sites are called ``site-K``,
 #: so it never clashes with a site).
@@ -80,29 +90,30 @@ def init_federation(
     threshold: int | None = None,
     federation_id: str | None = None,
     mqtt_version: str = "5",
+    max_norm: float | None = None,
 ) -> Path:
     """Create a federation of ``sites`` sites in ``directory``; return its federation.toml.
 
     ``broker_host`` is both the address the broker listens on and the name the sites
     connect to (it goes into the server certificate with ``localhost`` and
     ``127.0.0.1``). ``federation_id`` defaults to a fresh random ``fed-…`` id, so two
-    federations on one broker never share topics. Raises :class:`ConfigError` for a
-    directory that already holds a federation, ``ValueError`` for invalid arguments.
+    federations on one broker never share topics. ``threshold`` is the protocol's (T for
+    ``secagg``, t for ``robust``) and defaults to the protocol's default. ``max_norm``
+    (the L2 bound on each site's update) is required with ``protocol="robust"`` and
+    refused otherwise. Raises :class:`ConfigError` for a directory that already holds a
+    federation, ``ValueError`` for invalid arguments.
     """
     if not 2 <= sites <= MAX_PEERS:
         raise ValueError(f"sites must be in [2, {MAX_PEERS}], got {sites}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    threshold = _check_protocol(protocol, sites=sites, threshold=threshold, max_norm=max_norm)
     if not 1 <= broker_port <= 65535:
         raise ValueError(f"broker_port must be in [1, 65535], got {broker_port}")
     if not broker_host or any(c.isspace() for c in broker_host):
         raise ValueError(f"broker_host must be a host name or IP address, got {broker_host!r}")
     if mqtt_version not in MQTT_VERSIONS:
         raise ValueError(f"mqtt_version must be one of {', '.join(MQTT_VERSIONS)}")
-    if threshold is None:
-        threshold = default_threshold(sites)
-    elif not 2 <= threshold <= sites:
-        raise ValueError(f"threshold must be in [2, {sites}], got {threshold}")
     fed_id = federation_id if federation_id is not None else f"fed-{secrets.token_hex(4)}"
     if not NAME_PATTERN.fullmatch(fed_id):
         raise ValueError(f"federation_id must match {NAME_PATTERN.pattern}, got {fed_id!r}")
@@ -147,10 +158,39 @@ def init_federation(
             names=names,
             verify_keys=verify_keys,
             mqtt_version=mqtt_version,
+            max_norm=max_norm,
         ),
     )
     load_federation(federation_file)  # what we wrote must load
     return federation_file
+
+
+def _check_protocol(
+    protocol: str, *, sites: int, threshold: int | None, max_norm: float | None
+) -> int:
+    """The threshold to write (the protocol's default when None); checks ``max_norm``."""
+    if protocol != "robust":
+        if max_norm is not None:
+            raise ValueError(f"max_norm is only for protocol robust, not {protocol}")
+        if threshold is None:
+            return secagg_default_threshold(sites)
+        if not 2 <= threshold <= sites:
+            raise ValueError(f"threshold must be in [2, {sites}], got {threshold}")
+        return threshold
+    if max_norm is None:
+        raise ValueError("protocol robust needs max_norm (the L2 bound on each site's update)")
+    if isinstance(max_norm, bool) or not (math.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm must be a positive finite number, got {max_norm!r}")
+    if sites < 3:
+        raise ValueError(f"protocol robust needs at least 3 sites (2t + 1 ≤ n), got {sites}")
+    if threshold is None:
+        return robust_default_threshold(sites)
+    if not 1 <= threshold <= (sites - 1) // 2:
+        raise ValueError(
+            f"threshold must be in [1, {(sites - 1) // 2}] for robust (2t + 1 ≤ n={sites}), "
+            f"got {threshold}"
+        )
+    return threshold
 
 
 def broker_command(directory: Path) -> list[str]:
@@ -186,7 +226,24 @@ def _federation_toml(
     names: list[str],
     verify_keys: list[str],
     mqtt_version: str,
+    max_norm: float | None,
 ) -> str:
+    if protocol == "secagg":
+        deadlines = [
+            "advertise_keys = 30.0",
+            "share_keys = 30.0",
+            "masked_input = 60.0",
+            "consistency_check = 30.0",
+            "unmask = 30.0",
+            "confirm_result = 10.0",
+        ]
+    else:
+        defaults = Deadlines()
+        deadlines = [f"{key} = {getattr(defaults, key)!r}" for key in deadline_keys(protocol)]
+    robust = []
+    if max_norm is not None:  # repr of a float: a TOML float that reads back exactly
+        norm = float(max_norm)
+        robust = ["[robust]  # L2 bound on each site's update", f"max_norm = {norm!r}", ""]
     lines = [
         "# Shared by every site of the federation; generated by `mpc-agg init`.",
         "[federation]",
@@ -202,17 +259,13 @@ def _federation_toml(
         f"mqtt_version = {_toml_string(mqtt_version)}",
         "",
         "[deadlines]  # seconds per phase",
-        "advertise_keys = 30.0",
-        "share_keys = 30.0",
-        "masked_input = 60.0",
-        "consistency_check = 30.0",
-        "unmask = 30.0",
-        "confirm_result = 10.0",
+        *deadlines,
         "",
         "[encoding]",
         "frac_bits = 20",
         "max_abs_value = 1.0",
         "",
+        *robust,
         "[limits]",
         "max_vector_length = 100000000",
         "chunk_size = 1048576",

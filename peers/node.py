@@ -52,7 +52,7 @@ from mpc_agg.errors import EncodingError, MpcAggError, ProtocolMisuseError
 from mpc_agg.fixedpoint import FixedPointCodec
 from mpc_agg.randomness import RandomSource, SystemRandomSource
 from peers.audit import AuditLog
-from peers.config import SiteConfig
+from peers.config import ConfigError, SiteConfig
 from peers.mqtt import MqttTransport
 from peers.transport import (
     ONLINE,
@@ -91,6 +91,8 @@ _ROUND_LIMIT_PER_PEER = 24
 OVER_LIMIT = "over the per-site limit"
 #: Distinct reasons kept in ``ignored``; the rest are counted under ``other``.
 _IGNORED_REASONS = 16
+#: Protocols PeerNode can run (``robust`` is configurable but not wired in yet).
+RUNTIME_PROTOCOLS = ("secagg",)
 
 
 def _byte_budget(vector_length: int) -> int:
@@ -220,9 +222,19 @@ class PeerNode:
 
     @classmethod
     def from_config(cls, site: SiteConfig, *, transport: Transport | None = None) -> PeerNode:
-        """A node for ``site`` (its broker, deadlines, encoding, limits and audit log)."""
+        """A node for ``site`` (its broker, deadlines, encoding, limits and audit log).
+
+        Raises :class:`~peers.config.ConfigError` for a protocol the runtime cannot run yet.
+        """
         federation = site.federation
         broker = site.broker
+        if federation.protocol not in RUNTIME_PROTOCOLS:
+            raise ConfigError(
+                federation.path,
+                "federation.protocol",
+                f"{federation.protocol!r} is not available in the runtime yet "
+                f"(available: {', '.join(RUNTIME_PROTOCOLS)})",
+            )
         # Round ids are never reused (SPEC §2.1): continue after the last one this site
         # recorded, across process restarts too.
         audit = AuditLog(site.audit_log, signing_key=site.signing_key)

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from peers.config import load_federation
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -80,3 +83,65 @@ def test_aggregate_checks_its_output_paths_before_the_round(tmp_path: Path) -> N
         assert done.returncode == 2
         assert f"--output {output}: {message}" in done.stderr
     assert not (tmp_path / "fed" / "sites" / "site-0.audit.jsonl").exists()  # no round began
+
+
+def test_init_robust_writes_the_protocol_threshold_and_max_norm(tmp_path: Path) -> None:
+    done = _run(
+        "init", str(tmp_path / "fed"), "--sites", "5", "--protocol", "robust",
+        "--max-norm", "2.5", "--broker-port", "18883",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].endswith(": 5 sites, robust, threshold t=2, max_norm=2.5")
+    fed = load_federation(tmp_path / "fed" / "federation.toml")
+    assert (fed.protocol, fed.threshold, fed.max_norm) == ("robust", 2, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--protocol", "robust"],
+            "mpc-agg: init: --protocol robust needs --max-norm "
+            "(the L2 bound on each site's update)",
+        ),
+        (
+            ["--max-norm", "1.0"],
+            "mpc-agg: init: --max-norm is only for --protocol robust, not secagg",
+        ),
+        (
+            ["--protocol", "robust", "--max-norm", "nan"],
+            "mpc-agg: init: max_norm must be a positive finite number, got nan",
+        ),
+        (
+            ["--protocol", "robust", "--max-norm", "1", "--threshold", "2"],
+            "mpc-agg: init: threshold must be in [1, 1] for robust (2t + 1 ≤ n=3), got 2",
+        ),
+        (["--threshold", "9"], "mpc-agg: init: threshold must be in [2, 3], got 9"),
+    ],
+)
+def test_init_bad_arguments_exit_2_with_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = _run("init", str(tmp_path / "fed"), "--sites", "3", *args)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [message]
+    assert not (tmp_path / "fed").exists()
+
+
+def test_aggregate_refuses_a_robust_federation_until_the_runtime_runs_it(tmp_path: Path) -> None:
+    """The configuration accepts robust; the runtime must not run secagg in its place."""
+    fed = tmp_path / "fed"
+    created = _run("init", str(fed), "--sites", "3", "--protocol", "robust", "--max-norm", "1")
+    assert created.returncode == 0, created.stderr
+    np.save(tmp_path / "x.npy", np.zeros(4))
+    done = _run(
+        "aggregate", "--config", str(fed / "sites" / "site-0.toml"),
+        "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "sum.npy"),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"mpc-agg: {fed / 'federation.toml'}: federation.protocol: 'robust' is not available "
+        "in the runtime yet (available: secagg)"
+    ]
+    assert not (tmp_path / "sum.npy").exists()
+    assert not (fed / "sites" / "site-0.audit.jsonl").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import stat
@@ -18,6 +19,9 @@ from peers.config import (
     load_site,
 )
 from peers.init import init_federation
+from protocols.robust.params import default_threshold as robust_default_threshold
+from protocols.robust.phases import ACTIVE_PHASES as ROBUST_ACTIVE_PHASES
+from protocols.robust.phases import Phase as RobustPhase
 from protocols.secagg.machine import default_threshold
 from protocols.secagg.messages import Phase
 
@@ -196,6 +200,181 @@ def test_config_error_is_an_mpc_agg_error_with_file_and_key(fed_dir: Path) -> No
     assert error.problem == "must be in [1, 65535], got 0"
 
 
+# --------------------------------------------------------------------------- robust
+
+#: Every robust deadline, distinct, in the order of the phases.
+ROBUST_DEADLINES = {
+    "advertise": 1.0,
+    "deal_input": 2.0,
+    "wrap_challenge": 3.0,
+    "deal_proof": 4.0,
+    "query_challenge": 5.0,
+    "verify": 6.0,
+    "dispute": 7.0,
+    "output": 8.0,
+    "output_challenge": 9.0,
+    "output_verify": 10.0,
+    "output_dispute": 11.0,
+    "confirm": 12.0,
+}
+
+
+def _make_robust(path: Path, *, threshold: str = "threshold = 1\n") -> None:
+    """Turn a generated secagg federation.toml into a robust one (t = 1, max_norm 1.5)."""
+    text = path.read_text().replace('protocol = "secagg"', 'protocol = "robust"')
+    text = text.replace("threshold = 3\n", threshold)
+    start, end = text.index("[deadlines]"), text.index("[encoding]")
+    deadlines = "".join(f"{name} = {value}\n" for name, value in ROBUST_DEADLINES.items())
+    text = text[:start] + "[deadlines]\n" + deadlines + "\n" + text[end:]
+    path.write_text(text.replace("[limits]\n", "[robust]\nmax_norm = 1.5\n\n[limits]\n"))
+
+
+@pytest.fixture
+def robust_dir(fed_dir: Path) -> Path:
+    _make_robust(fed_dir / "federation.toml")
+    return fed_dir
+
+
+def test_robust_federation_loads(robust_dir: Path) -> None:
+    fed = load_federation(robust_dir / "federation.toml")
+    assert (fed.protocol, fed.threshold, fed.max_norm) == ("robust", 1, 1.5)
+    assert [fed.deadlines.for_phase(p) for p in ROBUST_ACTIVE_PHASES] == list(
+        ROBUST_DEADLINES.values()
+    )
+    assert fed.deadlines == Deadlines(**ROBUST_DEADLINES)
+    assert load_site(robust_dir / "sites" / "site-1.toml").federation == fed
+
+
+def test_secagg_federation_has_no_max_norm(generated: Path) -> None:
+    assert load_federation(generated / "federation.toml").max_norm is None
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 7, 10])
+def test_robust_default_threshold_is_the_protocols(tmp_path: Path, n: int) -> None:
+    init_federation(tmp_path, sites=n, federation_id=FED_ID)
+    path = tmp_path / "federation.toml"
+    threshold = f"threshold = {default_threshold(n)}\n"
+    _edit(path, threshold, "threshold = 3\n")  # what _make_robust looks for
+    _make_robust(path, threshold="")
+    fed = load_federation(path)
+    assert fed.threshold == robust_default_threshold(n) == (n - 1) // 2
+    assert 2 * fed.threshold + 1 <= n
+
+
+def test_robust_needs_three_sites(tmp_path: Path) -> None:
+    init_federation(tmp_path, sites=2, federation_id=FED_ID)
+    path = tmp_path / "federation.toml"
+    _edit(path, "threshold = 2\n", "threshold = 3\n")
+    _make_robust(path, threshold="")
+    assert str(_error(path)) == (
+        f"{path}: federation.protocol: robust needs at least 3 sites (1 ≤ t and 2t + 1 ≤ n), "
+        "got n=2"
+    )
+
+
+def test_robust_optional_deadlines_take_their_defaults(robust_dir: Path) -> None:
+    path = robust_dir / "federation.toml"
+    for name, value in ROBUST_DEADLINES.items():
+        _edit(path, f"{name} = {value}\n", "")
+    fed = load_federation(path)
+    assert fed.deadlines == Deadlines()
+    defaults = {p.name.lower(): fed.deadlines.for_phase(p) for p in ROBUST_ACTIVE_PHASES}
+    assert defaults == {
+        **dict.fromkeys(ROBUST_DEADLINES, 30.0),
+        "deal_input": 60.0,
+        "output": 60.0,
+        "confirm": 10.0,
+    }
+
+
+#: (text to replace, replacement, dotted key, message after the key) in a robust federation
+ROBUST_ERRORS = [
+    ("threshold = 1", "threshold = 0", "federation.threshold", "must be in [1, 1] for robust"),
+    (
+        "threshold = 1",
+        "threshold = 2",
+        "federation.threshold",
+        "must be in [1, 1] for robust (1 ≤ t and 2t + 1 ≤ n=3), got 2",
+    ),
+    (
+        "[robust]\nmax_norm = 1.5\n",
+        "",
+        "robust",
+        'is required when protocol = "robust": a [robust] table with max_norm, '
+        "the L2 bound on each site's update",
+    ),
+    ("max_norm = 1.5\n", "", "robust.max_norm", "is required"),
+    *[
+        (
+            "max_norm = 1.5",
+            f"max_norm = {bad}",
+            "robust.max_norm",
+            f"must be a positive finite number (the L2 bound on each site's update), got {shown}",
+        )
+        for bad, shown in [
+            ("0", "0"),
+            ("-1.5", "-1.5"),
+            ("nan", "nan"),
+            ("inf", "inf"),
+            ('"1.5"', "'1.5'"),
+            ("true", "True"),
+        ]
+    ],
+    ("max_norm = 1.5\n", "max_norm = 1.5\nmin_norm = 0.1\n", "robust.min_norm", "unknown key"),
+    (
+        "confirm = 12.0\n",
+        "confirm = 12.0\nmasked_input = 5.0\n",
+        "deadlines.masked_input",
+        "is a deadline of protocol secagg; this federation runs robust",
+    ),
+    ("verify = 6.0", "verify = -6.0", "deadlines.verify", "must be a positive number of seconds"),
+    ("confirm = 12.0\n", "confirm = 12.0\nreveal = 1.0\n", "deadlines.reveal", "unknown key"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "key", "problem"), ROBUST_ERRORS, ids=lambda v: v)
+def test_robust_federation_error_names_file_and_key(
+    robust_dir: Path, old: str, new: str, key: str, problem: str
+) -> None:
+    path = robust_dir / "federation.toml"
+    _edit(path, old, new)
+    message = str(_error(path))
+    assert message.startswith(f"{path}: {key}: ")
+    assert problem in message
+
+
+def test_robust_that_is_not_a_table(robust_dir: Path) -> None:
+    path = robust_dir / "federation.toml"
+    _edit(path, "[robust]\nmax_norm = 1.5\n", "")
+    _edit(path, "[federation]\n", "robust = 1.5\n[federation]\n")
+    assert str(_error(path)) == f"{path}: robust: must be a table, got 1.5"
+
+
+def test_deadlines_of_the_two_protocols_never_collide() -> None:
+    deadlines = Deadlines(advertise_keys=1.0, advertise=2.0, confirm_result=3.0, confirm=4.0)
+    # equal as integers (both are phase 1), distinct deadlines: looked up by protocol and name
+    assert int(Phase.ADVERTISE_KEYS) == int(RobustPhase.ADVERTISE)
+    assert deadlines.for_phase(Phase.ADVERTISE_KEYS) == 1.0
+    assert deadlines.for_phase(RobustPhase.ADVERTISE) == 2.0
+    assert deadlines.for_phase(Phase.CONFIRM_RESULT) == 3.0
+    assert deadlines.for_phase(RobustPhase.CONFIRM) == 4.0
+    for phase in (RobustPhase.IDLE, RobustPhase.DONE, RobustPhase.ABORTED):
+        with pytest.raises(ValueError, match=f"phase {phase.name} has no deadline"):
+            deadlines.for_phase(phase)
+
+    class Other(enum.IntEnum):
+        ADVERTISE = 1
+
+    with pytest.raises(ValueError, match="Other is not the Phase enum of a protocol"):
+        deadlines.for_phase(Other.ADVERTISE)
+
+
+def test_every_deadline_field_times_exactly_one_phase() -> None:
+    timed = [p.name.lower() for p in Phase if p not in (Phase.IDLE, Phase.DONE, Phase.ABORTED)]
+    timed += [p.name.lower() for p in ROBUST_ACTIVE_PHASES]
+    assert sorted(timed) == sorted(Deadlines.__dataclass_fields__)
+
+
 # --------------------------------------------------------------------------- federation.toml
 
 #: (text to replace, replacement, dotted key, message after the key)
@@ -255,10 +434,29 @@ FEDERATION_ERRORS = [
     ('id = "fed-test"\n', "", "federation.id", "is required"),
     (
         'protocol = "secagg"',
-        'protocol = "robust"',
+        'protocol = "prio3"',
         "federation.protocol",
-        "must be one of secagg, got 'robust'",
+        "must be one of secagg, robust, got 'prio3'",
     ),
+    (
+        'protocol = "secagg"',
+        'protocol = "robust"',  # threshold = 3 is a secagg T: robust needs 2t + 1 ≤ n
+        "federation.threshold",
+        "must be in [1, 1] for robust (1 ≤ t and 2t + 1 ≤ n=3), got 3",
+    ),
+    (
+        "[limits]\n",
+        "[robust]\nmax_norm = 1.0\n\n[limits]\n",
+        "robust",
+        'is only for protocol = "robust"; this federation runs secagg',
+    ),
+    (
+        "unmask = 30.0\n",
+        "unmask = 30.0\ndeal_input = 5.0\n",
+        "deadlines.deal_input",
+        "is a deadline of protocol robust; this federation runs secagg",
+    ),
+    ("unmask = 30.0\n", "unmask = 30.0\nunmasking = 5.0\n", "deadlines.unmasking", "unknown key"),
     ("port = 18883", "port = 0", "broker.port", "must be in [1, 65535], got 0"),
     ("port = 18883", "port = 65536", "broker.port", "must be in [1, 65535], got 65536"),
     ("port = 18883", 'port = "8883"', "broker.port", "must be an integer, got '8883'"),

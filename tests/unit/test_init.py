@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from peers import init as init_module
-from peers.config import ConfigError, load_federation
+from peers.config import ConfigError, Deadlines, deadline_keys, load_federation
 from peers.init import broker_command, init_federation
 from peers.transport import message_topic, parse_topic, presence_topic
 
@@ -183,7 +184,31 @@ def test_never_overwrites_an_existing_file(tmp_path: Path) -> None:
         ({"sites": 1}, "sites must be in [2, 1024], got 1"),
         ({"sites": 3, "threshold": 4}, "threshold must be in [2, 3], got 4"),
         ({"sites": 3, "threshold": 1}, "threshold must be in [2, 3], got 1"),
-        ({"sites": 3, "protocol": "robust"}, "protocol must be one of secagg, got 'robust'"),
+        (
+            {"sites": 3, "protocol": "prio3"},
+            "protocol must be one of secagg, robust, got 'prio3'",
+        ),
+        ({"sites": 3, "protocol": "robust"}, "protocol robust needs max_norm"),
+        ({"sites": 3, "max_norm": 1.0}, "max_norm is only for protocol robust, not secagg"),
+        (
+            {"sites": 2, "protocol": "robust", "max_norm": 1.0},
+            "protocol robust needs at least 3 sites (2t + 1 ≤ n), got 2",
+        ),
+        (
+            {"sites": 5, "protocol": "robust", "max_norm": 1.0, "threshold": 3},
+            "threshold must be in [1, 2] for robust (2t + 1 ≤ n=5), got 3",
+        ),
+        (
+            {"sites": 5, "protocol": "robust", "max_norm": 1.0, "threshold": 0},
+            "threshold must be in [1, 2] for robust (2t + 1 ≤ n=5), got 0",
+        ),
+        *[
+            (
+                {"sites": 3, "protocol": "robust", "max_norm": bad},
+                f"max_norm must be a positive finite number, got {bad!r}",
+            )
+            for bad in (0.0, -1.0, math.inf, math.nan, True)
+        ],
         ({"sites": 3, "broker_port": 0}, "broker_port must be in [1, 65535], got 0"),
         ({"sites": 3, "federation_id": "a/b"}, "federation_id must match"),
     ],
@@ -192,6 +217,27 @@ def test_invalid_arguments(tmp_path: Path, kwargs: dict[str, object], message: s
     with pytest.raises(ValueError, match=re.escape(message)):
         init_federation(tmp_path, **kwargs)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_robust_federation(tmp_path: Path) -> None:
+    path = init_federation(
+        tmp_path, sites=5, protocol="robust", max_norm=2.5, federation_id="fed-r", broker_port=1
+    )
+    fed = load_federation(path)
+    assert (fed.protocol, fed.threshold, fed.max_norm, fed.n) == ("robust", 2, 2.5, 5)
+    assert fed.deadlines == Deadlines()  # the robust defaults, written out
+    toml = tomllib.loads(path.read_text())
+    assert list(toml["deadlines"]) == list(deadline_keys("robust"))
+    assert toml["robust"] == {"max_norm": 2.5}
+    assert "robust" not in tomllib.loads(init_federation(tmp_path / "s", sites=3).read_text())
+
+
+@pytest.mark.parametrize("max_norm", [1e-05, 0.1 + 0.2, 3, 1e16])
+def test_robust_max_norm_is_written_exactly(tmp_path: Path, max_norm: float) -> None:
+    path = init_federation(tmp_path, sites=3, protocol="robust", max_norm=max_norm, threshold=1)
+    fed = load_federation(path)
+    assert (fed.threshold, fed.max_norm) == (1, max_norm)
+    assert isinstance(fed.max_norm, float)
 
 
 def test_default_federation_ids_are_random(tmp_path: Path) -> None:
