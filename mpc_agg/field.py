@@ -61,20 +61,21 @@ def _reduce(x: FieldVector) -> FieldVector:
     """X < 2^64 → x mod p (two folds of 2^61 ≡ 1, then one conditional subtraction)."""
     x = (x & _P) + (x >> np.uint64(61))
     x = (x & _P) + (x >> np.uint64(61))
-    return np.where(x >= _P, x - _P, x)
+    return x - _P * (x >= _P)  # no wrap-around even on numpy scalars
 
 
 def add(a: FieldVector, b: FieldVector | int) -> FieldVector:
     """A + b mod p."""
     other = np.uint64(b % P) if isinstance(b, int) else b
     s = a + other  # both < 2^61: no overflow
-    return np.where(s >= _P, s - _P, s)
+    return s - _P * (s >= _P)
 
 
 def sub(a: FieldVector, b: FieldVector | int) -> FieldVector:
     """A − b mod p."""
     other = np.uint64(b % P) if isinstance(b, int) else b
-    return np.where(a >= other, a - other, a + (_P - other))
+    s = a + (_P - other)  # < 2^62: no overflow
+    return s - _P * (s >= _P)
 
 
 def neg(a: FieldVector) -> FieldVector:
@@ -305,7 +306,7 @@ def shift(vector: FieldVector, bits: int) -> FieldVector:
         return vector.copy()
     low = (vector & np.uint64((1 << (61 - bits)) - 1)) << np.uint64(bits)
     total = low + (vector >> np.uint64(61 - bits))
-    return np.where(total >= _P, total - _P, total)
+    return total - _P * (total >= _P)
 
 
 def reduce_signed(values: NDArray[np.int64]) -> FieldVector:

@@ -27,7 +27,6 @@ FORBIDDEN_BELOW_PEERS = {
     "datetime",
     "random",
 }
-#: The harness schedules simulated faults with a seeded ``random.Random`` instance.
 # The in-process harnesses schedule network faults with a seeded `random.Random` (no secret).
 ALLOWED = {("protocols/harness.py", "random"), ("protocols/robust/harness.py", "random")}
 

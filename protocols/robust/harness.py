@@ -13,12 +13,13 @@ dropouts and adversaries it reuses), so that reviewers can script attacks::
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from mpc_agg.crypto import SigningKey
-from mpc_agg.envelope import parse_envelope
+from mpc_agg.crypto import SigningKey, aead_decrypt
+from mpc_agg.envelope import BROADCAST, parse_envelope
 from mpc_agg.normproof import max_norm_bound
 from mpc_agg.randomness import DeterministicRandomSource
 from mpc_agg.ring import RingVector
@@ -28,10 +29,12 @@ from protocols.harness import (
     Dropout,
     Fault,
     Network,
+    Outgoing,
     ProtocolOutcome,
     make_roster,
 )
 from protocols.robust.machine import RobustMachine
+from protocols.robust.messages import Output, OutputVerify, Verify
 from protocols.robust.params import RobustParams, default_threshold
 from protocols.robust.phases import MessageKind
 
@@ -74,8 +77,14 @@ def run_robust_round(
     round_id: int = 1,
     federation: str = "harness",
     roster: tuple[Roster, list[SigningKey]] | None = None,
+    machine_classes: Mapping[int, type[RobustMachine]] | None = None,
 ) -> RobustOutcome:
-    """Run one round of ``robust`` among ``n`` in-process machines and return every outcome."""
+    """Run one round of ``robust`` among ``n`` in-process machines and return every outcome.
+
+    ``machine_classes`` lets a peer run modified code (a subclass of :class:`RobustMachine`
+    that deals inconsistent shares or proves a false statement, say).
+    """
+    classes = dict(machine_classes or {})
     roster_obj, keys = roster if roster is not None else make_roster(n)
     bound = norm_bound if norm_bound is not None else default_norm_bound(vector_length)
     params = RobustParams(
@@ -89,7 +98,9 @@ def run_robust_round(
     data_in = dict(inputs) if inputs is not None else bounded_inputs(n, vector_length, seed, bound)
     root = DeterministicRandomSource(f"robust-harness/{seed}/{round_id}")
     machines = {
-        p: RobustMachine(params, me=p, signing_key=keys[p], randomness=root.fork(f"peer/{p}"))
+        p: classes.get(p, RobustMachine)(
+            params, me=p, signing_key=keys[p], randomness=root.fork(f"peer/{p}")
+        )
         for p in range(n)
     }
     network = Network(
@@ -120,3 +131,52 @@ def resign(machine: RobustMachine, kind: MessageKind, payload: bytes, recipient:
 def payload_of(data: bytes) -> bytes:
     """The payload bytes of a sealed envelope."""
     return bytes(parse_envelope(data, max_payload=len(data)).payload)
+
+
+def adopt(machine: RobustMachine, data: bytes) -> None:
+    """Make ``machine`` record the broadcast ``data`` as the one it sent.
+
+    A consistent adversary's own view must reflect what it really broadcast; without this
+    its next message would carry a different view and every round would simply abort.
+    """
+    envelope = parse_envelope(data, max_payload=len(data))
+    kind = MessageKind(envelope.kind)
+    digest = envelope.message_digest
+    machine._seen[(kind, machine.me)] = digest
+    machine._live[kind.phase][machine.me] = digest
+    shape = machine.shape
+    if kind is MessageKind.VERIFY:
+        machine._verify[machine.me] = Verify.decode(
+            envelope.payload, verifier_length=shape.verifier_length, rows=machine._t + 1
+        )
+    elif kind is MessageKind.OUTPUT_VERIFY:
+        machine._output_verify[machine.me] = OutputVerify.decode(envelope.payload)
+    elif kind is MessageKind.OUTPUT:
+        ciphertext = Output.decode(envelope.payload).ciphertext
+        if ciphertext:
+            plaintext = aead_decrypt(
+                machine._output_share_key(machine.me),
+                ciphertext,
+                machine._info(b"output-ad", machine.me),
+            )
+            machine._output_shares[machine.me] = np.frombuffer(plaintext, dtype="<u8").astype(
+                np.uint64
+            )
+
+
+class Rewrite(Adversary):
+    """Replace the payload of the peer's ``kind`` broadcast by ``transform(machine, payload)``."""
+
+    def __init__(
+        self, kind: MessageKind, transform: Callable[[RobustMachine, bytes], bytes]
+    ) -> None:
+        self.kind = kind
+        self.transform = transform
+
+    def outgoing(self, machine: Any, kind: Any, data: bytes) -> list[Outgoing]:
+        """The rewritten, re-signed and adopted broadcast (other kinds pass unchanged)."""
+        if kind != self.kind:
+            return [Outgoing(data)]
+        forged = resign(machine, kind, self.transform(machine, payload_of(data)), BROADCAST)
+        adopt(machine, forged)
+        return [Outgoing(forged)]

@@ -267,11 +267,7 @@ class RobustMachine:
             raise ProtocolMisuseError(f"begin() called in phase {self.phase.name}; once per round")
         check_ring_vector(update, length=self._d, name="update")
         x = update.view(np.int64).copy()
-        bound = self.params.norm_bound
-        if x.size and (int(np.abs(x).max()) > bound or normproof.squared_norm(x) > bound**2):
-            raise normproof.NormBoundError(
-                f"the update's L2 norm on the grid exceeds the round's bound B={bound}"
-            )
+        self._check_input(x)
         self._x = x
         self._encryption_key = AgreementKey.generate(self._rng)
         self._nonces = [self._rng.random_bytes(SECRET_SIZE) for _ in range(3)]
@@ -286,6 +282,14 @@ class RobustMachine:
         self._enter(Phase.ADVERTISE, effects, advertise.encode())
         self._drive(effects)
         return effects
+
+    def _check_input(self, x: NDArray[np.int64]) -> None:
+        """§6.1 — refuse an input that could never be accepted (an adversary skips this)."""
+        bound = self.params.norm_bound
+        if x.size and (int(np.abs(x).max()) > bound or normproof.squared_norm(x) > bound**2):
+            raise normproof.NormBoundError(
+                f"the update's L2 norm on the grid exceeds the round's bound B={bound}"
+            )
 
     def receive(self, sender: int | None, data: bytes) -> list[Effect]:
         """Process one incoming message; ``sender`` is the transport's (untrusted) claim."""
@@ -585,14 +589,7 @@ class RobustMachine:
     ) -> tuple[tuple[tuple[int, bytes], ...], list[tuple[int, bytes]]]:
         """§6.1 — share ``secret``; return the commitments and the encrypted private sends."""
         points = self._holder_points
-        dealt = deal(
-            secret,
-            points=points,
-            seeded=self._seeded_points(),
-            degree=self._t,
-            randomness=self._rng,
-            info={x: self._share_info(stage, self.me, x - 1) for x in points},
-        )
+        dealt = self._share(stage, secret)
         dealing = _Dealing(
             secret=secret,
             dealt=dealt,
@@ -616,6 +613,25 @@ class RobustMachine:
             ad = self._info(label + b"-ad", self.me, holder)
             sends.append((holder, aead_encrypt(key, encoded, ad)))
         return tuple(commitments), sends
+
+    def _share(self, stage: int, secret: FieldVector) -> DealtShares:
+        """§6.1 — a fresh degree-t sharing of ``secret`` among the advertised holders.
+
+        (A harness adversary overrides this to deal inconsistent shares.)
+        """
+        return deal(
+            secret,
+            points=self._holder_points,
+            seeded=self._seeded_points(),
+            degree=self._t,
+            randomness=self._rng,
+            info={x: self._share_info(stage, self.me, x - 1) for x in self._holder_points},
+        )
+
+    def _prove(self) -> FieldVector:
+        """§6.3 — the validity proof of this peer's input (an adversary overrides it)."""
+        assert self._x is not None
+        return normproof.prove(self.shape, self._x, self._wrap(), self._rng)
 
     def _payload(self, stage: int, holder: int) -> SharePayload:
         """The plaintext this dealer sent (or would reveal for) ``holder`` in ``stage``."""
@@ -732,10 +748,9 @@ class RobustMachine:
         if self._live_or_abort(Phase.WRAP_CHALLENGE, effects) is None:
             return
         self._wrap_seed = self._challenge_seed(b"wrap", 0, Phase.DEAL_INPUT)
-        assert self._x is not None
         withdrawn = False
         try:
-            proof = normproof.prove(self.shape, self._x, self._wrap(), self._rng)
+            proof = self._prove()
         except normproof.WrapRangeError as exc:
             withdrawn, self._withdrawn_reason = True, str(exc)
         view = self._view(Phase.WRAP_CHALLENGE)
@@ -917,6 +932,7 @@ class RobustMachine:
         expected = self._expected_values(own.reference)
         answers = self._disputes.get(dealer)
         resolution = _Resolution()
+        proven_liars = 0
         for holder, entry in sorted(holders.items()):
             assert entry is not None
             if entry.status is ShareStatus.MISSING:
@@ -946,12 +962,15 @@ class RobustMachine:
                 self._exclude(
                     holder, f"published a wrong verifier share for dealer {dealer}", effects
                 )
+                proven_liars += 1
             else:
                 resolution.checked_by.add(holder)  # a complaint resolved by the public share
             if holder == self.me:
                 self._opened[_STAGE_INPUT][dealer] = first
                 self._opened[_STAGE_PROOF][dealer] = second
-        if len(resolution.checked_by) < 2 * self._t + 1:
+        # §6.7 pinning: at most t − (proven liars) of the agreeing holders are dishonest, so
+        # t + 1 honest ones agree with the reference iff agreeing + proven ≥ 2t + 1.
+        if len(resolution.checked_by) + proven_liars < 2 * self._t + 1:
             resolution.reason = (
                 f"only {len(resolution.checked_by)} holders confirmed its shares; 2t+1 needed"
             )
@@ -1067,7 +1086,9 @@ class RobustMachine:
                 continue
             self._output_shares[holder] = vector
         self._output_ciphertexts.clear()
-        shares = {h + 1: v for h, v in self._output_shares.items() if h not in self._excluded}
+        # Every decrypted share counts, an excluded peer's too: the check below (and §6.9)
+        # catches a wrong one, and the decision must not depend on whom this peer excluded.
+        shares = {h + 1: v for h, v in self._output_shares.items()}
         if len(shares) >= 2 * self._t + 1 and self._consistent(shares):
             self._finish_total(shares, effects)
             return
@@ -1222,6 +1243,7 @@ class RobustMachine:
             answers = self._output_disputes.get(dealer)
             result: dict[int, int] = {}
             reference_ok = True
+            proven_liars = 0
             for holder, value in sorted(claimed.items()):
                 if value == expected[holder]:
                     result[holder] = value
@@ -1240,9 +1262,11 @@ class RobustMachine:
                     reference_ok = False
                     break
                 self._exclude(holder, f"published a wrong output projection for {dealer}", effects)
-            if reference_ok:
+                proven_liars += 1
+            if not reference_ok:
+                self._exclude(dealer, "its output-check reference is wrong", effects)
+            elif len(result) + proven_liars >= 2 * self._t + 1:  # pinned, as in §6.7
                 return result
-            self._exclude(dealer, "its output-check reference is wrong", effects)
         # §6.10 fallback: ≥ 2t+1 holders must agree on one polynomial
         points = {h + 1: np.array([v], dtype=np.uint64) for h, v in claimed.items()}
         if len(points) < 2 * self._t + 1:
