@@ -103,7 +103,8 @@ def _action(phase: Phase, kind: MessageKind) -> Action:
         return Action.FINISHED
     if phase == Phase.IDLE or kind.phase > phase:
         return Action.BUFFER
-    if kind.phase == phase:
+    # A private share is still taken one phase later: it is opened when that phase closes.
+    if kind.phase == phase or (kind.private and phase == kind.phase + 1):
         return Action.PROCESS
     return Action.LATE
 
@@ -405,15 +406,17 @@ class RobustMachine:
         self._handled = set()
         effects.append(PhaseStarted(phase))
         kind = _BROADCAST_KIND[phase]
+        private = _PRIVATE_KIND.get(phase)
+        # Private shares go out before the broadcast that announces them: a broker keeps
+        # one publisher's order, so a holder has the share when the announcement arrives.
+        for recipient, body in sends:
+            assert private is not None
+            effects.append(Send(recipient, self._seal(private, body, recipient), phase))
         data = self._seal(kind, payload, BROADCAST)
         digest = parse_envelope(data, max_payload=self._max_payload).message_digest
         self._seen[(kind, self.me)] = digest
         self._live[phase] = {self.me: digest}
         effects.append(Broadcast(data, phase))
-        private = _PRIVATE_KIND.get(phase)
-        for recipient, body in sends:
-            assert private is not None
-            effects.append(Send(recipient, self._seal(private, body, recipient), phase))
         for buffered_kind in (kind, private):
             if buffered_kind is None:
                 continue
@@ -437,18 +440,9 @@ class RobustMachine:
         else:
             peers = set(self._live.get(self._previous, {}))
         peers.discard(self.me)
-        expected = {(kind, p) for p in peers}
-        if self.phase == Phase.DEAL_INPUT:
-            expected |= {(MessageKind.INPUT_SHARE, p) for p in peers}
-        elif self.phase == Phase.DEAL_PROOF:
-            dealers = {
-                p
-                for p in peers
-                if p in self._deal_input
-                and not (p in self._deal_proof and self._deal_proof[p].withdrawn)
-            }
-            expected |= {(MessageKind.PROOF_SHARE, p) for p in dealers}
-        return expected
+        # Private shares are not waited for: a lost one makes this holder an erasure for
+        # that dealer (§6.5) instead of holding the whole phase back to its deadline.
+        return {(kind, p) for p in peers}
 
     def _seal(self, kind: MessageKind, payload: bytes, recipient: int) -> bytes:
         return seal_envelope(
@@ -720,10 +714,6 @@ class RobustMachine:
     def _finish_deal_input(self, effects: list[Effect]) -> None:
         if self._live_or_abort(Phase.DEAL_INPUT, effects) is None:
             return
-        for dealer in sorted(self._deal_input):
-            if dealer != self.me:
-                self._opened[_STAGE_INPUT][dealer] = self._open(_STAGE_INPUT, dealer)
-        self._private[_STAGE_INPUT].clear()
         message = Challenge(view=self._view(Phase.DEAL_INPUT), nonce=self._nonces[0])
         self._revealed_nonces[0][self.me] = self._nonces[0]
         self._enter(Phase.WRAP_CHALLENGE, effects, message.encode())
@@ -747,6 +737,10 @@ class RobustMachine:
     def _finish_wrap_challenge(self, effects: list[Effect]) -> None:
         if self._live_or_abort(Phase.WRAP_CHALLENGE, effects) is None:
             return
+        for dealer in sorted(self._deal_input):
+            if dealer != self.me:
+                self._opened[_STAGE_INPUT][dealer] = self._open(_STAGE_INPUT, dealer)
+        self._private[_STAGE_INPUT].clear()
         self._wrap_seed = self._challenge_seed(b"wrap", 0, Phase.DEAL_INPUT)
         withdrawn = False
         try:
@@ -794,10 +788,6 @@ class RobustMachine:
     def _finish_deal_proof(self, effects: list[Effect]) -> None:
         if self._live_or_abort(Phase.DEAL_PROOF, effects) is None:
             return
-        for dealer in self._dealers():
-            if dealer != self.me:
-                self._opened[_STAGE_PROOF][dealer] = self._open(_STAGE_PROOF, dealer)
-        self._private[_STAGE_PROOF].clear()
         message = Challenge(view=self._view(Phase.DEAL_PROOF), nonce=self._nonces[1])
         self._revealed_nonces[1][self.me] = self._nonces[1]
         self._enter(Phase.QUERY_CHALLENGE, effects, message.encode())
@@ -812,6 +802,10 @@ class RobustMachine:
     def _finish_query_challenge(self, effects: list[Effect]) -> None:
         if self._live_or_abort(Phase.QUERY_CHALLENGE, effects) is None:
             return
+        for dealer in self._dealers():
+            if dealer != self.me:
+                self._opened[_STAGE_PROOF][dealer] = self._open(_STAGE_PROOF, dealer)
+        self._private[_STAGE_PROOF].clear()
         self._query, self._wrap_combined = self._query_setup()
         entries = []
         for dealer in self._dealers():
