@@ -61,7 +61,7 @@ def test_tampered_bytes_are_ignored_not_blamed() -> None:
         threshold=2,
         faults=[Fault(kind=FaultKind.TAMPER, sender=2, message=MessageKind.DEAL_PROOF)],
     )
-    for peer, result in outcome.results().items():
+    for result in outcome.results().values():
         assert 2 not in result.excluded
         assert 2 not in result.included
         assert result.total.view(np.int64).tolist() == plaintext_sum(outcome, result.included)
@@ -165,7 +165,7 @@ def test_api_misuse_raises() -> None:
     machine.begin(np.zeros(8, dtype=np.uint64))
     with pytest.raises(ProtocolMisuseError, match="once per round"):
         machine.begin(np.zeros(8, dtype=np.uint64))
-    roster, keys = make_roster(3)
+    _, keys = make_roster(3)
     params = machine.params
     with pytest.raises(ProtocolMisuseError, match="roster"):
         RobustMachine(params, me=3, signing_key=keys[0], randomness=DeterministicRandomSource(1))
