@@ -12,17 +12,27 @@ site may begin round r+1 before a slow one has finished round r — and older on
 dropped. The hold is bounded per roster site (the sender in the topic, which the broker's
 ACL enforces): at most ``_EARLY_ROUNDS`` future rounds of ``_EARLY_LIMIT_PER_PEER``
 messages each, so one site flooding future rounds cannot push out another site's messages;
-topics of sites outside the roster are never held.
+topics of sites outside the roster are never held. Private messages (six-level topics
+addressed to this site) are routed exactly like broadcasts, with the topic's sender
+segment as the claimed sender; a private message addressed to another site is ignored.
 
-Backpressure: each round accepts at most ``_ROUND_LIMIT_PER_PEER`` messages and
-``_byte_budget(vector_length)`` bytes (two masked inputs and 1 MiB) per sending site (all
-topics outside the roster share one allowance); the excess is dropped and counted in
-``ignored`` as ``over the per-site limit``. A site flooding its own topic therefore holds a
-bounded amount of memory and queues at most that many messages ahead of the others'.
+Backpressure: each round accepts at most :attr:`RoundPlan.message_budget` messages and
+:attr:`RoundPlan.byte_budget` bytes per sending site, broadcasts and private messages
+together (all topics outside the roster share one allowance); the protocol sets both when
+the round is planned (``secagg``: ``_ROUND_LIMIT_PER_PEER`` messages and
+``_byte_budget(vector_length)`` bytes, two masked inputs and 1 MiB); the excess is dropped
+and counted in ``ignored`` as ``over the per-site limit``. A site flooding its own topics
+therefore holds a bounded amount of memory and queues at most that many messages ahead of
+the others'.
 
 Text another party chose (protocol reasons quoting a payload) goes into log lines and
 ``ignored`` keys only through :func:`~peers.transport.printable`, and ``ignored`` keeps at
 most ``_IGNORED_REASONS`` distinct reasons (the rest are counted as ``other``).
+
+Protocols: :meth:`PeerNode._plan_round` is the one place that knows which protocol runs;
+it builds the round's machine and budgets as a :class:`RoundPlan`. The machine may return
+``Broadcast`` effects (published on the site's broadcast topic) and ``Send`` effects
+(published on the recipient's private topic, which the broker lets only the recipient read).
 
 Presence: only a site's ``online`` published while we were subscribed counts in
 :meth:`PeerNode.wait_for_peers` (a retained one may come from a dead process; live peers
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import sys
@@ -42,7 +53,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Protocol, Self
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -51,6 +62,7 @@ from mpc_agg.crypto import SigningKey
 from mpc_agg.errors import EncodingError, MpcAggError, ProtocolMisuseError
 from mpc_agg.fixedpoint import FixedPointCodec
 from mpc_agg.randomness import RandomSource, SystemRandomSource
+from mpc_agg.ring import RingVector
 from peers.audit import AuditLog
 from peers.config import ConfigError, SiteConfig
 from peers.mqtt import MqttTransport
@@ -60,6 +72,7 @@ from peers.transport import (
     Transport,
     TransportError,
     federation_filter,
+    inbox_filter,
     message_topic,
     parse_topic,
     presence_topic,
@@ -75,9 +88,9 @@ from protocols.common import (
     PhaseStarted,
     Roster,
     RoundAborted,
+    Send,
 )
 from protocols.secagg.machine import PROTOCOL, SecAggMachine, SecAggParams, default_threshold
-from protocols.secagg.messages import Phase
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +106,8 @@ OVER_LIMIT = "over the per-site limit"
 _IGNORED_REASONS = 16
 #: Protocols PeerNode can run (``robust`` is configurable but not wired in yet).
 RUNTIME_PROTOCOLS = ("secagg",)
+#: Phase names (every protocol's ``Phase`` enum has them) that arm no deadline.
+_UNTIMED_PHASES = frozenset({"IDLE", "DONE", "ABORTED"})
 
 
 def _byte_budget(vector_length: int) -> int:
@@ -142,14 +157,54 @@ class AggregateResult:
         return self.total / self.count
 
 
+class RoundMachine(Protocol):
+    """What PeerNode drives: one round's sans-I/O protocol machine (``secagg``, ``robust``).
+
+    ``phase`` in :meth:`deadline` is the machine's own ``Phase`` member, exactly as its
+    ``PhaseStarted`` effect reported it.
+    """
+
+    def begin(self, update: RingVector) -> list[Effect]:
+        """Start the round with this site's encoded update."""
+        ...
+
+    def receive(self, sender: int | None, data: bytes) -> list[Effect]:
+        """One incoming message; ``sender`` is the topic's (untrusted) claim."""
+        ...
+
+    def deadline(self, phase: Any) -> list[Effect]:
+        """The deadline of ``phase`` passed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundPlan:
+    """How one round runs: the protocol's machine and its per-sender budgets.
+
+    Built by :meth:`PeerNode._plan_round`, the one place that depends on the protocol.
+    ``byte_budget`` and ``message_budget`` bound what this site accepts from one sending
+    site in the round, broadcasts and private messages together (``robust`` would pass
+    ``RobustParams.max_bytes_per_sender``).
+    """
+
+    protocol: str
+    """Protocol and version, e.g. ``secagg/1`` (result and audit log)."""
+    machine: RoundMachine
+    threshold: int
+    vector_length: int
+    byte_budget: int
+    message_budget: int = _ROUND_LIMIT_PER_PEER
+
+
 @dataclass(slots=True)
 class _Round:
     round_id: int
-    machine: SecAggMachine
+    machine: RoundMachine
     byte_limit: int
+    message_limit: int = _ROUND_LIMIT_PER_PEER
     inbox: asyncio.Queue[tuple[int | None, bytes]] = field(default_factory=asyncio.Queue)
     deadline_at: float | None = None
-    deadline_phase: Phase | None = None
+    deadline_phase: enum.IntEnum | None = None
     ignored: Counter[str] = field(default_factory=Counter)
     # accepted messages and bytes per claimed sender (None: topics outside the roster)
     received: Counter[int | None] = field(default_factory=Counter)
@@ -180,7 +235,7 @@ class PeerNode:
         me: int,
         signing_key: SigningKey,
         transport: Transport,
-        deadlines: Callable[[Phase], float] | Mapping[Phase, float],
+        deadlines: Callable[[enum.IntEnum], float] | Mapping[enum.IntEnum, float],
         threshold: int | None = None,
         frac_bits: int = 20,
         max_abs_value: float = 1.0,
@@ -189,7 +244,14 @@ class PeerNode:
         audit: AuditLog | None = None,
         join_timeout: float = 0.0,
         last_round: int = 0,
+        protocol: str = "secagg",
     ) -> None:
+        if protocol not in RUNTIME_PROTOCOLS:
+            raise ProtocolMisuseError(
+                f"protocol {protocol!r} is not available in PeerNode yet "
+                f"(available: {', '.join(RUNTIME_PROTOCOLS)})"
+            )
+        self.protocol = protocol
         self.federation = federation
         self.roster = roster
         self.me = me
@@ -267,6 +329,7 @@ class PeerNode:
             audit=audit,
             last_round=audit.last_round(federation.id),
             join_timeout=federation.deadlines.advertise_keys,
+            protocol=federation.protocol,
         )
 
     async def wait_for_peers(self, timeout: float) -> set[str]:
@@ -292,7 +355,10 @@ class PeerNode:
     async def __aenter__(self) -> Self:
         await self._transport.__aenter__()
         try:
-            await self._transport.subscribe(federation_filter(self.federation))
+            # One call: presence is announced once both are in place.
+            await self._transport.subscribe(
+                federation_filter(self.federation), inbox_filter(self.federation, self.name)
+            )
             self._reader = asyncio.get_running_loop().create_task(self._read())
         except BaseException:  # do not leak the connection
             await self._transport.__aexit__(*sys.exc_info())
@@ -331,6 +397,8 @@ class PeerNode:
                     if parsed.site in self._site_names:  # bounded: roster sites only
                         self._on_presence(parsed.site, delivery)
                     continue
+                if parsed.recipient is not None and parsed.recipient != self.name:
+                    continue  # another site's private message: never ours to read
                 try:
                     claimed: int | None = self.roster.index_of(parsed.site)
                 except KeyError:
@@ -384,13 +452,15 @@ class PeerNode:
 
     @property
     def _early_byte_limit(self) -> int:
-        return _byte_budget(self.max_vector_length)  # the round's length is not known yet
+        # The round's length and plan are not known yet: at most what secagg accepts for
+        # the longest update (a round's first messages are far below it in any protocol).
+        return _byte_budget(self.max_vector_length)
 
     def _admit(self, state: _Round, claimed: int | None, data: bytes) -> None:
         """Queue ``data`` for the round unless its sender is over its per-round limit."""
         count = state.received[claimed] + 1
         size = state.received_bytes[claimed] + len(data)
-        if count <= _ROUND_LIMIT_PER_PEER and size <= state.byte_limit:
+        if count <= state.message_limit and size <= state.byte_limit:
             state.received[claimed] = count
             state.received_bytes[claimed] = size
             state.inbox.put_nowait((claimed, data))
@@ -402,7 +472,7 @@ class PeerNode:
                 "round %d: %s sent more than %d messages or %d bytes; dropping the excess",
                 state.round_id,
                 "sites outside the roster" if claimed is None else self.roster.name(claimed),
-                _ROUND_LIMIT_PER_PEER,
+                state.message_limit,
                 state.byte_limit,
             )
 
@@ -455,17 +525,13 @@ class PeerNode:
         if self.join_timeout > 0 and not self._joined:
             self._joined = True
             await self.wait_for_peers(self.join_timeout)
-        params = SecAggParams(
-            federation=self.federation,
-            round_id=round_id,
-            roster=self.roster,
-            threshold=self.threshold,
-            vector_length=encoded.ring.shape[0],
+        plan = self._plan_round(round_id, encoded.ring.shape[0])
+        state = _Round(
+            round_id,
+            plan.machine,
+            byte_limit=plan.byte_budget,
+            message_limit=plan.message_budget,
         )
-        machine = SecAggMachine(
-            params, me=self.me, signing_key=self._signing_key, randomness=self._rng
-        )
-        state = _Round(round_id, machine, byte_limit=_byte_budget(params.vector_length))
         self._current = state
         self._last_round = round_id
         self._take_early(state)
@@ -476,11 +542,11 @@ class PeerNode:
         try:
             ready, ignored, timings = await self._run(state, encoded.ring)
         except RoundAbortedError as exc:
-            self._record(round_id, params, {"outcome": "aborted", "reason": exc.reason})
+            self._record(round_id, plan, {"outcome": "aborted", "reason": exc.reason})
             raise
         except Exception as exc:  # transport lost, reader died: the round still leaves a line
             reason = f"{type(exc).__name__}: {exc}"
-            self._record(round_id, params, {"outcome": "failed", "reason": reason})
+            self._record(round_id, plan, {"outcome": "failed", "reason": reason})
             raise
         finally:
             self._current = None
@@ -488,7 +554,7 @@ class PeerNode:
         names = self.roster.name
         self._record(
             round_id,
-            params,
+            plan,
             {
                 "outcome": "aggregate",
                 "participants": [names(p) for p in ready.included],
@@ -504,7 +570,7 @@ class PeerNode:
             included=tuple(names(p) for p in ready.included),
             dropped={names(p): r for p, r in ready.dropped.items()},
             excluded={names(p): r for p, r in ready.excluded.items()},
-            protocol=PROTOCOL,
+            protocol=plan.protocol,
             round_id=round_id,
             result_digest=ready.result_digest.hex(),
             confirmed_by=tuple(names(p) for p in ready.confirmed_by),
@@ -514,21 +580,48 @@ class PeerNode:
             ignored=dict(ignored),
         )
 
-    def _record(self, round_id: int, params: SecAggParams, outcome: Mapping[str, object]) -> None:
+    def _plan_round(self, round_id: int, vector_length: int) -> RoundPlan:
+        """The machine and per-sender budgets of round ``round_id`` for ``self.protocol``.
+
+        The one protocol-dependent step of a round: a new protocol adds a branch here that
+        builds its machine and passes its own budgets (``robust``:
+        ``byte_budget=RobustParams.max_bytes_per_sender``).
+        """
+        if self.protocol != "secagg":  # __init__ admits RUNTIME_PROTOCOLS only
+            raise ProtocolMisuseError(f"protocol {self.protocol!r} has no round plan")
+        params = SecAggParams(
+            federation=self.federation,
+            round_id=round_id,
+            roster=self.roster,
+            threshold=self.threshold,
+            vector_length=vector_length,
+        )
+        machine = SecAggMachine(
+            params, me=self.me, signing_key=self._signing_key, randomness=self._rng
+        )
+        return RoundPlan(
+            protocol=PROTOCOL,
+            machine=machine,
+            threshold=params.threshold,
+            vector_length=params.vector_length,
+            byte_budget=_byte_budget(params.vector_length),
+        )
+
+    def _record(self, round_id: int, plan: RoundPlan, outcome: Mapping[str, object]) -> None:
         """Append the round to the audit log (DESIGN §9): parameters, roster, outcome."""
         if self.audit is None:
             return
         self.audit.append(
             {
-                "protocol": PROTOCOL,
+                "protocol": plan.protocol,
                 "federation": self.federation,
                 "round": round_id,
                 "site": self.name,
                 "roster_digest": self.roster.digest.hex(),
                 "parameters": {
                     "n": len(self.roster),
-                    "threshold": params.threshold,
-                    "vector_length": params.vector_length,
+                    "threshold": plan.threshold,
+                    "vector_length": plan.vector_length,
                     "frac_bits": self.codec.frac_bits,
                     "max_abs_value": self.codec.max_abs_value,
                 },
@@ -545,7 +638,7 @@ class PeerNode:
         loop = asyncio.get_running_loop()
         ignored = state.ignored
         timings: dict[str, float] = {}
-        started: dict[str, float | str] = {"at": time.perf_counter(), "phase": Phase.IDLE.name}
+        started: dict[str, float | str] = {"at": time.perf_counter(), "phase": "IDLE"}
         pending = state.machine.begin(ring)
         while True:
             for effect in pending:
@@ -568,6 +661,18 @@ class PeerNode:
                 raise self._reader_error
             pending = state.machine.receive(claimed, data)
 
+    def _private_topic(self, state: _Round, effect: Send) -> str:
+        """Topic of a ``Send``: ``…/{round}/{me}/{recipient}``, readable by the recipient only."""
+        recipient = effect.recipient
+        if not 0 <= recipient < len(self.roster) or recipient == self.me:
+            raise ProtocolMisuseError(
+                f"round {state.round_id}: the machine sent a private message to peer "
+                f"{recipient}; recipients are the other roster sites"
+            )
+        return message_topic(
+            self.federation, state.round_id, self.name, recipient=self.roster.name(recipient)
+        )
+
     async def _perform(
         self,
         state: _Round,
@@ -580,13 +685,15 @@ class PeerNode:
         if isinstance(effect, Broadcast):
             topic = message_topic(self.federation, state.round_id, self.name)
             await self._transport.publish(topic, effect.data)
+        elif isinstance(effect, Send):
+            await self._transport.publish(self._private_topic(state, effect), effect.data)
         elif isinstance(effect, PhaseStarted):
             now = time.perf_counter()
             previous = str(started["phase"])
             timings[previous] = now - float(started["at"])
             started.update(at=now, phase=effect.phase.name)
-            phase = Phase(effect.phase.value)
-            if phase in (Phase.DONE, Phase.ABORTED, Phase.IDLE):
+            phase = effect.phase
+            if phase.name in _UNTIMED_PHASES:
                 state.deadline_at = None
             else:
                 state.deadline_at = loop.time() + self._deadline(phase)

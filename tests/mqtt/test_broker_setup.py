@@ -19,13 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
+import numpy as np
 import pytest
 
 from peers import init as init_module
 from peers.config import load_federation, load_site
 from peers.demo import free_port
 from peers.init import broker_command, init_federation
+from peers.node import AggregateResult
 from peers.transport import federation_filter, inbox_filter, message_topic, presence_topic
+from tests.runtime.relay import PRIVATE, RelayNode
+from tests.runtime.relay import PROTOCOL as RELAY_PROTOCOL
 
 HOST = "127.0.0.1"
 #: How long a subscriber waits to be sure a denied message was not delivered.
@@ -296,6 +300,28 @@ async def test_a_site_cannot_send_a_private_message_as_another_site(broker: Brok
         await site1.publish(own, b"from site-1", qos=1)
         received = await _payloads_until(site2, b"from site-1")
     assert received == [b"from site-1"]
+
+
+@pytest.mark.asyncio
+async def test_peer_nodes_send_private_messages_through_the_generated_broker(
+    broker: Broker,
+) -> None:
+    """PeerNode + MqttTransport with TLS, passwords and the ACL: Send reaches its recipient."""
+    sites = [load_site(broker.directory / "sites" / f"site-{k}.toml") for k in range(3)]
+    updates = [np.full(200_000, (k + 1) / 8) for k in range(3)]  # 1.6 MB: two 1 MiB frames
+
+    async def run(k: int) -> tuple[AggregateResult, list[tuple[int | None, bytes]]]:
+        async with RelayNode.from_config(sites[k]) as node:
+            assert isinstance(node, RelayNode)
+            node._deadline = lambda _phase: 30.0  # the relay has no [deadlines] keys
+            result = await node.aggregate(updates[k])
+            return result, node.machines[0].received
+
+    outcomes = await asyncio.wait_for(asyncio.gather(*(run(k) for k in range(3))), 60)
+    for k, (result, received) in enumerate(outcomes):
+        assert result.protocol == RELAY_PROTOCOL
+        assert np.array_equal(result.total, updates[(k - 1) % 3])
+        assert [s for s, kind in received if kind == PRIVATE] == [(k - 1) % 3]
 
 
 @pytest.mark.asyncio

@@ -12,10 +12,21 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import numpy as np
 import pytest
 
 from peers.mqtt import MqttTransport
-from peers.transport import Delivery, federation_filter, inbox_filter, message_topic
+from peers.node import AggregateResult
+from peers.transport import (
+    Delivery,
+    Transport,
+    federation_filter,
+    inbox_filter,
+    message_topic,
+    presence_topic,
+)
+from tests.runtime.nodes import on_grid, run_round, running_nodes
+from tests.runtime.relay import PRIVATE, RelayNode
 
 HOST, PORT = "127.0.0.1", 1883
 CHUNK = 64 * 1024
@@ -94,3 +105,33 @@ async def test_private_messages_interleaved_with_broadcasts_of_the_sender_reasse
         received = await asyncio.wait_for(reader, 10)
     assert {d.topic: d.payload for d in received[:-1]} == messages
     assert len(received) == 4
+
+
+@pytest.mark.asyncio
+async def test_peer_nodes_relay_private_messages_over_mosquitto() -> None:
+    """Each site's Send reaches the next site only (chunked: 400 kB in 64 KiB frames)."""
+    federation = _federation()
+    tag = os.urandom(3).hex()
+
+    def transport(i: int) -> Transport:
+        return MqttTransport(
+            host=HOST,
+            port=PORT,
+            client_id=f"{federation}-site-{i}-{tag}",
+            presence_topic=presence_topic(federation, f"site-{i}"),
+            chunk_size=CHUNK,
+        )
+
+    rng = np.random.default_rng(3)
+    updates = [on_grid(rng, (50_000,)) for _ in range(3)]
+    async with running_nodes(
+        3, transport, federation=federation, deadline=10.0, node_class=RelayNode
+    ) as nodes:
+        results = await run_round(nodes, updates)
+        received = [node.machines[0].received for node in nodes if isinstance(node, RelayNode)]
+    for k, result in enumerate(results):
+        assert isinstance(result, AggregateResult), result
+        assert np.array_equal(result.total, updates[(k - 1) % 3])
+        assert [s for s, kind in received[k] if kind == PRIVATE] == [(k - 1) % 3]
+        assert result.bytes_out > 8 * 50_000  # the private message's frames
+        assert result.bytes_in > 8 * 50_000

@@ -32,13 +32,14 @@ async def running_nodes(
     deadline: float = 5.0,
     federation: str = "fed-test",
     roster: Roster | None = None,
+    node_class: type[PeerNode] = PeerNode,
 ) -> AsyncIterator[list[PeerNode]]:
-    """Enter ``n`` nodes (site-0 … site-{n-1}) and yield them."""
+    """Enter ``n`` nodes (site-0 … site-{n-1}) of ``node_class`` and yield them."""
     default_roster, keys = make_roster(n)
     async with AsyncExitStack() as stack:
         nodes = [
             await stack.enter_async_context(
-                PeerNode(
+                node_class(
                     federation=federation,
                     roster=roster or default_roster,
                     me=i,
