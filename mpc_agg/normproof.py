@@ -63,9 +63,9 @@ WRAP_CHUNK = 1 << 14
 IntVector = NDArray[np.int64]
 
 
-def _ternary_table() -> NDArray[np.float64]:
-    """Byte ↦ its four entries z = b0·(1 − 2·b1), low bit pairs first."""
-    table = np.zeros((256, 4), dtype=np.float64)
+def _ternary_table() -> NDArray[np.float32]:
+    """Byte ↦ its four entries z = b0·(1 − 2·b1), low bit pairs first (float32: exact)."""
+    table = np.zeros((256, 4), dtype=np.float32)
     for byte in range(256):
         for k in range(4):
             pair = (byte >> (2 * k)) & 3
@@ -235,7 +235,7 @@ class WrapChallenge:
     repetitions: int
     vector_length: int
 
-    def chunks(self) -> Iterator[tuple[int, NDArray[np.float64]]]:
+    def chunks(self) -> Iterator[tuple[int, NDArray[np.float32]]]:
         """(start, Z) with Z the R × c block of projections for coordinates start..start+c."""
         for index, start in enumerate(range(0, self.vector_length, WRAP_CHUNK)):
             width = min(WRAP_CHUNK, self.vector_length - start)
@@ -246,26 +246,43 @@ class WrapChallenge:
             yield start, block.reshape(self.repetitions, width)
 
     def projections(self, x: IntVector) -> list[int]:
-        """⟨z_s, x⟩ for every s, exact (|x_k| ≤ 2^20 keeps every chunk sum below 2^53)."""
-        totals = np.zeros(self.repetitions, dtype=np.int64)
+        """⟨z_s, x⟩ for every s, exact.
+
+        Float32 products: |x| < 2^31 is cut into 8-bit limbs (sign kept in the value), so a
+        chunk sum stays below 2^(8 + 14) < 2^24, the float32 mantissa.
+        """
+        totals = [0] * self.repetitions
+        magnitude = np.abs(x)
+        sign = np.sign(x).astype(np.float32)
+        limbs = np.stack(
+            [sign * ((magnitude >> (8 * k)) & 0xFF).astype(np.float32) for k in range(4)], axis=1
+        )
         for start, block in self.chunks():
-            part = block @ x[start : start + block.shape[1]].astype(np.float64)
-            totals += np.rint(part).astype(np.int64)
-        return [int(v) for v in totals]
+            part = np.rint(block @ limbs[start : start + block.shape[1]]).astype(np.int64)
+            for k in range(4):
+                for s, value in enumerate(part[:, k].tolist()):
+                    totals[s] += value << (8 * k)
+        return totals
 
     def combined(self, weights: NDArray[np.uint64]) -> NDArray[np.uint64]:
-        """Σ_s η_s·z_s mod p (one d-vector: every holder's query needs only its inner product)."""
-        limbs = [
-            ((weights >> np.uint64(21 * k)) & np.uint64((1 << 21) - 1)).astype(np.float64)
-            for k in range(3)
-        ]
-        stacked = np.vstack(limbs)
+        """Σ_s η_s·z_s mod p (one d-vector: every holder's query needs only its inner product).
+
+        Float32 products with 16-bit limbs of η: a sum of R ≤ 128 terms stays below 2^23.
+        """
+        if self.repetitions > 128:
+            raise ValueError("combined() supports at most 128 repetitions")
+        limbs = np.vstack(
+            [
+                ((weights >> np.uint64(16 * k)) & np.uint64(0xFFFF)).astype(np.float32)
+                for k in range(4)
+            ]
+        )
         out = np.empty(self.vector_length, dtype=np.uint64)
         for start, block in self.chunks():
-            parts = np.rint(stacked @ block).astype(np.int64)  # |entry| ≤ R·2^21 < 2^53
+            parts = np.rint(limbs @ block).astype(np.int64)
             value = gf.reduce_signed(parts[0])
-            value = gf.add(value, gf.shift(gf.reduce_signed(parts[1]), 21))
-            value = gf.add(value, gf.shift(gf.reduce_signed(parts[2]), 42))
+            for k in range(1, 4):
+                value = gf.add(value, gf.shift(gf.reduce_signed(parts[k]), 16 * k))
             out[start : start + block.shape[1]] = value
         return out
 
