@@ -61,6 +61,7 @@ from numpy.typing import ArrayLike, NDArray
 from mpc_agg.crypto import SigningKey
 from mpc_agg.errors import EncodingError, MpcAggError, ProtocolMisuseError
 from mpc_agg.fixedpoint import FixedPointCodec
+from mpc_agg.normproof import max_norm_bound
 from mpc_agg.randomness import RandomSource, SystemRandomSource
 from mpc_agg.ring import RingVector
 from peers.audit import AuditLog
@@ -90,6 +91,10 @@ from protocols.common import (
     RoundAborted,
     Send,
 )
+from protocols.robust.machine import RobustMachine
+from protocols.robust.params import PROTOCOL as ROBUST_PROTOCOL
+from protocols.robust.params import RobustParams, grid_norm_bound
+from protocols.robust.params import default_threshold as robust_threshold
 from protocols.secagg.machine import PROTOCOL, SecAggMachine, SecAggParams, default_threshold
 
 log = logging.getLogger(__name__)
@@ -105,7 +110,9 @@ OVER_LIMIT = "over the per-site limit"
 #: Distinct reasons kept in ``ignored``; the rest are counted under ``other``.
 _IGNORED_REASONS = 16
 #: Protocols PeerNode can run (``robust`` is configurable but not wired in yet).
-RUNTIME_PROTOCOLS = ("secagg",)
+RUNTIME_PROTOCOLS = ("secagg", "robust")
+#: Messages accepted per site and round in ``robust`` (14 kinds, QoS 1 duplicates).
+_ROBUST_MESSAGES_PER_PEER = 48
 #: Phase names (every protocol's ``Phase`` enum has them) that arm no deadline.
 _UNTIMED_PHASES = frozenset({"IDLE", "DONE", "ABORTED"})
 
@@ -194,6 +201,10 @@ class RoundPlan:
     vector_length: int
     byte_budget: int
     message_budget: int = _ROUND_LIMIT_PER_PEER
+    codec: FixedPointCodec
+    """The round's fixed-point encoding (``robust`` may lower ``frac_bits`` to fit B)."""
+    parameters: Mapping[str, object] = field(default_factory=dict)
+    """Protocol parameters beyond n, t and d, for the audit log."""
 
 
 @dataclass(slots=True)
@@ -245,13 +256,17 @@ class PeerNode:
         join_timeout: float = 0.0,
         last_round: int = 0,
         protocol: str = "secagg",
+        max_norm: float | None = None,
     ) -> None:
         if protocol not in RUNTIME_PROTOCOLS:
             raise ProtocolMisuseError(
                 f"protocol {protocol!r} is not available in PeerNode yet "
                 f"(available: {', '.join(RUNTIME_PROTOCOLS)})"
             )
+        if (protocol == "robust") != (max_norm is not None):
+            raise ProtocolMisuseError("max_norm is required with robust and only with robust")
         self.protocol = protocol
+        self.max_norm = max_norm
         self.federation = federation
         self.roster = roster
         self.me = me
@@ -259,7 +274,10 @@ class PeerNode:
         self._signing_key = signing_key
         self._transport = transport
         self._deadline = deadlines if callable(deadlines) else deadlines.__getitem__
-        self.threshold = threshold if threshold is not None else default_threshold(len(roster))
+        if threshold is None:
+            chooser = robust_threshold if protocol == "robust" else default_threshold
+            threshold = chooser(len(roster))
+        self.threshold = threshold
         self.codec = FixedPointCodec(
             frac_bits=frac_bits, n_peers=len(roster), max_abs_value=max_abs_value
         )
@@ -297,6 +315,10 @@ class PeerNode:
                 f"{federation.protocol!r} is not available in the runtime yet "
                 f"(available: {', '.join(RUNTIME_PROTOCOLS)})",
             )
+        robust = federation.protocol == "robust"
+        # The largest message: a masked input (secagg); a dispute revealing up to n share
+        # vectors (robust, only when a peer deviates).
+        largest = (federation.n + 2) if robust else 1
         # Round ids are never reused (SPEC §2.1): continue after the last one this site
         # recorded, across process restarts too.
         audit = AuditLog(site.audit_log, signing_key=site.signing_key)
@@ -310,7 +332,7 @@ class PeerNode:
                 ca_file=broker.ca_file if broker.tls else None,
                 presence_topic=presence_topic(federation.id, site.name),
                 chunk_size=federation.limits.chunk_size,
-                max_message_bytes=8 * federation.limits.max_vector_length + (1 << 22),
+                max_message_bytes=largest * 8 * federation.limits.max_vector_length + (1 << 22),
                 # every other site's masked input may be in flight at once (4 per site)
                 max_pending_total=max(64, 4 * federation.n),
                 mqtt_version=broker.mqtt_version,
@@ -328,8 +350,11 @@ class PeerNode:
             max_vector_length=federation.limits.max_vector_length,
             audit=audit,
             last_round=audit.last_round(federation.id),
-            join_timeout=federation.deadlines.advertise_keys,
+            join_timeout=(
+                federation.deadlines.advertise if robust else federation.deadlines.advertise_keys
+            ),
             protocol=federation.protocol,
+            max_norm=federation.max_norm,
         )
 
     async def wait_for_peers(self, timeout: float) -> set[str]:
@@ -521,11 +546,12 @@ class PeerNode:
             raise EncodingError(
                 f"update has {array.size} entries; allowed 1..{self.max_vector_length}"
             )
-        encoded = self.codec.encode(array, np.random.default_rng(), clip_norm=None)
+        codec = self._round_codec(array)
+        encoded = codec.encode(array, np.random.default_rng(), clip_norm=None)
         if self.join_timeout > 0 and not self._joined:
             self._joined = True
             await self.wait_for_peers(self.join_timeout)
-        plan = self._plan_round(round_id, encoded.ring.shape[0])
+        plan = self._plan_round(round_id, encoded.ring.shape[0], codec)
         state = _Round(
             round_id,
             plan.machine,
@@ -550,7 +576,7 @@ class PeerNode:
             raise
         finally:
             self._current = None
-        total = self.codec.decode(ready.total).reshape(array.shape)
+        total = plan.codec.decode(ready.total).reshape(array.shape)
         names = self.roster.name
         self._record(
             round_id,
@@ -580,15 +606,69 @@ class PeerNode:
             ignored=dict(ignored),
         )
 
-    def _plan_round(self, round_id: int, vector_length: int) -> RoundPlan:
+    def _round_codec(self, array: NDArray[Any]) -> FixedPointCodec:
+        """The encoding of this round's update (``robust``: checks and fits the norm bound).
+
+        ``robust`` (SPEC §2.3) needs the update's L2 norm ≤ ``max_norm`` — nothing is
+        clipped silently: a larger update raises :class:`EncodingError` — and lowers
+        ``frac_bits`` to the largest value for which the grid bound B is checkable at this
+        vector length.
+        """
+        if self.protocol != "robust":
+            return self.codec
+        assert self.max_norm is not None
+        values = np.asarray(array, dtype=np.float64).reshape(-1)
+        if not np.isfinite(values).all():
+            raise EncodingError("update contains NaN or infinite values")
+        norm = float(np.linalg.norm(values))
+        if norm > self.max_norm:
+            raise EncodingError(
+                f"update L2 norm {norm:.6g} exceeds the federation's max_norm "
+                f"{self.max_norm:.6g}; clip it first (e.g. SecureAggOptimizer max_grad_norm)"
+            )
+        d = values.shape[0]
+        largest = max_norm_bound(d)
+        frac_bits = self.codec.frac_bits
+        while frac_bits > 0 and grid_norm_bound(self.max_norm, frac_bits, d) > largest:
+            frac_bits -= 1
+        if grid_norm_bound(self.max_norm, frac_bits, d) > largest:
+            raise EncodingError(
+                f"max_norm {self.max_norm:.6g} is too large to check for d={d} "
+                f"(the grid bound B must stay ≤ {largest}); scale the update down"
+            )
+        return FixedPointCodec(
+            frac_bits=frac_bits, n_peers=len(self.roster), max_abs_value=self.max_norm
+        )
+
+    def _plan_round(self, round_id: int, vector_length: int, codec: FixedPointCodec) -> RoundPlan:
         """The machine and per-sender budgets of round ``round_id`` for ``self.protocol``.
 
-        The one protocol-dependent step of a round: a new protocol adds a branch here that
-        builds its machine and passes its own budgets (``robust``:
-        ``byte_budget=RobustParams.max_bytes_per_sender``).
+        The one protocol-dependent step of a round: each protocol builds its machine and
+        passes its own budgets.
         """
-        if self.protocol != "secagg":  # __init__ admits RUNTIME_PROTOCOLS only
-            raise ProtocolMisuseError(f"protocol {self.protocol!r} has no round plan")
+        if self.protocol == "robust":
+            assert self.max_norm is not None
+            bound = grid_norm_bound(self.max_norm, codec.frac_bits, vector_length)
+            robust = RobustParams(
+                federation=self.federation,
+                round_id=round_id,
+                roster=self.roster,
+                threshold=self.threshold,
+                vector_length=vector_length,
+                norm_bound=bound,
+            )
+            return RoundPlan(
+                protocol=ROBUST_PROTOCOL,
+                machine=RobustMachine(
+                    robust, me=self.me, signing_key=self._signing_key, randomness=self._rng
+                ),
+                threshold=robust.threshold,
+                vector_length=vector_length,
+                byte_budget=robust.max_bytes_per_sender,
+                message_budget=_ROBUST_MESSAGES_PER_PEER,
+                codec=codec,
+                parameters={"max_norm": self.max_norm, "norm_bound": bound},
+            )
         params = SecAggParams(
             federation=self.federation,
             round_id=round_id,
@@ -605,6 +685,7 @@ class PeerNode:
             threshold=params.threshold,
             vector_length=params.vector_length,
             byte_budget=_byte_budget(params.vector_length),
+            codec=codec,
         )
 
     def _record(self, round_id: int, plan: RoundPlan, outcome: Mapping[str, object]) -> None:
@@ -622,8 +703,9 @@ class PeerNode:
                     "n": len(self.roster),
                     "threshold": plan.threshold,
                     "vector_length": plan.vector_length,
-                    "frac_bits": self.codec.frac_bits,
-                    "max_abs_value": self.codec.max_abs_value,
+                    "frac_bits": plan.codec.frac_bits,
+                    "max_abs_value": plan.codec.max_abs_value,
+                    **plan.parameters,
                 },
                 **outcome,
             }

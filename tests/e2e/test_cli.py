@@ -126,22 +126,3 @@ def test_init_bad_arguments_exit_2_with_one_line(
     assert done.returncode == 2
     assert done.stderr.splitlines() == [message]
     assert not (tmp_path / "fed").exists()
-
-
-def test_aggregate_refuses_a_robust_federation_until_the_runtime_runs_it(tmp_path: Path) -> None:
-    """The configuration accepts robust; the runtime must not run secagg in its place."""
-    fed = tmp_path / "fed"
-    created = _run("init", str(fed), "--sites", "3", "--protocol", "robust", "--max-norm", "1")
-    assert created.returncode == 0, created.stderr
-    np.save(tmp_path / "x.npy", np.zeros(4))
-    done = _run(
-        "aggregate", "--config", str(fed / "sites" / "site-0.toml"),
-        "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "sum.npy"),
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert done.stderr.splitlines() == [
-        f"mpc-agg: {fed / 'federation.toml'}: federation.protocol: 'robust' is not available "
-        "in the runtime yet (available: secagg)"
-    ]
-    assert not (tmp_path / "sum.npy").exists()
-    assert not (fed / "sites" / "site-0.audit.jsonl").exists()

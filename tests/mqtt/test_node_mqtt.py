@@ -44,3 +44,48 @@ async def test_four_sites_over_mosquitto_agree_on_the_exact_sum() -> None:
         assert result.bytes_out > 50_000 * 8
     assert [r.round_id for r in second if isinstance(r, AggregateResult)] == [2] * 4
     assert presence.get("site-1") == b"online"
+
+
+@pytest.mark.asyncio
+async def test_robust_over_mosquitto_excludes_a_poisoned_update() -> None:
+    from contextlib import AsyncExitStack  # noqa: PLC0415 - local to this test
+
+    from peers.node import PeerNode  # noqa: PLC0415
+    from protocols.harness import make_roster  # noqa: PLC0415
+    from tests.runtime.test_robust_node import PoisoningNode  # noqa: PLC0415
+
+    federation = f"fed-{os.urandom(4).hex()}"
+    rng = np.random.default_rng(22)
+    updates = []
+    for _ in range(5):
+        values = rng.normal(0.0, 1.0, 20_000)
+        values *= 0.9 / np.linalg.norm(values)
+        updates.append(np.trunc(values * 2**16) / 2**16)  # exact at the round's frac_bits
+    updates[1] = np.full(20_000, 0.5)  # norm ≈ 70 ≫ max_norm 1
+    roster, keys = make_roster(5)
+    transport = _mqtt(federation)
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                (PoisoningNode if i == 1 else PeerNode)(
+                    federation=federation,
+                    roster=roster,
+                    me=i,
+                    signing_key=keys[i],
+                    transport=transport(i),
+                    deadlines=lambda _p: 10.0,
+                    protocol="robust",
+                    max_norm=1.0,
+                    join_timeout=10.0,
+                )
+            )
+            for i in range(5)
+        ]
+        results = await run_round(nodes, updates)
+    expected = updates[0] + updates[2] + updates[3] + updates[4]
+    for i in (0, 2, 3, 4):
+        result = results[i]
+        assert isinstance(result, AggregateResult), result
+        assert result.included == ("site-0", "site-2", "site-3", "site-4")
+        assert "site-1" in result.excluded
+        assert np.array_equal(result.total, expected)

@@ -33,6 +33,8 @@ async def running_nodes(
     federation: str = "fed-test",
     roster: Roster | None = None,
     node_class: type[PeerNode] = PeerNode,
+    protocol: str = "secagg",
+    max_norm: float | None = None,
 ) -> AsyncIterator[list[PeerNode]]:
     """Enter ``n`` nodes (site-0 … site-{n-1}) of ``node_class`` and yield them."""
     default_roster, keys = make_roster(n)
@@ -48,6 +50,8 @@ async def running_nodes(
                     deadlines=lambda _phase: deadline,
                     threshold=threshold,
                     frac_bits=FRAC_BITS,
+                    protocol=protocol,
+                    max_norm=max_norm,
                 )
             )
             for i in range(n)

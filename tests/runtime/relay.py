@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mpc_agg.crypto import sha256
+from mpc_agg.fixedpoint import FixedPointCodec
 from mpc_agg.ring import RingVector
 from peers.node import PeerNode, RoundPlan
 from protocols.common import (
@@ -105,7 +106,7 @@ class RelayNode(PeerNode):
     byte_budget: int | None = None
     machines: list[RelayMachine]
 
-    def _plan_round(self, round_id: int, vector_length: int) -> RoundPlan:
+    def _plan_round(self, round_id: int, vector_length: int, codec: FixedPointCodec) -> RoundPlan:
         machine = RelayMachine(n=len(self.roster), me=self.me, vector_length=vector_length)
         if not hasattr(self, "machines"):
             self.machines = []
@@ -117,4 +118,5 @@ class RelayNode(PeerNode):
             threshold=1,
             vector_length=vector_length,
             byte_budget=8 * vector_length + 1024 if budget is None else budget,
+            codec=codec,
         )

@@ -153,7 +153,7 @@ async def test_a_send_to_itself_or_outside_the_roster_is_a_misuse(
         audit=AuditLog(tmp_path / "audit.jsonl", signing_key=keys[0]),
     )
     async with node:
-        plan = node._plan_round(1, 4)
+        plan = node._plan_round(1, 4, node.codec)
         state = _state(node, plan.machine)
         with pytest.raises(ProtocolMisuseError, match="recipients are the other roster sites"):
             await node._perform(state, Send(recipient, b"x", RelayPhase.EXCHANGE), *_books())
@@ -168,7 +168,7 @@ async def test_perform_publishes_a_send_on_the_recipients_private_topic() -> Non
     ):
         await listener.subscribe("mpcagg/v1/fed-test/#")
         node = nodes[0]
-        state = _state(node, node._plan_round(4, 4).machine, round_id=4)
+        state = _state(node, node._plan_round(4, 4, node.codec).machine, round_id=4)
         await node._perform(state, Send(2, b"share", RelayPhase.EXCHANGE), *_books())
         await asyncio.sleep(0.01)
         assert [data for _, data in nodes[2]._early[(4, 0)].messages] == [b"share"]

@@ -1,0 +1,156 @@
+"""A ``robust`` federation as users run it: ``mpc-agg init --protocol robust``, the broker
+(Mosquitto with TLS and the generated ACL) and one ``mpc-agg aggregate`` process per site."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from peers.demo import free_port
+
+SITES = 5
+FRAC_BITS = 20
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "peers.cli", *args]
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Path]:
+    """A 5-site robust federation (t = 2, max_norm 1) with short deadlines, broker running."""
+    port = free_port()
+    root = tmp_path / "fed"
+    done = subprocess.run(
+        _cli(
+            "init",
+            str(root),
+            "--sites",
+            str(SITES),
+            "--broker-port",
+            str(port),
+            "--protocol",
+            "robust",
+            "--max-norm",
+            "1.0",
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "robust, threshold t=2, max_norm=1" in done.stdout
+    toml = root / "federation.toml"
+    toml.write_text(re.sub(r"(?m)^(?!max_norm)(\w+) = \d+\.0$", r"\1 = 5.0", toml.read_text()))
+    broker = subprocess.Popen(
+        _cli("broker", str(root)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("broker did not start")
+        yield root
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        broker.wait(10)
+
+
+def _run_sites(root: Path, updates: list[np.ndarray]) -> list[tuple[int, str, str]]:
+    for k, update in enumerate(updates):
+        np.save(root / f"x{k}.npy", update)
+    sites = [
+        subprocess.Popen(
+            _cli(
+                "aggregate",
+                "--config",
+                str(root / "sites" / f"site-{k}.toml"),
+                "--input",
+                str(root / f"x{k}.npy"),
+                "--output",
+                str(root / f"sum{k}.npy"),
+                "--report",
+                str(root / f"report{k}.json"),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(SITES)
+    ]
+    outputs = [site.communicate(timeout=120) for site in sites]
+    return [(site.returncode, out, err) for site, (out, err) in zip(sites, outputs, strict=True)]
+
+
+def _bounded(rng: np.random.Generator, dim: int, norm: float) -> np.ndarray:
+    values = rng.normal(0.0, 1.0, dim)
+    values *= norm / np.linalg.norm(values)
+    return np.asarray(np.trunc(values * 2**FRAC_BITS) / 2**FRAC_BITS)  # grid; norm shrinks
+
+
+def test_five_site_processes_get_the_exact_sum_with_norm_bound_and_audit(
+    federation: Path,
+) -> None:
+    rng = np.random.default_rng(71)
+    updates = [_bounded(rng, 5_000, 0.95) for _ in range(SITES)]
+    for code, out, err in _run_sites(federation, updates):
+        assert code == 0, err
+        assert "sum of 5 sites" in out
+    for k in range(SITES):
+        assert np.array_equal(np.load(federation / f"sum{k}.npy"), sum(updates))
+    reports = [json.loads((federation / f"report{k}.json").read_text()) for k in range(SITES)]
+    assert {r["protocol"] for r in reports} == {"robust/1"}
+    assert len({r["result_digest"] for r in reports}) == 1
+    assert all(r["excluded"] == {} for r in reports)
+    fed = str(federation / "federation.toml")
+    for k in range(SITES):
+        audit = federation / "sites" / f"site-{k}.audit.jsonl"
+        record = json.loads(audit.read_text().splitlines()[-1])["record"]
+        assert record["protocol"] == "robust/1"
+        assert record["parameters"]["threshold"] == 2
+        assert record["parameters"]["max_norm"] == 1.0
+        assert record["parameters"]["norm_bound"] == 2**FRAC_BITS + 71  # ⌈√5000⌉ = 71
+        verified = subprocess.run(
+            _cli("audit", "verify", str(audit), "--federation", fed, "--site", f"site-{k}"),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_an_update_over_max_norm_exits_with_a_clear_error(federation: Path) -> None:
+    np.save(federation / "big.npy", np.full(100, 1.0))  # norm 10 > max_norm 1
+    done = subprocess.run(
+        _cli(
+            "aggregate",
+            "--config",
+            str(federation / "sites" / "site-0.toml"),
+            "--input",
+            str(federation / "big.npy"),
+            "--output",
+            str(federation / "s.npy"),
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "exceeds the federation's max_norm 1" in done.stderr
+    assert not (federation / "s.npy").exists()
