@@ -346,6 +346,37 @@ def _evaluations(
     return np.vstack([matrix, gf.matmul(extrapolation, matrix)])
 
 
+def _gadget_values(
+    shape: NormProofShape, seeds: NDArray[np.uint64], x: IntVector
+) -> NDArray[np.uint64]:
+    """P_x at the nodes 0..2M: Σ_l U_l(T)² (SPEC §6.4), using that x is small.
+
+    Data nodes 1..M: row sums of x² in int64 (≤ ‖x‖² ≤ B² < p). Extrapolated nodes:
+    E·[seeds; X] = E₀ ⊗ seeds + E₁·X, the second as three float64 products of E's 21-bit
+    limbs with the signed integers X (exact while M·2^21·B < 2^53), then squared mod p.
+    """
+    calls, wires = shape.calls, shape.wires
+    data = np.zeros(calls * wires, dtype=np.int64)
+    data[: x.shape[0]] = x
+    data = data.reshape(calls, wires)
+    values = np.empty(2 * calls + 1, dtype=np.uint64)
+    values[0] = gf.sum_rows(gf.square(seeds))
+    values[1 : calls + 1] = np.einsum("ml,ml->m", data, data).astype(np.uint64)
+    extrapolation = shape._extrapolation
+    if calls * (1 << 21) * shape.norm_bound < 1 << 53:
+        limbs = _limbs(extrapolation[:, 1:])
+        floats = data.astype(np.float64)
+        extended = gf.mul(np.broadcast_to(seeds, (calls, wires)), extrapolation[:, :1])
+        for k in range(3):
+            part = np.rint(limbs[k] @ floats).astype(np.int64)
+            extended = gf.add(extended, gf.shift(gf.reduce_signed(part), 21 * k))
+    else:  # very short vectors with a large B: the generic exact product
+        wires_matrix = _wire_matrix(seeds, gf.from_signed(x), calls)
+        extended = gf.matmul(extrapolation, wires_matrix)
+    values[calls + 1 :] = gf.sum_rows(gf.square(extended), axis=1)
+    return values
+
+
 def squared_norm(x: IntVector) -> int:
     """‖x‖² exactly: callers first check |x_k| ≤ B, and d·B² < p < 2^63 (SPEC §6.4)."""
     return int(np.dot(x, x)) if x.size else 0
@@ -373,8 +404,7 @@ def prove(
         raise WrapRangeError("a random projection of the update left its range (p ≤ 2^-40)")
     bits = np.concatenate([_bits_of([slack], shape.slack_bits), _bits_of(shifted, shape.wrap_bits)])
     seeds = gf.random_vector(randomness, shape.wires)
-    wires = _wire_matrix(seeds, gf.from_signed(x), shape.calls)
-    px = gf.sum_rows(gf.square(_evaluations(wires, shape._extrapolation)), axis=1)
+    px = _gadget_values(shape, seeds, x)
     bit_seeds = gf.random_vector(randomness, shape.bit_wires)
     bit_wires = _evaluations(
         _wire_matrix(bit_seeds, bits, shape.bit_calls), shape._bit_extrapolation
@@ -396,23 +426,93 @@ def query(
     """SPEC §6.5 — the verifier vector: an affine function of (input, proof) shares.
 
     Applied to a holder's shares it yields that holder's share of the verifier; applied
-    to the secret vectors it yields the verifier itself.
+    to the secret vectors it yields the verifier itself. (A holder answering several
+    dealers prepares one :class:`Verifier` instead.)
     """
-    bits_slice, seeds_slice, px_slice, bit_seeds_slice, pb_slice = shape._slices()
-    x = input_share[: shape.vector_length]
-    bits = proof_share[bits_slice]
-    px = proof_share[px_slice]
-    pb = proof_share[pb_slice].reshape(2 * shape.bit_calls + 1, shape.bit_wires)
-    r = challenge.point
-    wires = _wire_matrix(proof_share[seeds_slice], x, shape.calls)
-    u = gf.matmul(gf.lagrange_consecutive(shape.calls + 1, r), wires)
-    px_r = gf.inner(gf.lagrange_consecutive(2 * shape.calls + 1, r), px)
-    bit_wires = _wire_matrix(proof_share[bit_seeds_slice], bits, shape.bit_calls)
-    ub = gf.matmul(gf.lagrange_consecutive(shape.bit_calls + 1, r), bit_wires)
-    pb_r = gf.matmul(gf.lagrange_consecutive(2 * shape.bit_calls + 1, r), pb)
-    z = _batched_relations(shape, x, bits, px, pb, challenge, wrap_combined)
-    scalars = np.array([px_r, z], dtype=np.uint64)
-    return np.concatenate([u, scalars[:1], ub, pb_r, scalars[1:]])
+    return Verifier(shape, challenge, wrap_combined).query(input_share, proof_share)
+
+
+_BLOCK = 1 << 11  # limb products < 2^42: 2^11 of them sum exactly in a float64
+
+
+def _limbs(values: NDArray[np.uint64]) -> NDArray[np.float64]:
+    """Three 21-bit limbs of reduced field elements, stacked on a new first axis."""
+    mask = np.uint64((1 << 21) - 1)
+    return np.stack([((values >> np.uint64(21 * k)) & mask).astype(np.float64) for k in range(3)])
+
+
+def _fold(parts: list[NDArray[np.uint64]]) -> NDArray[np.uint64]:
+    """Σ_k parts[k]·2^(21k) mod p for the five limb-product sums (each < 2^64)."""
+    total = np.zeros_like(parts[0])
+    for k, part in enumerate(parts):
+        total = gf.add(total, gf.shift(gf._reduce(part), 21 * k))
+    return total
+
+
+class Verifier:
+    """SPEC §6.5 — one holder's queries in one round: weights and limbs prepared once.
+
+    The x part of a query — the wire values U(r) = Σ_m λ_m(r)·x[m, ·] and ⟨Σ η_s z_s, x⟩ —
+    costs one limb split of the share and nine float64 products of each kind; the
+    Lagrange weights and the limbs of Σ η_s z_s are shared by every dealer's query.
+    """
+
+    def __init__(
+        self,
+        shape: NormProofShape,
+        challenge: QueryChallenge,
+        wrap_combined: NDArray[np.uint64],
+    ) -> None:
+        self.shape = shape
+        self.challenge = challenge
+        r = challenge.point
+        calls, wires = shape.calls, shape.wires
+        self._padded = -(-calls * wires // _BLOCK) * _BLOCK
+        self._lam_x = gf.lagrange_consecutive(calls + 1, r)
+        self._lam_data = _limbs(self._lam_x[1:])
+        self._lam_px = gf.lagrange_consecutive(2 * calls + 1, r)
+        self._lam_b = gf.lagrange_consecutive(shape.bit_calls + 1, r)
+        self._lam_pb = gf.lagrange_consecutive(2 * shape.bit_calls + 1, r)
+        combined = np.zeros(self._padded, dtype=np.uint64)
+        combined[: shape.vector_length] = wrap_combined
+        self._z = _limbs(combined).reshape(3, -1, _BLOCK)
+
+    def query(
+        self, input_share: NDArray[np.uint64], proof_share: NDArray[np.uint64]
+    ) -> NDArray[np.uint64]:
+        """The verifier share of one dealer's (input, proof) shares (or of the secrets)."""
+        shape = self.shape
+        bits_slice, seeds_slice, px_slice, bit_seeds_slice, pb_slice = shape._slices()
+        x = input_share[: shape.vector_length]
+        bits = proof_share[bits_slice]
+        px = proof_share[px_slice]
+        pb = proof_share[pb_slice].reshape(2 * shape.bit_calls + 1, shape.bit_wires)
+        u, dot = self._x_functionals(x)
+        u = gf.add(u, gf.mul(proof_share[seeds_slice], int(self._lam_x[0])))
+        px_r = gf.inner(self._lam_px, px)
+        bit_wires = _wire_matrix(proof_share[bit_seeds_slice], bits, shape.bit_calls)
+        ub = gf.matmul(self._lam_b, bit_wires)
+        pb_r = gf.matmul(self._lam_pb, pb)
+        z = _batched_relations(shape, bits, px, pb, self.challenge, dot)
+        scalars = np.array([px_r, z], dtype=np.uint64)
+        return np.concatenate([u, scalars[:1], ub, pb_r, scalars[1:]])
+
+    def _x_functionals(self, x: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], int]:
+        """(Σ_{m≥1} λ_m(r)·x[m, ·], ⟨Σ η_s z_s, x⟩) from one limb split of x."""
+        shape = self.shape
+        buffer = np.zeros(self._padded, dtype=np.uint64)
+        buffer[: shape.vector_length] = x
+        limbs = _limbs(buffer)
+        matrix = limbs[:, : shape.calls * shape.wires].reshape(3, shape.calls, shape.wires)
+        blocks = limbs.reshape(3, -1, _BLOCK)
+        u_parts = [np.zeros(shape.wires, dtype=np.uint64) for _ in range(5)]
+        dot_parts = [np.zeros(blocks.shape[1], dtype=np.uint64) for _ in range(5)]
+        for i in range(3):
+            for j in range(3):
+                u_parts[i + j] += (self._lam_data[i] @ matrix[j]).astype(np.uint64)
+                dot_parts[i + j] += np.einsum("kb,kb->k", self._z[i], blocks[j]).astype(np.uint64)
+        dot = int(gf.sum_rows(_fold(dot_parts)))
+        return _fold(u_parts), dot
 
 
 def _powers_of_two(width: int) -> NDArray[np.uint64]:
@@ -421,12 +521,11 @@ def _powers_of_two(width: int) -> NDArray[np.uint64]:
 
 def _batched_relations(
     shape: NormProofShape,
-    x: NDArray[np.uint64],
     bits: NDArray[np.uint64],
     px: NDArray[np.uint64],
     pb: NDArray[np.uint64],
     challenge: QueryChallenge,
-    wrap_combined: NDArray[np.uint64],
+    wrap_dot: int,
 ) -> int:
     """The batched linear relations (SPEC §6.5), zero for a valid (x, proof).
 
@@ -442,7 +541,7 @@ def _batched_relations(
     wrap_bits = bits[shape.slack_bits :].reshape(shape.repetitions, shape.wrap_bits)
     shifted = gf.matmul(wrap_bits, _powers_of_two(shape.wrap_bits))
     total += gf.inner(challenge.wrap_weights, gf.sub(shifted, ALPHA * bound))
-    total -= gf.inner(wrap_combined, x)
+    total -= wrap_dot
     return total % p
 
 

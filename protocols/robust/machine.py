@@ -208,8 +208,7 @@ class RobustMachine:
         self._opened: dict[int, dict[int, _Opened]] = {_STAGE_INPUT: {}, _STAGE_PROOF: {}}
         self._revealed_nonces: dict[int, dict[int, bytes]] = {0: {}, 1: {}, 2: {}}
         self._wrap_seed = b""
-        self._query: normproof.QueryChallenge | None = None
-        self._wrap_combined: FieldVector | None = None
+        self._verifier: normproof.Verifier | None = None
         self._verify: dict[int, Verify] = {}
         self._disputes: dict[int, Dispute] = {}
         self._accepted: tuple[int, ...] = ()
@@ -794,10 +793,11 @@ class RobustMachine:
 
     # ------------------------------------------------------------------ §6.5 Verify
 
-    def _query_setup(self) -> tuple[normproof.QueryChallenge, FieldVector]:
+    def _query_setup(self) -> normproof.Verifier:
         seed = self._challenge_seed(b"query", 1, Phase.DEAL_PROOF)
         challenge = normproof.QueryChallenge.from_seed(seed, self.shape)
-        return challenge, self._wrap().combined(challenge.wrap_weights)
+        combined = self._wrap().combined(challenge.wrap_weights)
+        return normproof.Verifier(self.shape, challenge, combined)
 
     def _finish_query_challenge(self, effects: list[Effect]) -> None:
         if self._live_or_abort(Phase.QUERY_CHALLENGE, effects) is None:
@@ -806,7 +806,7 @@ class RobustMachine:
             if dealer != self.me:
                 self._opened[_STAGE_PROOF][dealer] = self._open(_STAGE_PROOF, dealer)
         self._private[_STAGE_PROOF].clear()
-        self._query, self._wrap_combined = self._query_setup()
+        self._verifier = self._query_setup()
         entries = []
         for dealer in self._dealers():
             first = self._opened[_STAGE_INPUT].get(dealer, _Opened(ShareStatus.MISSING))
@@ -841,9 +841,8 @@ class RobustMachine:
         self._enter(Phase.VERIFY, effects, message.encode())
 
     def _query_values(self, first: FieldVector, second: FieldVector) -> FieldVector:
-        assert self._query is not None
-        assert self._wrap_combined is not None
-        return normproof.query(self.shape, first, second, self._query, self._wrap_combined)
+        assert self._verifier is not None
+        return self._verifier.query(first, second)
 
     def _reference_points(self) -> list[int]:
         """§6.5 — a dealer's reference is its verifier polynomial at 0 and the first t holders."""
