@@ -28,13 +28,17 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "peers.cli", *args]
 
 
-def measure(n: int, d: int, dtype: str) -> dict[str, Any]:
-    """One round with ``n`` site processes and ``d`` entries of ``dtype``."""
+def measure(n: int, d: int, dtype: str, protocol: str = "secagg") -> dict[str, Any]:
+    """One round with ``n`` site processes and ``d`` entries of ``dtype``.
+
+    ``robust`` runs with max_norm 1 and every input scaled to L2 norm 0.99.
+    """
     with tempfile.TemporaryDirectory(prefix="mpc-agg-bench-") as tmp:
         root = Path(tmp) / "fed"
         port = free_port()
+        extra = ["--protocol", "robust", "--max-norm", "1.0"] if protocol == "robust" else []
         subprocess.run(
-            _cli("init", str(root), "--sites", str(n), "--broker-port", str(port)),
+            _cli("init", str(root), "--sites", str(n), "--broker-port", str(port), *extra),
             check=True,
             capture_output=True,
         )
@@ -46,7 +50,10 @@ def measure(n: int, d: int, dtype: str) -> dict[str, Any]:
         )
         rng = np.random.default_rng(0)
         for k in range(n):
-            np.save(root / f"x{k}.npy", rng.uniform(-0.5, 0.5, d).astype(dtype))
+            values = rng.uniform(-0.5, 0.5, d)
+            if protocol == "robust":
+                values *= 0.99 / np.linalg.norm(values)
+            np.save(root / f"x{k}.npy", values.astype(dtype))
         broker = subprocess.Popen(
             _cli("broker", str(root)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -86,6 +93,7 @@ def measure(n: int, d: int, dtype: str) -> dict[str, Any]:
         )
     vector_mb = d * np.dtype(dtype).itemsize / 2**20
     return {
+        "protocol": protocol,
         "n": n,
         "d": d,
         "dtype": dtype,
@@ -106,9 +114,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=3)
     parser.add_argument("--d", type=int, default=10_000_000)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--protocol", choices=["secagg", "robust"], default="secagg")
     args = parser.parse_args()
-    row = measure(args.n, args.d, args.dtype)
-    path = write(f"mqtt_round_n{args.n}_d{args.d}", row)
+    row = measure(args.n, args.d, args.dtype, args.protocol)
+    prefix = "mqtt_round" if args.protocol == "secagg" else "mqtt_robust"
+    path = write(f"{prefix}_n{args.n}_d{args.d}", row)
     print(json.dumps(row, indent=2))
     print(f"wrote {path}")
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import primitives, round_inprocess
+from benchmarks import primitives, robust_round, round_inprocess
 from benchmarks.common import RESULTS
 
 
 def main() -> None:
     primitives.main()
     round_inprocess.main_with([10], [100_000, 1_000_000], repeat=3)
+    robust_round.main_with([5], [100_000, 1_000_000], repeat=2, mqtt=True)
     prim = json.loads((RESULTS / "primitives.json").read_text())["results"]
     rounds = json.loads((RESULTS / "round_inprocess.json").read_text())["rows"]
     print("\n| primitive (d = 10^6 where it applies) | result |\n|---|---|")

@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from mpc_agg import field as gf
+from mpc_agg import normproof
 from mpc_agg.crypto import SigningKey, aead_decrypt
 from mpc_agg.envelope import BROADCAST, parse_envelope
-from mpc_agg.normproof import max_norm_bound
-from mpc_agg.randomness import DeterministicRandomSource
+from mpc_agg.randomness import DeterministicRandomSource, RandomSource
 from mpc_agg.ring import RingVector
+from mpc_agg.shares import DealtShares
 from protocols.common import Roster
 from protocols.harness import (
     Adversary,
@@ -44,7 +46,7 @@ RobustOutcome = ProtocolOutcome[RobustParams, RobustMachine]
 
 def default_norm_bound(vector_length: int) -> int:
     """A bound that every vector length accepts (for tests): min(2^16, the largest allowed)."""
-    return min(1 << 16, max_norm_bound(vector_length))
+    return min(1 << 16, normproof.max_norm_bound(vector_length))
 
 
 def bounded_inputs(
@@ -180,3 +182,77 @@ class Rewrite(Adversary):
         forged = resign(machine, kind, self.transform(machine, payload_of(data)), BROADCAST)
         adopt(machine, forged)
         return [Outgoing(forged)]
+
+
+# --------------------------------------------------------------------------- modified peers
+
+
+class UncheckedDealer(RobustMachine):
+    """A dealer whose input is invalid: it skips the local norm check and proves anyway.
+
+    The proof is built like an honest one — the FLP parts are computed from the real x and
+    bits — except that the slack and the shifted projections are reduced into their bit
+    widths, which is the best a cheater can do: the polynomial identities then hold and
+    only the batched relations expose the lie.
+    """
+
+    def _check_input(self, x: np.ndarray) -> None:
+        return None
+
+    def _prove(self) -> np.ndarray:
+        assert self._x is not None
+        return forged_proof(self.shape, self._x, self._wrap(), self._rng)
+
+
+def forged_proof(
+    shape: normproof.NormProofShape,
+    x: np.ndarray,
+    wrap: normproof.WrapChallenge,
+    randomness: RandomSource,
+) -> np.ndarray:
+    """The cheater's proof: honest structure, slack and projections reduced into range."""
+    bound = shape.norm_bound
+    x_field = gf.reduce_signed(x.astype(np.int64))  # wraps modulo p, as a cheater may
+    slack = (bound * bound - gf.inner(x_field, x_field)) % gf.P % (1 << shape.slack_bits)
+    totals = [0] * shape.repetitions
+    for start, block in wrap.chunks():
+        part = x_field[start : start + block.shape[1]]
+        for s in range(shape.repetitions):
+            plus = int(gf.sum_rows(part[block[s] > 0]))
+            minus = int(gf.sum_rows(part[block[s] < 0]))
+            totals[s] = (totals[s] + plus - minus) % gf.P
+    shifted = [
+        (total + normproof.ALPHA * bound) % gf.P % (1 << shape.wrap_bits) for total in totals
+    ]
+    bits = np.concatenate(
+        [
+            normproof._bits_of([slack], shape.slack_bits),
+            normproof._bits_of(shifted, shape.wrap_bits),
+        ]
+    )
+    seeds = gf.random_vector(randomness, shape.wires)
+    wires = normproof._wire_matrix(seeds, x_field, shape.calls)
+    px = gf.sum_rows(gf.square(normproof._evaluations(wires, shape._extrapolation)), axis=1)
+    bit_seeds = gf.random_vector(randomness, shape.bit_wires)
+    bit_wires = normproof._evaluations(
+        normproof._wire_matrix(bit_seeds, bits, shape.bit_calls), shape._bit_extrapolation
+    )
+    pb = gf.sub(gf.square(bit_wires), bit_wires)
+    return np.concatenate([bits, seeds, px, bit_seeds, pb.reshape(-1)])
+
+
+class InconsistentDealer(RobustMachine):
+    """Deals one holder an input share off the polynomial (and commits to it)."""
+
+    victim = 1
+
+    def _share(self, stage: int, secret: np.ndarray) -> DealtShares:
+        dealt = super()._share(stage, secret)
+        x = self.victim + 1
+        if stage == 1 and x in dealt.vectors:
+            tampered = dealt.vectors[x].copy()
+            tampered[0] = (int(tampered[0]) + 1) % gf.P
+            dealt.vectors[x] = tampered
+        elif stage == 1 and x in dealt.seeds:
+            dealt.seeds[x] = bytes(32)  # a different seed: a different share, same commitment
+        return dealt

@@ -17,8 +17,8 @@ from peers.memory import MemoryBroker, MemoryTransport
 from peers.node import AggregateResult, PeerNode, RoundPlan
 from peers.transport import Transport
 from protocols.harness import make_roster
+from protocols.robust.harness import UncheckedDealer
 from protocols.robust.machine import RobustMachine
-from tests.protocol.robust.support import UncheckedDealer
 from tests.runtime.nodes import FRAC_BITS, on_grid, run_round, running_nodes
 
 

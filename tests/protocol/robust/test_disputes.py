@@ -8,12 +8,11 @@ import pytest
 from mpc_agg import field as gf
 from mpc_agg.crypto import aead_decrypt, aead_encrypt
 from protocols.common import PeerExcluded
-from protocols.robust.harness import Rewrite, RobustOutcome, run_robust_round
+from protocols.robust.harness import InconsistentDealer, Rewrite, RobustOutcome, run_robust_round
 from protocols.robust.machine import RobustMachine
 from protocols.robust.messages import Output, OutputVerify, Verify, VerifyEntry
 from protocols.robust.phases import MessageKind, Phase
 from tests.protocol.robust.support import (
-    InconsistentDealer,
     assert_exact,
     exclusions,
     plaintext_sum,

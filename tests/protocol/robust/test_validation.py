@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from mpc_agg import field as gf
-from protocols.robust.harness import bounded_inputs, run_robust_round
+from protocols.robust.harness import UncheckedDealer, bounded_inputs, run_robust_round
 from tests.protocol.robust.support import (
-    UncheckedDealer,
     assert_exact,
     exclusions,
     norm_violating,
