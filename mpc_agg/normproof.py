@@ -356,9 +356,9 @@ def _gadget_values(
     limbs with the signed integers X (exact while M·2^21·B < 2^53), then squared mod p.
     """
     calls, wires = shape.calls, shape.wires
-    data = np.zeros(calls * wires, dtype=np.int64)
-    data[: x.shape[0]] = x
-    data = data.reshape(calls, wires)
+    flat = np.zeros(calls * wires, dtype=np.int64)
+    flat[: x.shape[0]] = x
+    data = flat.reshape(calls, wires)
     values = np.empty(2 * calls + 1, dtype=np.uint64)
     values[0] = gf.sum_rows(gf.square(seeds))
     values[1 : calls + 1] = np.einsum("ml,ml->m", data, data).astype(np.uint64)
