@@ -92,8 +92,8 @@ from protocols.common import (
     Send,
 )
 from protocols.robust.machine import RobustMachine
+from protocols.robust.params import NORM_TOLERANCE, RobustParams, grid_norm_bound
 from protocols.robust.params import PROTOCOL as ROBUST_PROTOCOL
-from protocols.robust.params import RobustParams, grid_norm_bound
 from protocols.robust.params import default_threshold as robust_threshold
 from protocols.secagg.machine import PROTOCOL, SecAggMachine, SecAggParams, default_threshold
 
@@ -621,7 +621,7 @@ class PeerNode:
         if not np.isfinite(values).all():
             raise EncodingError("update contains NaN or infinite values")
         norm = float(np.linalg.norm(values))
-        if norm > self.max_norm:
+        if norm > self.max_norm * (1.0 + NORM_TOLERANCE):
             raise EncodingError(
                 f"update L2 norm {norm:.6g} exceeds the federation's max_norm "
                 f"{self.max_norm:.6g}; clip it first (e.g. SecureAggOptimizer max_grad_norm)"

@@ -16,16 +16,22 @@ def default_threshold(n: int) -> int:
     return max(1, (n - 1) // 2)
 
 
+#: Relative slack on ``max_norm`` for float rounding: a vector scaled to norm exactly C
+#: may compute as C·(1 + 2^-52); it must still pass (SPEC §2.3).
+NORM_TOLERANCE = 2.0**-30
+
+
 def grid_norm_bound(max_norm: float, frac_bits: int, vector_length: int) -> int:
     """SPEC §2.3 — B on the integer grid for a float L2 bound ``max_norm``.
 
-    ``⌈max_norm·2^f⌉ + ⌈√d⌉``: a float vector with L2 norm ≤ ``max_norm`` stays within B
-    after stochastic rounding (each coordinate moves by less than 1, so the norm by less
-    than √d), so an honest update that respects ``max_norm`` is never rejected.
+    ``⌈C·(1 + 2^-30)·2^f⌉ + ⌈√d⌉``: a float vector with L2 norm ≤ C·(1 + 2^-30) stays
+    within B after stochastic rounding (each coordinate moves by less than 1, so the norm
+    by less than √d), so an honest update that respects ``max_norm`` is never rejected.
     """
     if not (math.isfinite(max_norm) and max_norm > 0):
         raise ValueError(f"max_norm must be a positive finite number, got {max_norm!r}")
-    return math.ceil(max_norm * 2.0**frac_bits) + math.isqrt(vector_length - 1) + 1
+    scaled = max_norm * (1.0 + NORM_TOLERANCE) * 2.0**frac_bits
+    return math.ceil(scaled) + math.isqrt(vector_length - 1) + 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -124,7 +124,7 @@ def test_five_site_processes_get_the_exact_sum_with_norm_bound_and_audit(
         assert record["protocol"] == "robust/1"
         assert record["parameters"]["threshold"] == 2
         assert record["parameters"]["max_norm"] == 1.0
-        assert record["parameters"]["norm_bound"] == 2**FRAC_BITS + 71  # ⌈√5000⌉ = 71
+        assert record["parameters"]["norm_bound"] == 2**FRAC_BITS + 1 + 71  # + ⌈√5000⌉
         verified = subprocess.run(
             _cli("audit", "verify", str(audit), "--federation", fed, "--site", f"site-{k}"),
             capture_output=True,

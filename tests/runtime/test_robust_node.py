@@ -173,4 +173,22 @@ async def test_a_poisoned_update_is_excluded_in_the_result_and_the_audit_log(
     assert record["protocol"] == "robust/1"
     assert record["excluded"]["site-3"].startswith("input failed the validity check")
     assert record["parameters"]["max_norm"] == 1.0
-    assert record["parameters"]["norm_bound"] == (1 << FRAC_BITS) + 8
+    assert record["parameters"]["norm_bound"] == (1 << FRAC_BITS) + 1 + 8  # ⌈C(1+2^-30)2^f⌉ + ⌈√64⌉
+
+
+@pytest.mark.asyncio
+async def test_an_update_clipped_to_exactly_max_norm_passes_despite_float_rounding() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(1000):  # find a unit vector whose computed norm rounds above 1
+        candidate = rng.normal(0.0, 1.0, 300)
+        candidate = candidate / np.linalg.norm(candidate)
+        if float(np.linalg.norm(candidate)) > 1.0:
+            break
+    else:
+        pytest.skip("no vector with a norm that rounds above 1 found")
+    updates = [candidate, *(_unit_norm(rng, (300,), 0.5) for _ in range(2))]
+    async with running_nodes(3, _memory(MemoryBroker()), protocol="robust", max_norm=1.0) as nodes:
+        results = await run_round(nodes, updates)
+    for result in results:
+        assert isinstance(result, AggregateResult), result
+        assert np.max(np.abs(result.total - sum(updates))) < 3 * 2.0**-FRAC_BITS
