@@ -279,7 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--rounds", type=int, default=None, help="rounds (default 20 for train, 3 for sum)"
     )
-    demo.add_argument("--threshold", type=int, default=None, help="T (default ⌊2n/3⌋+1)")
+    demo.add_argument(
+        "--protocol",
+        choices=["secagg", "robust"],
+        default="secagg",
+        help="[train] robust: every delta's L2 norm is checked without being revealed",
+    )
+    demo.add_argument("--threshold", type=int, default=None, help="T (default ⌊2n/3⌋+1); robust: t")
     demo.add_argument("--seed", type=int, default=None, help="seed for a reproducible run")
     demo.add_argument(
         "--broker",

@@ -131,7 +131,13 @@ def running_broker(directory: Path, port: int, kind: str) -> Iterator[None]:
 
 
 def make_federation(
-    root: Path, *, sites: int, kind: str, threshold: int | None
+    root: Path,
+    *,
+    sites: int,
+    kind: str,
+    threshold: int | None,
+    protocol: str = "secagg",
+    max_norm: float | None = None,
 ) -> tuple[FederationConfig, int]:
     """``mpc-agg init`` into ``root/fed`` for a broker of ``kind`` on a free port."""
     port = free_port()
@@ -141,6 +147,8 @@ def make_federation(
         broker_port=port,
         threshold=threshold,
         mqtt_version="5" if kind == "mosquitto" else "3.1.1",
+        protocol=protocol,
+        max_norm=max_norm,
     )
     return load_federation(root / "fed" / "federation.toml"), port
 
@@ -225,7 +233,15 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.rounds is not None and args.rounds < 1:
         raise DemoError("need --rounds ≥ 1")
     threshold = args.threshold
-    if threshold is not None and not 2 <= threshold <= args.sites:
+    robust = getattr(args, "protocol", "secagg") == "robust"
+    if robust:
+        if args.task != "train":
+            raise DemoError("--protocol robust is for the training demo (--task train)")
+        if args.sites < 3:
+            raise DemoError("robust needs --sites ≥ 3 (2t + 1 live sites with t ≥ 1)")
+        if threshold is not None and not (threshold >= 1 and 2 * threshold + 1 <= args.sites):
+            raise DemoError(f"robust: --threshold t must satisfy 1 ≤ t and 2t+1 ≤ {args.sites}")
+    elif threshold is not None and not 2 <= threshold <= args.sites:
         raise DemoError(f"--threshold must be in [2, {args.sites}]")
     if args.in_process:  # the old spelling of `--task sum --broker none`
         args.task, args.broker = "sum", "none"
@@ -324,12 +340,29 @@ def train_demo(args: argparse.Namespace, kind: str) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="mpc-agg-demo-") as tmp:
         root = Path(tmp)
-        federation, port = make_federation(root, sites=n, kind=kind, threshold=args.threshold)
-        print(f"broker: {describe_broker(kind, port)}; one process per site")
-        print(
-            f"secure aggregation: secagg, threshold T={federation.threshold}, every delta "
-            f"clipped to L2 ≤ {task.clip} and encoded with 2^-{federation.encoding.frac_bits}\n"
+        protocol = getattr(args, "protocol", "secagg")
+        federation, port = make_federation(
+            root,
+            sites=n,
+            kind=kind,
+            threshold=args.threshold,
+            protocol=protocol,
+            max_norm=task.clip if protocol == "robust" else None,
         )
+        print(f"broker: {describe_broker(kind, port)}; one process per site")
+        if protocol == "robust":
+            print(
+                f"secure aggregation: robust, threshold t={federation.threshold} "
+                f"({2 * federation.threshold + 1} live sites needed), every delta clipped to "
+                f"L2 ≤ {task.clip}, its norm proven ≤ max_norm without being revealed, "
+                f"encoded with 2^-{federation.encoding.frac_bits}\n"
+            )
+        else:
+            print(
+                f"secure aggregation: secagg, threshold T={federation.threshold}, every delta "
+                f"clipped to L2 ≤ {task.clip} and encoded with "
+                f"2^-{federation.encoding.frac_bits}\n"
+            )
         print(
             f"{'round':>7}  {'secure loss':>11} {'acc':>6}   {'plain loss':>10} {'acc':>6}"
             f"   {'s/round':>7}"
@@ -389,6 +422,7 @@ def _train_summary(
     seconds = [line["seconds"] for line in secure]
     record = {
         "task": "digits",
+        "protocol": getattr(args, "protocol", "secagg"),
         "sites": task.sites,
         "rounds": rounds,
         "seed": args.seed,

@@ -46,6 +46,18 @@ def test_training_demo_over_mosquitto_matches_plaintext(tmp_path: Path) -> None:
     assert record["secure"][-1]["test_accuracy"] > record["secure"][0]["test_accuracy"]
 
 
+def test_training_demo_with_robust_matches_plaintext(tmp_path: Path) -> None:
+    done, record = _demo(
+        tmp_path, "--protocol", "robust", "--sites", "3", "--rounds", "3", "--seed", "12"
+    )
+    assert "secure aggregation: robust, threshold t=1 (3 live sites needed)" in done.stdout
+    assert record["protocol"] == "robust"
+    assert record["sites_agree"] is True
+    assert all(x["count"] == 3 for x in record["secure"])
+    assert record["accuracy_gap_points"] <= 1.0
+    assert record["max_parameter_difference"] < 1e-3
+
+
 @pytest.mark.slow
 def test_training_demo_over_the_amqtt_fallback(tmp_path: Path) -> None:
     done, record = _demo(
