@@ -933,7 +933,9 @@ class RobustMachine:
             if entry.values is not None and np.array_equal(entry.values, expected[holder]):
                 resolution.checked_by.add(holder)
                 continue
-            reveal = None if answers is None else answers.reveal_for(holder)
+            if answers is None:  # gone before DISPUTE: a dropout, not a proven deviation
+                return _Resolution(reason=f"dropped before answering the dispute about {holder}")
+            reveal = answers.reveal_for(holder)
             if reveal is None:
                 return _Resolution(
                     reason=f"did not answer the dispute about holder {holder}", blame=True
@@ -1256,7 +1258,7 @@ class RobustMachine:
                     break
                 self._exclude(holder, f"published a wrong output projection for {dealer}", effects)
                 proven_liars += 1
-            if not reference_ok:
+            if not reference_ok and answers is not None:  # gone: a dropout, not a deviation
                 self._exclude(dealer, "its output-check reference is wrong", effects)
             elif len(result) + proven_liars >= 2 * self._t + 1:  # pinned, as in §6.7
                 return result

@@ -194,3 +194,24 @@ def test_effects_name_blamed_peers_once() -> None:
     for peer in (0, 2, 3, 4):
         blamed = [e.peer for e in outcome.peers[peer].effects if isinstance(e, PeerExcluded)]
         assert blamed == [1]
+
+
+def test_a_dealer_that_crashes_before_answering_a_dispute_is_dropped_not_blamed() -> None:
+    from protocols.harness import Dropout  # noqa: PLC0415
+
+    # holder 4 lies about dealer 2's verifier share; dealer 2 crashes entering DISPUTE.
+    outcome = run_robust_round(
+        n=7,
+        vector_length=D,
+        seed=18,
+        threshold=2,
+        adversaries={4: Rewrite(MessageKind.VERIFY, _wrong_verifier_share)},
+        dropouts=[Dropout(peer=2, phase=Phase.DISPUTE)],
+    )
+    results = outcome.results()
+    for peer in (0, 1, 3, 5, 6):
+        result = results[peer]
+        assert 2 not in result.excluded
+        assert result.dropped[2].startswith("dropped before answering the dispute")
+        assert 2 not in result.included
+        assert result.total.view(np.int64).tolist() == _plain(outcome, result.included)
