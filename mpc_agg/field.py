@@ -293,10 +293,9 @@ def from_signed(values: NDArray[np.int64]) -> FieldVector:
 
 def to_signed(vector: FieldVector) -> NDArray[np.int64]:
     """The centred lift: field elements ↦ integers in (−p/2, p/2]."""
-    array = check(vector)
-    return np.where(array > _P // np.uint64(2), array.astype(np.int64) - np.int64(P), array).astype(
-        np.int64
-    )
+    signed = check(vector).astype(np.int64)  # < 2^61: exact
+    # int64 on both sides: mixing uint64 and int64 in np.where would go through float64
+    return np.where(signed > P // 2, signed - np.int64(P), signed)
 
 
 def shift(vector: FieldVector, bits: int) -> FieldVector:

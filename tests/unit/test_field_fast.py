@@ -78,6 +78,13 @@ def test_signed_lifts_and_residues(values: list[int]) -> None:
         assert gf.to_signed(embedded).tolist() == small
 
 
+def test_signed_lift_is_exact_beyond_float_precision() -> None:
+    # found by hypothesis: a uint64/int64 mix in np.where went through float64
+    values = [2**53 + 1, -(2**53 + 1), gf.P // 2 - 1, -(gf.P // 2 - 1)]
+    embedded = gf.from_signed(np.array(values, dtype=np.int64))
+    assert gf.to_signed(embedded).tolist() == values
+
+
 def test_from_signed_refuses_values_that_would_wrap() -> None:
     with pytest.raises(gf.FieldError, match="does not fit"):
         gf.from_signed(np.array([gf.P // 2], dtype=np.int64))
