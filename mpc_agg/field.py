@@ -286,7 +286,8 @@ def rs_decode(
 def from_signed(values: NDArray[np.int64]) -> FieldVector:
     """Embed signed integers with |v| < p/2 in the field (−v ↦ p − v)."""
     array = np.asarray(values, dtype=np.int64)
-    if array.size and int(np.abs(array).max()) >= P // 2:
+    limit = P // 2  # min/max, not abs: np.abs(INT64_MIN) is negative
+    if array.size and (int(array.max()) >= limit or int(array.min()) <= -limit):
         raise FieldError("a signed value does not fit in (−p/2, p/2)")
     return np.where(array < 0, array + np.int64(P), array).astype(np.uint64)
 

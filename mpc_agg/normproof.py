@@ -267,10 +267,9 @@ class WrapChallenge:
     def combined(self, weights: NDArray[np.uint64]) -> NDArray[np.uint64]:
         """Σ_s η_s·z_s mod p (one d-vector: every holder's query needs only its inner product).
 
-        Float32 products with 16-bit limbs of η: a sum of R ≤ 128 terms stays below 2^23.
+        Float32 products with 16-bit limbs of η, in groups of at most 128 repetitions: a
+        group's sum of ≤ 128 terms < 2^16 stays below 2^23, exact in float32.
         """
-        if self.repetitions > 128:
-            raise ValueError("combined() supports at most 128 repetitions")
         limbs = np.vstack(
             [
                 ((weights >> np.uint64(16 * k)) & np.uint64(0xFFFF)).astype(np.float32)
@@ -279,10 +278,12 @@ class WrapChallenge:
         )
         out = np.empty(self.vector_length, dtype=np.uint64)
         for start, block in self.chunks():
-            parts = np.rint(limbs @ block).astype(np.int64)
-            value = gf.reduce_signed(parts[0])
-            for k in range(1, 4):
-                value = gf.add(value, gf.shift(gf.reduce_signed(parts[k]), 16 * k))
+            value = np.zeros(block.shape[1], dtype=np.uint64)
+            for first in range(0, self.repetitions, 128):
+                rows = slice(first, first + 128)
+                parts = np.rint(limbs[:, rows] @ block[rows]).astype(np.int64)
+                for k in range(4):
+                    value = gf.add(value, gf.shift(gf.reduce_signed(parts[k]), 16 * k))
             out[start : start + block.shape[1]] = value
         return out
 
@@ -394,7 +395,7 @@ def prove(
     bound = shape.norm_bound
     if x.shape != (shape.vector_length,):
         raise NormBoundError(f"x must have shape ({shape.vector_length},), got {x.shape}")
-    if x.size and int(np.abs(x).max()) > bound:
+    if x.size and (int(x.max()) > bound or int(x.min()) < -bound):
         raise NormBoundError(f"a coordinate exceeds the norm bound B={bound}")
     slack = bound * bound - squared_norm(x)
     if slack < 0:

@@ -286,7 +286,9 @@ class RobustMachine:
     def _check_input(self, x: NDArray[np.int64]) -> None:
         """§6.1 — refuse an input that could never be accepted (an adversary skips this)."""
         bound = self.params.norm_bound
-        if x.size and (int(np.abs(x).max()) > bound or normproof.squared_norm(x) > bound**2):
+        # min/max, not abs: np.abs(INT64_MIN) is negative
+        outside = x.size and (int(x.max()) > bound or int(x.min()) < -bound)
+        if outside or normproof.squared_norm(x) > bound**2:
             raise normproof.NormBoundError(
                 f"the update's L2 norm on the grid exceeds the round's bound B={bound}"
             )
@@ -726,6 +728,9 @@ class RobustMachine:
             MessageKind.QUERY_CHALLENGE: 1,
             MessageKind.OUTPUT_CHALLENGE: 2,
         }[MessageKind(envelope.kind)]
+        if source not in self._live.get(self._previous, {}):
+            effects.append(MessageIgnored(source, f"not live in {self._previous.name}"))
+            return
         expected = self._advertised[source].nonce_commitments[index]
         if not digests_equal(self._nonce_commitment(source, index, message.nonce), expected):
             self._exclude(source, "revealed a nonce that does not match its commitment", effects)
@@ -920,8 +925,10 @@ class RobustMachine:
         """§6.7 — the dealer's verifier after disputes, or the reason it has none."""
         own = self._verify.get(dealer)
         holders = {h: m.entry_for(dealer) for h, m in self._verify.items() if m.entry_for(dealer)}
-        if own is None or own.reference is None:
+        if own is None:  # gone before VERIFY
             return self._resolve_without_reference(dealer, holders)
+        if own.reference is None:  # live, yet it withholds what would settle complaints
+            return _Resolution(reason="published no verification reference", blame=True)
         expected = self._expected_values(own.reference)
         answers = self._disputes.get(dealer)
         resolution = _Resolution()
@@ -1284,7 +1291,7 @@ class RobustMachine:
         self._live[Phase.CONFIRM][source] = envelope.message_digest
         if digests_equal(message.view, self._view(self._previous)):
             self._peer_digests[source] = message.digest
-        else:
+        else:  # it decided on other messages (a broker fault can do that): report, not blame
             self._peer_digests[source] = b""
 
     def _finish_confirm(self, effects: list[Effect]) -> None:
@@ -1298,7 +1305,8 @@ class RobustMachine:
         )
         disagreeing = tuple(sorted(set(self._peer_digests) - set(agreeing)))
         for peer in disagreeing:
-            self._exclude(peer, "published a different result digest", effects)
+            if self._peer_digests[peer]:  # same messages, another result: it deviated
+                self._exclude(peer, "published a different result digest", effects)
         dropped = {
             peer: self._drop_reason(peer)
             for peer in range(self.params.n)

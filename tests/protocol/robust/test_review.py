@@ -368,12 +368,6 @@ def test_broker_partition_cannot_make_honest_peers_disagree() -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="robustness: a delayed Output gives an honest peer another OUTPUT view; "
-    "_finish_confirm then excludes every honest peer (SPEC §4.4/§6.11: only 'disagreeing')",
-)
 def test_a_delayed_output_does_not_get_honest_peers_blamed() -> None:
     # n = 7, t = 2. The broker delays peer 4's Output to peer 1 only. Peer 1 closes OUTPUT
     # at its deadline with 6 consistent shares (fast path, correct total), but its view of
@@ -501,12 +495,6 @@ class _BadSharesNoReference(Adversary):
         return [Outgoing(sealed)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="robustness: a live dealer that omits its reference is handled as gone (§6.7 "
-    "step 1): BAD complaints are never answered and the complaining honest holders abort",
-)
 def test_live_dealer_without_reference_cannot_silence_complaining_holders() -> None:
     outcome = run_robust_round(
         n=7, vector_length=D, seed=107, threshold=2, adversaries={6: _BadSharesNoReference()}
@@ -532,12 +520,6 @@ class _ChallengeWithoutAdvertise(Adversary):
         return [Outgoing(resign(machine, MessageKind.WRAP_CHALLENGE, message, BROADCAST))]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="crash: _on_challenge reads _advertised[source] before checking liveness, so a "
-    "signed Challenge from a peer whose Advertise was not accepted raises KeyError",
-)
 def test_challenge_from_a_peer_that_never_advertised_is_ignored() -> None:
     outcome = run_robust_round(
         n=5, vector_length=D, seed=108, threshold=1, adversaries={4: _ChallengeWithoutAdvertise()}
@@ -547,12 +529,6 @@ def test_challenge_from_a_peer_that_never_advertised_is_ignored() -> None:
         assert 4 not in outcome.results()[peer].included
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="local check bypass: np.abs(INT64_MIN) < 0, so begin() accepts x_k = -2^63 "
-    "(SPEC §2.3 step 3) and deals an unreduced field element",
-)
 def test_begin_refuses_int64_min() -> None:
     roster, keys = make_roster(3)
     params = RobustParams(
@@ -571,11 +547,6 @@ def test_begin_refuses_int64_min() -> None:
     assert refused, "begin() accepted an update of norm 2^63"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="field.from_signed(-2^63) returns an element >= p instead of raising FieldError",
-)
 def test_from_signed_refuses_int64_min() -> None:
     values = np.array([np.iinfo(np.int64).min], dtype=np.int64)
     try:
@@ -585,12 +556,6 @@ def test_from_signed_refuses_int64_min() -> None:
     assert int(embedded[0]) < gf.P, hex(int(embedded[0]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="crash: t >= 14 gives R >= 131 > 128 projections; RobustParams accepts it but "
-    "WrapChallenge.combined() raises ValueError when QUERY_CHALLENGE closes",
-)
 def test_every_accepted_threshold_can_build_its_verifier() -> None:
     roster, _ = make_roster(29)  # default t for n = 29 is 14
     params = RobustParams(
