@@ -174,9 +174,14 @@ class NormProofShape:
 
     @property
     def proof_length(self) -> int:
-        """Bits ‖ x seeds (L) ‖ P_x at 0..2M ‖ bit seeds (L_b) ‖ P_b at 0..2M_b (× L_b)."""
+        """Bits ‖ x seeds (L) ‖ P_x at 0..2M ‖ bit seeds (L_b) ‖ P_b at 0..2M_b (× L_b) ‖ pad.
+
+        The last element is a uniformly random pad π: the query publishes μ + π, which
+        puts the input's mask coordinate μ under the same consistency check as x.
+        """
         return (
-            self.bits
+            1
+            + self.bits
             + self.wires
             + 2 * self.calls
             + 1
@@ -186,8 +191,8 @@ class NormProofShape:
 
     @property
     def verifier_length(self) -> int:
-        """U(r) (L) ‖ P_x(r) ‖ U_b(r) (L_b) ‖ P_b(r) (L_b) ‖ Z."""
-        return self.wires + 2 * self.bit_wires + 2
+        """U(r) (L) ‖ P_x(r) ‖ U_b(r) (L_b) ‖ P_b(r) (L_b) ‖ Z ‖ μ + π."""
+        return self.wires + 2 * self.bit_wires + 3
 
     def _slices(self) -> tuple[slice, slice, slice, slice, slice]:
         bits = self.bits
@@ -199,7 +204,7 @@ class NormProofShape:
             slice(bits, seeds),
             slice(seeds, px),
             slice(px, bit_seeds),
-            slice(bit_seeds, self.proof_length),
+            slice(bit_seeds, self.proof_length - 1),
         )
 
     @property
@@ -411,7 +416,8 @@ def prove(
         _wire_matrix(bit_seeds, bits, shape.bit_calls), shape._bit_extrapolation
     )
     pb = gf.sub(gf.square(bit_wires), bit_wires)
-    return np.concatenate([bits, seeds, px, bit_seeds, pb.reshape(-1)])
+    pad = gf.random_vector(randomness, 1)
+    return np.concatenate([bits, seeds, px, bit_seeds, pb.reshape(-1), pad])
 
 
 # --------------------------------------------------------------------------- verifier
@@ -495,8 +501,9 @@ class Verifier:
         ub = gf.matmul(self._lam_b, bit_wires)
         pb_r = gf.matmul(self._lam_pb, pb)
         z = _batched_relations(shape, bits, px, pb, self.challenge, dot)
+        masked = gf.add(input_share[shape.vector_length :], proof_share[-1:])  # μ + π
         scalars = np.array([px_r, z], dtype=np.uint64)
-        return np.concatenate([u, scalars[:1], ub, pb_r, scalars[1:]])
+        return np.concatenate([u, scalars[:1], ub, pb_r, scalars[1:], masked])
 
     def _x_functionals(self, x: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], int]:
         """(Σ_{m≥1} λ_m(r)·x[m, ·], ⟨Σ η_s z_s, x⟩) from one limb split of x."""
@@ -553,7 +560,7 @@ def decide(shape: NormProofShape, verifier: NDArray[np.uint64]) -> str | None:
     px_r = int(verifier[wires])
     ub = verifier[wires + 1 : wires + 1 + bit_wires]
     pb_r = verifier[wires + 1 + bit_wires : wires + 1 + 2 * bit_wires]
-    z = int(verifier[-1])
+    z = int(verifier[-2])  # the last value, μ + π, is uniform and decides nothing
     if px_r != int(gf.sum_rows(gf.square(u))):
         return "the norm proof's polynomial identity fails at the challenge point"
     if not np.array_equal(pb_r, gf.sub(gf.square(ub), ub)):

@@ -238,7 +238,8 @@ def forged_proof(
         normproof._wire_matrix(bit_seeds, bits, shape.bit_calls), shape._bit_extrapolation
     )
     pb = gf.sub(gf.square(bit_wires), bit_wires)
-    return np.concatenate([bits, seeds, px, bit_seeds, pb.reshape(-1)])
+    pad = gf.random_vector(randomness, 1)
+    return np.concatenate([bits, seeds, px, bit_seeds, pb.reshape(-1), pad])
 
 
 class InconsistentDealer(RobustMachine):

@@ -147,9 +147,9 @@ def test_shape_layout_is_consistent() -> None:
         assert shape.calls * shape.wires >= d
         assert shape.bit_calls * shape.bit_wires >= shape.bits
         slices = shape._slices()
-        assert slices[-1].stop == shape.proof_length
-        assert sum(s.stop - s.start for s in slices) == shape.proof_length
-        assert shape.verifier_length == shape.wires + 2 * shape.bit_wires + 2
+        assert slices[-1].stop == shape.proof_length - 1  # then the mask pad π
+        assert sum(s.stop - s.start for s in slices) == shape.proof_length - 1
+        assert shape.verifier_length == shape.wires + 2 * shape.bit_wires + 3
 
 
 def test_prove_refuses_wrong_shapes_and_large_coordinates() -> None:

@@ -448,12 +448,6 @@ class _MaskInconsistentDealer(RobustMachine):
         return dealt
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="robustness: mask shares are never verified (Q ignores them); with one tampered "
-    "aggregate share a single peer makes every honest peer abort at n = 7, t = 2",
-)
 def test_a_dealer_with_inconsistent_mask_shares_cannot_abort_the_round() -> None:
     # Peer 6 deals inconsistent mask shares (accepted: VERIFY never looks at them) and
     # tampers its own aggregate share to force the output check. There dealer 6's σ values
