@@ -147,6 +147,7 @@ class _Resolution:
     reason: str = ""
     checked_by: set[int] = field(default_factory=set)
     blame: bool = False
+    stalled: bool = False  # a live, answering dealer short of confirmations: abort (§6.7)
 
 
 class RobustMachine:
@@ -973,9 +974,16 @@ class RobustMachine:
         # §6.7 pinning: at most t − (proven liars) of the agreeing holders are dishonest, so
         # t + 1 honest ones agree with the reference iff agreeing + proven ≥ 2t + 1.
         if len(resolution.checked_by) + proven_liars < 2 * self._t + 1:
+            missing = [
+                h for h, e in holders.items() if e is not None and e.status is ShareStatus.MISSING
+            ]
             resolution.reason = (
-                f"only {len(resolution.checked_by)} holders confirmed its shares; 2t+1 needed"
+                f"only {len(resolution.checked_by)} holders confirmed the shares of dealer "
+                f"{dealer} ({len(missing)} report them missing); 2t+1 needed"
             )
+            # The dealer is live and answered: leaving it out would let holders (or the
+            # broker) that report shares missing choose whose input is summed. Abort.
+            resolution.stalled = True
             return resolution
         resolution.verifier = own.reference[0]
         return resolution
@@ -1006,6 +1014,9 @@ class RobustMachine:
         accepted = []
         for dealer in self._dealers():
             resolution = self._resolve(dealer, effects)
+            if resolution.stalled:
+                self._abort(f"cannot verify a live dealer: {resolution.reason}", effects)
+                return
             if resolution.verifier is None:
                 if resolution.blame:
                     self._exclude(dealer, resolution.reason, effects)
@@ -1018,11 +1029,13 @@ class RobustMachine:
                 continue
             accepted.append(dealer)
         accepted = [p for p in accepted if p not in self._excluded]
-        needed = self._t + 1
+        # t + 2 accepted inputs include at least two honest ones: the aggregate never
+        # reveals a single honest input to t colluders (SPEC §6.7, §8).
+        needed = self._t + 2
         if len(accepted) < needed:
             self._abort(
                 f"only {len(accepted)} inputs accepted {format_peers(accepted)}; "
-                f"t+1 = {needed} needed",
+                f"t+2 = {needed} needed",
                 effects,
             )
             return

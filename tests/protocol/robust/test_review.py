@@ -389,12 +389,6 @@ def test_a_delayed_output_does_not_get_honest_peers_blamed() -> None:
 # MISSING is never disputed and never blamed, and |A| ≥ t + 1 allows one honest input.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="privacy/robustness: false MISSING claims (or shares dropped by the broker) drop "
-    "chosen honest dealers unblamed; at n < 3t+1 they shrink A to one honest input",
-)
 @pytest.mark.parametrize("who", ["colluding-holders", "broker"])
 def test_missing_claims_cannot_isolate_one_honest_input(who: str) -> None:
     # n = 5, default t = 2. Peers 3 and 4 collude. Either they claim MISSING for dealers 1
