@@ -130,10 +130,13 @@ class Deadlines:
     wrap_challenge: float = DEFAULT_DEADLINE
     deal_proof: float = DEFAULT_DEADLINE
     query_challenge: float = DEFAULT_DEADLINE
+    query_agree: float = DEFAULT_DEADLINE
     verify: float = DEFAULT_DEADLINE
     dispute: float = DEFAULT_DEADLINE
+    output_agree: float = DEFAULT_DEADLINE
     output: float = 60.0
     output_challenge: float = DEFAULT_DEADLINE
+    check_agree: float = DEFAULT_DEADLINE
     output_verify: float = DEFAULT_DEADLINE
     output_dispute: float = DEFAULT_DEADLINE
     confirm: float = 10.0

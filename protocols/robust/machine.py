@@ -69,6 +69,7 @@ from protocols.common import (
 from protocols.robust.messages import (
     SECRET_SIZE,
     Advertise,
+    Agree,
     Challenge,
     Confirm,
     DealInput,
@@ -230,6 +231,9 @@ class RobustMachine:
             MessageKind.DEAL_PROOF: self._on_deal_proof,
             MessageKind.PROOF_SHARE: self._on_private_share,
             MessageKind.QUERY_CHALLENGE: self._on_challenge,
+            MessageKind.QUERY_AGREE: self._on_agree,
+            MessageKind.OUTPUT_AGREE: self._on_agree,
+            MessageKind.CHECK_AGREE: self._on_agree,
             MessageKind.VERIFY: self._on_verify,
             MessageKind.DISPUTE: self._on_dispute,
             MessageKind.OUTPUT: self._on_output,
@@ -244,6 +248,9 @@ class RobustMachine:
             Phase.WRAP_CHALLENGE: self._finish_wrap_challenge,
             Phase.DEAL_PROOF: self._finish_deal_proof,
             Phase.QUERY_CHALLENGE: self._finish_query_challenge,
+            Phase.QUERY_AGREE: self._finish_query_agree,
+            Phase.OUTPUT_AGREE: self._finish_output_agree,
+            Phase.CHECK_AGREE: self._finish_check_agree,
             Phase.VERIFY: self._finish_verify,
             Phase.DISPUTE: self._finish_dispute,
             Phase.OUTPUT: self._finish_output,
@@ -548,6 +555,38 @@ class RobustMachine:
     def _length(self, stage: int) -> int:
         return self.shape.input_length if stage == _STAGE_INPUT else self.shape.proof_length
 
+    # ------------------------------------------------------------------ §4.5 agreement gates
+
+    @property
+    def quorum(self) -> int:
+        """§4.5 — q = ⌊(n + t)/2⌋ + 1: two quorums share more than t peers, so an honest one."""
+        return (self.params.n + self._t) // 2 + 1
+
+    def _enter_gate(self, gate: Phase, decided: Phase, effects: list[Effect]) -> None:
+        """Announce this peer's view of ``decided`` before releasing what depends on it."""
+        self._enter(gate, effects, Agree(view=self._view(decided)).encode())
+
+    def _gate_passed(self, gate: Phase, decided: Phase, effects: list[Effect]) -> bool:
+        """§4.5 — a quorum (and 2t + 1) confirmed our view of ``decided``; else abort.
+
+        Every accepted Agree carries our view (a different one aborts on arrival), so the
+        count is the number of peers — this one included — that hold the same messages.
+        """
+        confirmed = sorted(self._live.get(gate, {}))
+        needed = max(self.quorum, 2 * self._t + 1)
+        if len(confirmed) >= needed:
+            return True
+        self._abort(
+            f"only {len(confirmed)} peers {format_peers(confirmed)} confirmed the view of "
+            f"{decided.name}; a quorum of {needed} is needed before anything depending on it "
+            "is published",
+            effects,
+        )
+        return False
+
+    def _on_agree(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
+        self._accept_broadcast(source, envelope, Agree.decode(envelope.payload).view, effects)
+
     # ------------------------------------------------------------------ §6.1 Advertise
 
     def _on_advertise(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
@@ -813,6 +852,12 @@ class RobustMachine:
                 self._opened[_STAGE_PROOF][dealer] = self._open(_STAGE_PROOF, dealer)
         self._private[_STAGE_PROOF].clear()
         self._verifier = self._query_setup()
+        self._enter_gate(Phase.QUERY_AGREE, Phase.QUERY_CHALLENGE, effects)
+
+    def _finish_query_agree(self, effects: list[Effect]) -> None:
+        """§4.5 — the gate passed: publish the verifier values (§6.5)."""
+        if not self._gate_passed(Phase.QUERY_AGREE, Phase.QUERY_CHALLENGE, effects):
+            return
         entries = []
         for dealer in self._dealers():
             first = self._opened[_STAGE_INPUT].get(dealer, _Opened(ShareStatus.MISSING))
@@ -841,7 +886,7 @@ class RobustMachine:
                 ]
             )
         message = Verify(
-            view=self._view(Phase.QUERY_CHALLENGE), entries=tuple(entries), reference=reference
+            view=self._view(Phase.QUERY_AGREE), entries=tuple(entries), reference=reference
         )
         self._verify[self.me] = message
         self._enter(Phase.VERIFY, effects, message.encode())
@@ -1040,8 +1085,14 @@ class RobustMachine:
             )
             return
         self._accepted = tuple(accepted)
+        self._enter_gate(Phase.OUTPUT_AGREE, Phase.DISPUTE, effects)
+
+    def _finish_output_agree(self, effects: list[Effect]) -> None:
+        """§4.5 — the gate passed: publish this holder's encrypted aggregate share (§6.8)."""
+        if not self._gate_passed(Phase.OUTPUT_AGREE, Phase.DISPUTE, effects):
+            return
         ciphertext = b""
-        parts = [self._opened[_STAGE_INPUT].get(p) for p in accepted]
+        parts = [self._opened[_STAGE_INPUT].get(p) for p in self._accepted]
         if all(o is not None and o.vector is not None for o in parts):
             self._output_key = sha256(
                 self._info(b"output-key"), *(o.extra for o in parts if o is not None)
@@ -1057,7 +1108,7 @@ class RobustMachine:
                 np.ascontiguousarray(total, dtype="<u8").tobytes(),
                 self._info(b"output-ad", self.me),
             )
-        message = Output(view=self._view(Phase.DISPUTE), ciphertext=ciphertext)
+        message = Output(view=self._view(Phase.OUTPUT_AGREE), ciphertext=ciphertext)
         self._enter(Phase.OUTPUT, effects, message.encode())
 
     def _output_share_key(self, holder: int) -> bytes:
@@ -1146,6 +1197,12 @@ class RobustMachine:
         if self._live_or_abort(Phase.OUTPUT_CHALLENGE, effects) is None:
             return
         self._output_seed = self._challenge_seed(b"output", 2, Phase.OUTPUT)
+        self._enter_gate(Phase.CHECK_AGREE, Phase.OUTPUT_CHALLENGE, effects)
+
+    def _finish_check_agree(self, effects: list[Effect]) -> None:
+        """§4.5 — the gate passed: publish the output projections (§6.9)."""
+        if not self._gate_passed(Phase.CHECK_AGREE, Phase.OUTPUT_CHALLENGE, effects):
+            return
         rho = self._output_projection()
         projections = []
         for dealer in self._accepted:
@@ -1163,7 +1220,7 @@ class RobustMachine:
                 ),
             )
         message = OutputVerify(
-            view=self._view(Phase.OUTPUT_CHALLENGE),
+            view=self._view(Phase.CHECK_AGREE),
             projections=tuple(projections),
             reference=reference,
         )
@@ -1358,6 +1415,9 @@ _BROADCAST_KIND = {
     Phase.WRAP_CHALLENGE: MessageKind.WRAP_CHALLENGE,
     Phase.DEAL_PROOF: MessageKind.DEAL_PROOF,
     Phase.QUERY_CHALLENGE: MessageKind.QUERY_CHALLENGE,
+    Phase.QUERY_AGREE: MessageKind.QUERY_AGREE,
+    Phase.OUTPUT_AGREE: MessageKind.OUTPUT_AGREE,
+    Phase.CHECK_AGREE: MessageKind.CHECK_AGREE,
     Phase.VERIFY: MessageKind.VERIFY,
     Phase.DISPUTE: MessageKind.DISPUTE,
     Phase.OUTPUT: MessageKind.OUTPUT,

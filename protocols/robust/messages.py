@@ -495,6 +495,28 @@ class OutputVerify:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Agree:
+    """§5.12 — an agreement gate: the sender's view of the phase just decided (§4.5)."""
+
+    view: bytes
+
+    def __post_init__(self) -> None:
+        _check_digest(self.view, "the view")
+
+    def encode(self) -> bytes:
+        """Canonical encoding."""
+        return self.view
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> Agree:
+        """Strict decoding."""
+        r = Reader(data)
+        message = cls(view=r.fixed(DIGEST_SIZE))
+        r.finish()
+        return message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Confirm:
     """§5.11 — the sender's keyed digest of (included dealers, aggregate)."""
 

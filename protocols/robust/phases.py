@@ -10,7 +10,11 @@ import enum
 
 
 class Phase(enum.IntEnum):
-    """Machine phases (SPEC §4.1). Phases 9–11 run only when the output needs a check."""
+    """Machine phases (SPEC §4.1). Phases 11–14 run only when the output needs a check.
+
+    The ``*_AGREE`` phases are agreement gates (§4.5): nothing that depends on the
+    previous decisions is released before a quorum confirmed the same view of them.
+    """
 
     IDLE = 0
     ADVERTISE = 1
@@ -18,19 +22,24 @@ class Phase(enum.IntEnum):
     WRAP_CHALLENGE = 3
     DEAL_PROOF = 4
     QUERY_CHALLENGE = 5
-    VERIFY = 6
-    DISPUTE = 7
-    OUTPUT = 8
-    OUTPUT_CHALLENGE = 9
-    OUTPUT_VERIFY = 10
-    OUTPUT_DISPUTE = 11
-    CONFIRM = 12
-    DONE = 13
-    ABORTED = 14
+    QUERY_AGREE = 6
+    VERIFY = 7
+    DISPUTE = 8
+    OUTPUT_AGREE = 9
+    OUTPUT = 10
+    OUTPUT_CHALLENGE = 11
+    CHECK_AGREE = 12
+    OUTPUT_VERIFY = 13
+    OUTPUT_DISPUTE = 14
+    CONFIRM = 15
+    DONE = 16
+    ABORTED = 17
 
 
 #: Phases that have a deadline (every phase a machine can wait in).
 ACTIVE_PHASES = tuple(p for p in Phase if p not in (Phase.IDLE, Phase.DONE, Phase.ABORTED))
+#: The agreement gates (§4.5).
+AGREEMENT_PHASES = (Phase.QUERY_AGREE, Phase.OUTPUT_AGREE, Phase.CHECK_AGREE)
 
 
 class MessageKind(enum.IntEnum):
@@ -43,13 +52,16 @@ class MessageKind(enum.IntEnum):
     DEAL_PROOF = 5
     PROOF_SHARE = 6
     QUERY_CHALLENGE = 7
-    VERIFY = 8
-    DISPUTE = 9
-    OUTPUT = 10
-    OUTPUT_CHALLENGE = 11
-    OUTPUT_VERIFY = 12
-    OUTPUT_DISPUTE = 13
-    CONFIRM = 14
+    QUERY_AGREE = 8
+    VERIFY = 9
+    DISPUTE = 10
+    OUTPUT_AGREE = 11
+    OUTPUT = 12
+    OUTPUT_CHALLENGE = 13
+    CHECK_AGREE = 14
+    OUTPUT_VERIFY = 15
+    OUTPUT_DISPUTE = 16
+    CONFIRM = 17
 
     @property
     def phase(self) -> Phase:
@@ -70,10 +82,13 @@ _PHASE_OF = {
     MessageKind.DEAL_PROOF: Phase.DEAL_PROOF,
     MessageKind.PROOF_SHARE: Phase.DEAL_PROOF,
     MessageKind.QUERY_CHALLENGE: Phase.QUERY_CHALLENGE,
+    MessageKind.QUERY_AGREE: Phase.QUERY_AGREE,
     MessageKind.VERIFY: Phase.VERIFY,
     MessageKind.DISPUTE: Phase.DISPUTE,
+    MessageKind.OUTPUT_AGREE: Phase.OUTPUT_AGREE,
     MessageKind.OUTPUT: Phase.OUTPUT,
     MessageKind.OUTPUT_CHALLENGE: Phase.OUTPUT_CHALLENGE,
+    MessageKind.CHECK_AGREE: Phase.CHECK_AGREE,
     MessageKind.OUTPUT_VERIFY: Phase.OUTPUT_VERIFY,
     MessageKind.OUTPUT_DISPUTE: Phase.OUTPUT_DISPUTE,
     MessageKind.CONFIRM: Phase.CONFIRM,

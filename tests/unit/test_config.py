@@ -209,13 +209,16 @@ ROBUST_DEADLINES = {
     "wrap_challenge": 3.0,
     "deal_proof": 4.0,
     "query_challenge": 5.0,
-    "verify": 6.0,
-    "dispute": 7.0,
-    "output": 8.0,
-    "output_challenge": 9.0,
-    "output_verify": 10.0,
-    "output_dispute": 11.0,
-    "confirm": 12.0,
+    "query_agree": 6.0,
+    "verify": 7.0,
+    "dispute": 8.0,
+    "output_agree": 9.0,
+    "output": 10.0,
+    "output_challenge": 11.0,
+    "check_agree": 12.0,
+    "output_verify": 13.0,
+    "output_dispute": 14.0,
+    "confirm": 15.0,
 }
 
 
@@ -322,13 +325,13 @@ ROBUST_ERRORS = [
     ],
     ("max_norm = 1.5\n", "max_norm = 1.5\nmin_norm = 0.1\n", "robust.min_norm", "unknown key"),
     (
-        "confirm = 12.0\n",
-        "confirm = 12.0\nmasked_input = 5.0\n",
+        "confirm = 15.0\n",
+        "confirm = 15.0\nmasked_input = 5.0\n",
         "deadlines.masked_input",
         "is a deadline of protocol secagg; this federation runs robust",
     ),
-    ("verify = 6.0", "verify = -6.0", "deadlines.verify", "must be a positive number of seconds"),
-    ("confirm = 12.0\n", "confirm = 12.0\nreveal = 1.0\n", "deadlines.reveal", "unknown key"),
+    ("verify = 7.0", "verify = -7.0", "deadlines.verify", "must be a positive number of seconds"),
+    ("confirm = 15.0\n", "confirm = 15.0\nreveal = 1.0\n", "deadlines.reveal", "unknown key"),
 ]
 
 
