@@ -11,8 +11,8 @@ The dealer supplies, as a second shared vector (the *proof*):
 * for each of R public ternary projections z_s ∈ {−1, 0, 1}^d drawn *after* x was
   committed (PINE, Rothblum et al. 2023), the bits of ⟨z_s, x⟩ + αB (so every projection
   lies in [−αB, 2^m' − 1 − αB]). A coordinate whose centred lift has |x̃_k| ≥ 2^m' makes
-  a projection leave that interval with probability ≥ 1/4, so after R projections every
-  |x̃_k| < 2^m' except with probability (3/4)^R; :func:`check_norm_bound` demands
+  a projection leave that interval with probability ≥ 1/2, so after R projections every
+  |x̃_k| < 2^m' except with probability 2^−R; :func:`check_norm_bound` demands
   d·2^(2m') + 2^m ≤ p, so the squared norm then cannot wrap modulo p;
 * a fully linear proof (Boneh et al. 2019, the FLP behind Prio3) that the gadget outputs
   are right: the coordinates of x form an M × L matrix whose columns are interpolated by
@@ -30,9 +30,11 @@ honest dealer's x beyond validity.
 
 Parameters and error probabilities (SPEC §6.4): α = 6 gives an honest dealer a failed
 projection with probability ≤ 2R·e^(−α²) (sub-Gaussian tail of a lazy ±1 sum, variance
-proxy 1/2), R = ⌈(40 + t)/log₂(4/3)⌉ makes (3/4)^R ≤ 2^−(40+t) (t colluders choosing
-among 2^t challenges by withholding their nonce reveal), and the polynomial identities
-fail at a random point with probability ≤ 2·max(M, M_b)/p each.
+proxy 1/2); R = ⌈40 + log₂ K⌉ makes K·2^−R ≤ 2^−40 where K counts the challenges that
+colluders and the broker can choose between by making reveals miss a phase's close
+(:func:`challenge_candidates`); the polynomial identities fail at a random point with
+probability ≤ 2·max(M, M_b)/p each and are checked at enough points for K times that to
+stay below 2^−40.
 """
 
 from __future__ import annotations
@@ -85,9 +87,20 @@ class WrapRangeError(NormBoundError):
     """An honest input fell outside a projection's range (probability ≤ 2^-40)."""
 
 
-def wrap_repetitions(threshold: int) -> int:
-    """R = ⌈(40 + t) / log₂(4/3)⌉ ternary projections (SPEC §6.4)."""
-    return math.ceil((SECURITY_BITS + threshold) / math.log2(4 / 3))
+def challenge_candidates(peers: int, threshold: int) -> int:
+    """K — how many challenges t colluders and the broker can choose between (SPEC §6.2).
+
+    Nonces are committed before and revealed after what they test, so the only freedom is
+    which reveals are missing when the phase closes: up to n − (2t + 1) of them (more and
+    the round aborts). K = Σ_{k ≤ n−2t−1} C(n, k).
+    """
+    spare = max(0, peers - (2 * threshold + 1))
+    return sum(math.comb(peers, k) for k in range(spare + 1))
+
+
+def wrap_repetitions(peers: int, threshold: int) -> int:
+    """R = ⌈40 + log₂ K⌉ ternary projections: each passes a bad x w.p. ≤ 1/2 (SPEC §6.4)."""
+    return math.ceil(SECURITY_BITS + math.log2(challenge_candidates(peers, threshold)))
 
 
 def _feasible(norm_bound: int, vector_length: int) -> bool:
@@ -138,19 +151,32 @@ class NormProofShape:
     bit_wires: int
     slack_bits: int
     wrap_bits: int
+    points: int = 1
 
     @classmethod
-    def for_round(cls, *, vector_length: int, norm_bound: int, threshold: int) -> NormProofShape:
-        """The shape every peer derives from (d, B, t)."""
+    def for_round(
+        cls,
+        *,
+        vector_length: int,
+        norm_bound: int,
+        threshold: int,
+        peers: int | None = None,
+    ) -> NormProofShape:
+        """The shape every peer derives from (d, B, t, n); n defaults to 2t + 1."""
         check_norm_bound(norm_bound, vector_length)
+        n = 2 * threshold + 1 if peers is None else peers
         calls = min(MAX_CALLS, math.isqrt(vector_length - 1) + 1)
         wires = -(-vector_length // calls)
-        repetitions = wrap_repetitions(threshold)
+        repetitions = wrap_repetitions(n, threshold)
         slack_bits = (norm_bound * norm_bound).bit_length()
         wrap_bits = (2 * ALPHA * norm_bound).bit_length()
         bits = slack_bits + repetitions * wrap_bits
         bit_calls = math.isqrt(bits - 1) + 1
+        # each polynomial identity fails at one random point w.p. ≤ 2·max(M, M_b)/p
+        per_point = math.log2(gf.P) - math.log2(2 * max(calls, bit_calls))
+        target = SECURITY_BITS + math.log2(challenge_candidates(n, threshold))
         return cls(
+            points=math.ceil(target / per_point),
             vector_length=vector_length,
             norm_bound=norm_bound,
             repetitions=repetitions,
@@ -191,8 +217,13 @@ class NormProofShape:
 
     @property
     def verifier_length(self) -> int:
-        """U(r) (L) ‖ P_x(r) ‖ U_b(r) (L_b) ‖ P_b(r) (L_b) ‖ Z ‖ μ + π."""
-        return self.wires + 2 * self.bit_wires + 3
+        """For each query point: U(r) (L) ‖ P_x(r) ‖ U_b(r) (L_b) ‖ P_b(r) (L_b); then Z ‖ μ + π."""
+        return self.points * self.point_length + 2
+
+    @property
+    def point_length(self) -> int:
+        """The verifier values of one query point."""
+        return self.wires + 2 * self.bit_wires + 1
 
     def _slices(self) -> tuple[slice, slice, slice, slice, slice]:
         bits = self.bits
@@ -297,11 +328,12 @@ class WrapChallenge:
 class QueryChallenge:
     """The verifier's randomness, fixed after the proof was committed (SPEC §6.5).
 
-    ``point`` r avoids every interpolation node (0..2·max(M, M_b)) so the opened wire
-    values stay uniformly random; the weights batch every linear relation into one value.
+    Every point r avoids every interpolation node (0..2·max(M, M_b)) so the opened wire
+    values stay uniformly random; the points are distinct; the weights batch every linear
+    relation into one value.
     """
 
-    point: int
+    points: tuple[int, ...]
     norm_weight: int
     wrap_weights: NDArray[np.uint64] = field(repr=False)
     bit_weights: NDArray[np.uint64] = field(repr=False)
@@ -311,19 +343,24 @@ class QueryChallenge:
         """Expand a 32-byte public seed (SPEC §6.5)."""
         key = derive_key(seed, info=b"mpc-agg/robust/query/v1")
         count = 2 + shape.repetitions + shape.bit_calls * shape.bit_wires
-        values = gf.expand(key, count + 64)
+        values = gf.expand(key, count + 64 * shape.points)
         nodes = 2 * max(shape.calls, shape.bit_calls)
-        candidates = [int(v) for v in values[count:] if int(v) > nodes]
-        if not candidates:  # 64 draws all in a set of size < 2^13: probability < 2^-3000
-            raise AssertionError("no admissible query point")
+        candidates = list(dict.fromkeys(int(v) for v in values[count:] if int(v) > nodes))
+        if len(candidates) < shape.points:  # 64 draws per point in < 2^13 values: never
+            raise AssertionError("no admissible query points")
         return cls(
-            point=candidates[0],
+            points=tuple(candidates[: shape.points]),
             norm_weight=int(values[0]),
             wrap_weights=values[2 : 2 + shape.repetitions],
             bit_weights=values[2 + shape.repetitions : count].reshape(
                 shape.bit_calls, shape.bit_wires
             ),
         )
+
+    @property
+    def point(self) -> int:
+        """The first query point."""
+        return self.points[0]
 
 
 # --------------------------------------------------------------------------- prover
@@ -407,7 +444,7 @@ def prove(
         raise NormBoundError(f"the update's L2 norm on the grid exceeds B={bound}")
     shifted = [value + ALPHA * bound for value in wrap.projections(x)]
     if any(not 0 <= w < 1 << shape.wrap_bits for w in shifted):
-        raise WrapRangeError("a random projection of the update left its range (p ≤ 2^-40)")
+        raise WrapRangeError("a random projection of the update left its range (p ≤ 2^-45)")
     bits = np.concatenate([_bits_of([slack], shape.slack_bits), _bits_of(shifted, shape.wrap_bits)])
     seeds = gf.random_vector(randomness, shape.wires)
     px = _gadget_values(shape, seeds, x)
@@ -472,14 +509,17 @@ class Verifier:
     ) -> None:
         self.shape = shape
         self.challenge = challenge
-        r = challenge.point
         calls, wires = shape.calls, shape.wires
         self._padded = -(-calls * wires // _BLOCK) * _BLOCK
-        self._lam_x = gf.lagrange_consecutive(calls + 1, r)
-        self._lam_data = _limbs(self._lam_x[1:])
-        self._lam_px = gf.lagrange_consecutive(2 * calls + 1, r)
-        self._lam_b = gf.lagrange_consecutive(shape.bit_calls + 1, r)
-        self._lam_pb = gf.lagrange_consecutive(2 * shape.bit_calls + 1, r)
+        points = challenge.points
+        # one row per query point
+        self._lam_x = np.vstack([gf.lagrange_consecutive(calls + 1, r) for r in points])
+        self._lam_data = _limbs(self._lam_x[:, 1:])  # 3 × points × M
+        self._lam_px = np.vstack([gf.lagrange_consecutive(2 * calls + 1, r) for r in points])
+        self._lam_b = np.vstack([gf.lagrange_consecutive(shape.bit_calls + 1, r) for r in points])
+        self._lam_pb = np.vstack(
+            [gf.lagrange_consecutive(2 * shape.bit_calls + 1, r) for r in points]
+        )
         combined = np.zeros(self._padded, dtype=np.uint64)
         combined[: shape.vector_length] = wrap_combined
         self._z = _limbs(combined).reshape(3, -1, _BLOCK)
@@ -494,26 +534,29 @@ class Verifier:
         bits = proof_share[bits_slice]
         px = proof_share[px_slice]
         pb = proof_share[pb_slice].reshape(2 * shape.bit_calls + 1, shape.bit_wires)
-        u, dot = self._x_functionals(x)
-        u = gf.add(u, gf.mul(proof_share[seeds_slice], int(self._lam_x[0])))
-        px_r = gf.inner(self._lam_px, px)
+        u, dot = self._x_functionals(x)  # points × L
+        seeds = proof_share[seeds_slice]
+        px_r = gf.matmul(self._lam_px, px)
         bit_wires = _wire_matrix(proof_share[bit_seeds_slice], bits, shape.bit_calls)
         ub = gf.matmul(self._lam_b, bit_wires)
         pb_r = gf.matmul(self._lam_pb, pb)
+        parts = []
+        for k in range(shape.points):
+            u_k = gf.add(u[k], gf.mul(seeds, int(self._lam_x[k, 0])))
+            parts += [u_k, px_r[k : k + 1], ub[k], pb_r[k]]
         z = _batched_relations(shape, bits, px, pb, self.challenge, dot)
         masked = gf.add(input_share[shape.vector_length :], proof_share[-1:])  # μ + π
-        scalars = np.array([px_r, z], dtype=np.uint64)
-        return np.concatenate([u, scalars[:1], ub, pb_r, scalars[1:], masked])
+        return np.concatenate([*parts, np.array([z], dtype=np.uint64), masked])
 
     def _x_functionals(self, x: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], int]:
-        """(Σ_{m≥1} λ_m(r)·x[m, ·], ⟨Σ η_s z_s, x⟩) from one limb split of x."""
+        """(Σ_{m≥1} λ_m(r)·x[m, ·] for every point r, ⟨Σ η_s z_s, x⟩) from one limb split."""
         shape = self.shape
         buffer = np.zeros(self._padded, dtype=np.uint64)
         buffer[: shape.vector_length] = x
         limbs = _limbs(buffer)
         matrix = limbs[:, : shape.calls * shape.wires].reshape(3, shape.calls, shape.wires)
         blocks = limbs.reshape(3, -1, _BLOCK)
-        u_parts = [np.zeros(shape.wires, dtype=np.uint64) for _ in range(5)]
+        u_parts = [np.zeros((shape.points, shape.wires), dtype=np.uint64) for _ in range(5)]
         dot_parts = [np.zeros(blocks.shape[1], dtype=np.uint64) for _ in range(5)]
         for i in range(3):
             for j in range(3):
@@ -555,16 +598,18 @@ def _batched_relations(
 
 def decide(shape: NormProofShape, verifier: NDArray[np.uint64]) -> str | None:
     """SPEC §6.6 — ``None`` if the reconstructed verifier accepts, else the failed check."""
-    wires, bit_wires = shape.wires, shape.bit_wires
-    u = verifier[:wires]
-    px_r = int(verifier[wires])
-    ub = verifier[wires + 1 : wires + 1 + bit_wires]
-    pb_r = verifier[wires + 1 + bit_wires : wires + 1 + 2 * bit_wires]
+    wires, bit_wires, step = shape.wires, shape.bit_wires, shape.point_length
+    for k in range(shape.points):
+        base = k * step
+        u = verifier[base : base + wires]
+        px_r = int(verifier[base + wires])
+        ub = verifier[base + wires + 1 : base + wires + 1 + bit_wires]
+        pb_r = verifier[base + wires + 1 + bit_wires : base + step]
+        if px_r != int(gf.sum_rows(gf.square(u))):
+            return "the norm proof's polynomial identity fails at the challenge point"
+        if not np.array_equal(pb_r, gf.sub(gf.square(ub), ub)):
+            return "the range proof's polynomial identity fails at the challenge point"
     z = int(verifier[-2])  # the last value, μ + π, is uniform and decides nothing
-    if px_r != int(gf.sum_rows(gf.square(u))):
-        return "the norm proof's polynomial identity fails at the challenge point"
-    if not np.array_equal(pb_r, gf.sub(gf.square(ub), ub)):
-        return "the range proof's polynomial identity fails at the challenge point"
     if z != 0:
         return "the norm, range and bit relations do not hold"
     return None

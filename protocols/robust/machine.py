@@ -1405,7 +1405,7 @@ class RobustMachine:
         if peer not in self._deal_proof:
             return "no DealProof before the deadline"
         if self._deal_proof[peer].withdrawn:
-            return "withdrew its input (a random projection left its range; p ≤ 2^-40)"
+            return "withdrew its input (a random projection left its range; p ≤ 2^-45)"
         return "not included"
 
 

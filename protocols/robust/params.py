@@ -69,7 +69,10 @@ class RobustParams:
     def shape(self) -> NormProofShape:
         """The validity proof's layout for this round (SPEC §6.3)."""
         return NormProofShape.for_round(
-            vector_length=self.vector_length, norm_bound=self.norm_bound, threshold=self.threshold
+            vector_length=self.vector_length,
+            norm_bound=self.norm_bound,
+            threshold=self.threshold,
+            peers=self.n,
         )
 
     @property

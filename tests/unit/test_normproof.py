@@ -125,10 +125,20 @@ def test_query_point_is_never_an_interpolation_node() -> None:
 
 
 def test_parameters_and_feasibility() -> None:
-    assert npf.wrap_repetitions(2) == math.ceil(42 / math.log2(4 / 3)) == 102
-    assert (3 / 4) ** npf.wrap_repetitions(5) <= 2.0 ** -(40 + 5)
-    # completeness: 2R·e^(−α²) ≤ 2^-40 with α = 6
-    assert 2 * npf.wrap_repetitions(9) * math.exp(-(npf.ALPHA**2)) < 2.0**-40
+    # K: the reveals that may be missing at a close (up to n − 2t − 1 of them)
+    assert npf.challenge_candidates(5, 2) == 1
+    assert npf.challenge_candidates(7, 2) == 1 + 7 + 21
+    assert npf.wrap_repetitions(5, 2) == 40
+    for n, t in ((7, 2), (20, 6), (100, 33)):
+        candidates = npf.challenge_candidates(n, t)
+        assert candidates * 0.5 ** npf.wrap_repetitions(n, t) <= 2.0**-40  # §6.4 (i)
+        shape = npf.NormProofShape.for_round(
+            vector_length=1 << 20, norm_bound=1 << 12, threshold=t, peers=n
+        )
+        per_point = 2 * max(shape.calls, shape.bit_calls) / gf.P
+        assert candidates * per_point**shape.points <= 2.0**-40  # §6.4 (iii)
+        # completeness: 2R·e^(−α²) ≤ 2^-40 with α = 6
+        assert 2 * shape.repetitions * math.exp(-(npf.ALPHA**2)) < 2.0**-40
     for d in (1, 1000, 10**6, 10**8):
         largest = npf.max_norm_bound(d)
         npf.check_norm_bound(largest, d)
@@ -149,7 +159,7 @@ def test_shape_layout_is_consistent() -> None:
         slices = shape._slices()
         assert slices[-1].stop == shape.proof_length - 1  # then the mask pad π
         assert sum(s.stop - s.start for s in slices) == shape.proof_length - 1
-        assert shape.verifier_length == shape.wires + 2 * shape.bit_wires + 3
+        assert shape.verifier_length == shape.points * (shape.wires + 2 * shape.bit_wires + 1) + 2
 
 
 def test_prove_refuses_wrong_shapes_and_large_coordinates() -> None:

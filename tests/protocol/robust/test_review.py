@@ -550,22 +550,20 @@ def test_broker_can_change_the_query_challenge_without_losing_an_input() -> None
     _exact(ground, range(7))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="spec mismatch/soundness: the broker may withhold any n-(2t+1) reveals, not just "
-    "the t colluders' (2^t); for n = 20, t = 6 (SPEC §2.2 table) §6.4(iii) exceeds 2^-40",
-)
 def test_query_challenge_grinding_stays_below_two_to_the_minus_40() -> None:
-    n, t = 20, 6  # SPEC §2.2: t = ⌊(n − 1)/3⌋ tolerates 7 dropouts
+    n, t = 20, 6  # SPEC §2.2: t = ⌊(n − 1)/3⌋
     shape = normproof.NormProofShape.for_round(
-        vector_length=1 << 20, norm_bound=1 << 12, threshold=t
+        vector_length=1 << 20, norm_bound=1 << 12, threshold=t, peers=n
     )
     live = 2 * t + 1
     candidates = sum(math.comb(n, k) for k in range(n - live + 1))  # subsets it may withhold
     assert candidates > 2**t
+    assert candidates == normproof.challenge_candidates(n, t)
+    # fixed: the identities are checked at enough points, and R counts every candidate
     per_point = 2 * max(shape.calls, shape.bit_calls) / gf.P  # §6.4 (iii)
-    assert candidates * per_point <= 2.0**-40, math.log2(candidates * per_point)
+    bound = candidates * per_point**shape.points
+    assert bound <= 2.0**-40, math.log2(bound)
+    assert candidates * 0.5**shape.repetitions <= 2.0**-40  # §6.4 (i)
 
 
 # =========================================================================== withstood
