@@ -20,7 +20,6 @@ Invariants this module maintains (each has a test in ``tests/protocol/robust``):
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
@@ -46,15 +45,14 @@ from mpc_agg.envelope import (
     BROADCAST,
     Envelope,
     EnvelopeContext,
-    authenticate,
-    check_context,
     parse_envelope,
     seal_envelope,
 )
-from mpc_agg.errors import DecodeError, ProtocolMisuseError, SignatureError, VerificationError
+from mpc_agg.errors import DecodeError, ProtocolMisuseError, VerificationError
 from mpc_agg.randomness import RandomSource
 from mpc_agg.ring import RingVector, check_ring_vector
 from mpc_agg.shares import DealtShares, deal, evaluation_matrix, expand_seed
+from protocols.admission import Action, Equivocated, admit, not_routed
 from protocols.common import (
     AggregateReady,
     Broadcast,
@@ -88,15 +86,6 @@ from protocols.robust.params import PROTOCOL, RobustParams
 from protocols.robust.phases import ACTIVE_PHASES, MessageKind, Phase
 
 FieldVector = NDArray[np.uint64]
-
-
-class Action(enum.Enum):
-    """What the machine does with a message of a given kind in a given phase (§4.2)."""
-
-    PROCESS = "process"
-    BUFFER = "buffer"
-    LATE = "late"
-    FINISHED = "finished"
 
 
 def _action(phase: Phase, kind: MessageKind) -> Action:
@@ -310,12 +299,9 @@ class RobustMachine:
         kind = MessageKind(envelope.kind)
         action = TRANSITIONS[(self.phase, kind)]
         source = envelope.sender
-        if action is Action.FINISHED:
-            effects.append(MessageIgnored(source, f"{kind.name} after the round ended"))
-        elif action is Action.LATE:
-            effects.append(
-                MessageIgnored(source, f"late {kind.name}: phase {kind.phase.name} is closed")
-            )
+        ignored = not_routed(action, kind, source)
+        if ignored is not None:
+            effects.append(ignored)
         elif action is Action.BUFFER:
             self._buffer[kind][source] = envelope
         else:
@@ -344,53 +330,26 @@ class RobustMachine:
     # ------------------------------------------------------------------ plumbing
 
     def _admit(self, sender: int | None, data: bytes, effects: list[Effect]) -> Envelope | None:
-        """§4.3 — decode, bind and authenticate an envelope; detect duplicates/equivocation."""
-        try:
-            envelope = parse_envelope(data, max_payload=self._max_payload)
-        except DecodeError as exc:
-            effects.append(MessageIgnored(sender, f"malformed message: {exc}"))
+        """§4.3 — admission (:func:`protocols.admission.admit`); equivocation aborts."""
+        outcome = admit(
+            data,
+            sender,
+            me=self.me,
+            roster=self.params.roster,
+            context=self._context,
+            max_payload=self._max_payload,
+            kinds=MessageKind,
+            recipient_of=lambda kind: self.me if kind.private else BROADCAST,
+            seen=self._seen,
+            effects=effects,
+        )
+        if isinstance(outcome, Equivocated):
+            name = outcome.kind.name
+            self._exclude(outcome.sender, f"equivocation: two different signed {name}", effects)
+            if not self.finished:
+                self._abort(f"peer {outcome.sender} equivocated in {name}", effects)
             return None
-        mismatch = check_context(envelope, self._context)
-        if mismatch is not None:
-            effects.append(MessageIgnored(sender, f"not for this round: {mismatch}"))
-            return None
-        source = envelope.sender
-        if source >= self.params.n:
-            effects.append(MessageIgnored(sender, f"unknown sender id {source}"))
-            return None
-        if source == self.me:
-            return None  # our own broadcast echoed back by the transport
-        if sender is not None and sender != source:
-            effects.append(
-                MessageIgnored(sender, f"transport says sender {sender}, signature says {source}")
-            )
-            return None
-        try:
-            kind = MessageKind(envelope.kind)
-        except ValueError:
-            effects.append(MessageIgnored(source, f"unknown message kind {envelope.kind}"))
-            return None
-        recipient = self.me if kind.private else BROADCAST
-        if envelope.phase != kind.phase or envelope.recipient != recipient:
-            effects.append(MessageIgnored(source, f"{kind.name} with wrong phase or recipient"))
-            return None
-        try:
-            authenticate(envelope, self.params.roster.verify_key(source))
-        except SignatureError as exc:
-            effects.append(MessageIgnored(source, f"forged or corrupted {kind.name}: {exc}"))
-            return None
-        digest = envelope.message_digest
-        previous = self._seen.get((kind, source))
-        if previous is not None:
-            if digests_equal(previous, digest):
-                effects.append(MessageIgnored(source, f"duplicate {kind.name}"))
-            else:
-                self._exclude(source, f"equivocation: two different signed {kind.name}", effects)
-                if not self.finished:
-                    self._abort(f"peer {source} equivocated in {kind.name}", effects)
-            return None
-        self._seen[(kind, source)] = digest
-        return envelope
+        return outcome
 
     def _dispatch(
         self, kind: MessageKind, source: int, envelope: Envelope, effects: list[Effect]

@@ -22,6 +22,7 @@ from functools import cache
 import numpy as np
 import pytest
 
+from protocols.admission import Action
 from protocols.common import (
     AggregateReady,
     Broadcast,
@@ -31,7 +32,7 @@ from protocols.common import (
     PhaseStarted,
     RoundAborted,
 )
-from protocols.secagg.machine import TRANSITIONS, Action
+from protocols.secagg.machine import TRANSITIONS
 from protocols.secagg.messages import MessageKind, Phase
 from tests.protocol.support import Transcript, drive_to, record_transcript, run_steps
 

@@ -11,10 +11,11 @@ from mpc_agg.crypto import SigningKey
 from mpc_agg.errors import ProtocolMisuseError
 from mpc_agg.normproof import NormBoundError
 from mpc_agg.randomness import DeterministicRandomSource
+from protocols.admission import Action
 from protocols.common import Broadcast, MessageIgnored, RoundAborted, Send
 from protocols.harness import Adversary, Fault, FaultKind, Outgoing, make_roster
 from protocols.robust.harness import payload_of, resign, run_robust_round
-from protocols.robust.machine import TRANSITIONS, Action, RobustMachine
+from protocols.robust.machine import TRANSITIONS, RobustMachine
 from protocols.robust.params import RobustParams
 from protocols.robust.phases import ACTIVE_PHASES, MessageKind, Phase
 from tests.protocol.robust.support import assert_exact, plaintext_sum
