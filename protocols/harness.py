@@ -272,21 +272,51 @@ def run_secagg_round(
         p: SecAggMachine(params, me=p, signing_key=keys[p], randomness=root.fork(f"peer/{p}"))
         for p in range(n)
     }
+    return run_network(
+        params,
+        machines,
+        MessageKind,
+        data_in,
+        seed=seed,
+        dropouts=dropouts,
+        faults=faults,
+        adversaries=adversaries,
+        reorder=reorder,
+        inject=inject,
+        vector_length=vector_length,
+    )
+
+
+def run_network(
+    params: ParamsT,
+    machines: Mapping[int, MachineT],
+    kinds: type[enum.IntEnum],
+    inputs: Mapping[int, RingVector],
+    *,
+    seed: int,
+    dropouts: Sequence[Dropout],
+    faults: Sequence[Fault],
+    adversaries: Mapping[int, Adversary] | None,
+    reorder: bool,
+    inject: Sequence[tuple[int, bytes]],
+    vector_length: int,
+) -> ProtocolOutcome[ParamsT, MachineT]:
+    """Wire ``machines`` together, run the round from ``inputs``, collect every outcome."""
     network = Network(
         machines=machines,
-        kinds=MessageKind,
+        kinds=kinds,
         dropouts={d.peer: d.phase for d in dropouts},
         faults=list(faults),
         adversaries=dict(adversaries or {}),
         rng=random.Random(seed),  # noqa: S311 - schedules faults, not a secret
         reorder=reorder,
     )
-    network.start(data_in, inject)
-    return RoundOutcome(
+    network.start(inputs, inject)
+    return ProtocolOutcome(
         params=params,
-        inputs=data_in,
+        inputs=dict(inputs),
         peers=network.outcomes,
-        machines=machines,
+        machines=dict(machines),
         delivered=network.delivered,
         vector_length=vector_length,
     )

@@ -27,8 +27,8 @@ FORBIDDEN_BELOW_PEERS = {
     "datetime",
     "random",
 }
-# The in-process harnesses schedule network faults with a seeded `random.Random` (no secret).
-ALLOWED = {("protocols/harness.py", "random"), ("protocols/robust/harness.py", "random")}
+# The in-process harness schedules network faults with a seeded `random.Random` (no secret).
+ALLOWED = {("protocols/harness.py", "random")}
 
 
 def _imports(path: Path) -> list[str]:

@@ -12,7 +12,6 @@ dropouts and adversaries it reuses), so that reviewers can script attacks::
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,10 +29,10 @@ from protocols.harness import (
     Adversary,
     Dropout,
     Fault,
-    Network,
     Outgoing,
     ProtocolOutcome,
     make_roster,
+    run_network,
 )
 from protocols.robust.machine import RobustMachine
 from protocols.robust.messages import Output, OutputVerify, Verify
@@ -105,22 +104,17 @@ def run_robust_round(
         )
         for p in range(n)
     }
-    network = Network(
-        machines=machines,
-        kinds=MessageKind,
-        dropouts={d.peer: d.phase for d in dropouts},
-        faults=list(faults),
-        adversaries=dict(adversaries or {}),
-        rng=random.Random(seed),  # noqa: S311 - schedules faults, not a secret
+    return run_network(
+        params,
+        machines,
+        MessageKind,
+        data_in,
+        seed=seed,
+        dropouts=dropouts,
+        faults=faults,
+        adversaries=adversaries,
         reorder=reorder,
-    )
-    network.start(data_in, inject)
-    return RobustOutcome(
-        params=params,
-        inputs=data_in,
-        peers=network.outcomes,
-        machines=machines,
-        delivered=network.delivered,
+        inject=inject,
         vector_length=vector_length,
     )
 
