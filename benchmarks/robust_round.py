@@ -15,43 +15,20 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from benchmarks import mqtt_round
 from benchmarks.common import write
-from protocols.common import Broadcast, Effect, Send
+from benchmarks.round_inprocess import BY_PHASE, CPU, instrument
+from protocols.common import Broadcast, Send
 from protocols.harness import random_inputs, run_secagg_round
 from protocols.robust.harness import bounded_inputs, default_norm_bound, run_robust_round
 from protocols.robust.machine import RobustMachine
 from protocols.robust.params import default_threshold
 from protocols.secagg.machine import SecAggMachine
 from protocols.secagg.machine import default_threshold as secagg_threshold
-
-CPU: defaultdict[int, float] = defaultdict(float)
-BY_PHASE: defaultdict[str, float] = defaultdict(float)
-
-
-def _timed(method: Callable[..., list[Effect]]) -> Callable[..., list[Effect]]:
-    def wrapper(self: Any, *args: Any) -> list[Effect]:
-        phase = self.phase.name
-        start = time.thread_time()
-        try:
-            return method(self, *args)
-        finally:
-            spent = time.thread_time() - start
-            CPU[self.me] += spent
-            BY_PHASE[phase] += spent
-
-    return wrapper
-
-
-for _cls in (RobustMachine, SecAggMachine):
-    for _name in ("begin", "receive", "deadline"):
-        setattr(_cls, _name, _timed(getattr(_cls, _name)))
 
 
 def _traffic(outcome: Any, n: int) -> tuple[float, float]:
@@ -91,6 +68,7 @@ def _row(protocol: str, n: int, d: int, outcome: Any, wall: float) -> dict[str, 
 def measure(n: int, d: int, repeat: int) -> dict[str, Any]:
     """Best of ``repeat`` rounds of each protocol; the robust/secagg CPU ratio."""
     bound = default_norm_bound(d)
+    instrument(RobustMachine, SecAggMachine)
     robust_inputs = bounded_inputs(n, d, seed=1, norm_bound=bound)
     secagg_inputs = random_inputs(n, d, seed=1)
     rows: dict[str, dict[str, Any]] = {}

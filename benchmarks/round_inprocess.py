@@ -25,7 +25,7 @@ BY_PHASE: defaultdict[str, float] = defaultdict(float)
 
 
 def _timed(method: Callable[..., list[Effect]]) -> Callable[..., list[Effect]]:
-    def wrapper(self: SecAggMachine, *args: Any) -> list[Effect]:
+    def wrapper(self: Any, *args: Any) -> list[Effect]:
         phase = self.phase.name
         start = time.thread_time()
         try:
@@ -38,15 +38,22 @@ def _timed(method: Callable[..., list[Effect]]) -> Callable[..., list[Effect]]:
     return wrapper
 
 
-_PATCHED: list[bool] = []
+_PATCHED: set[type] = set()
+
+
+def instrument(*machine_classes: type) -> None:
+    """Charge every begin/receive/deadline of these classes to CPU and BY_PHASE (once each)."""
+    for cls in machine_classes:
+        if cls in _PATCHED:
+            continue
+        for name in ("begin", "receive", "deadline"):
+            setattr(cls, name, _timed(getattr(cls, name)))
+        _PATCHED.add(cls)
 
 
 def measure(n: int, d: int, repeat: int) -> dict[str, Any]:
     """Run ``repeat`` rounds; report the best round's per-peer CPU."""
-    if not _PATCHED:
-        for name in ("begin", "receive", "deadline"):
-            setattr(SecAggMachine, name, _timed(getattr(SecAggMachine, name)))
-        _PATCHED.append(True)
+    instrument(SecAggMachine)
     inputs = random_inputs(n, d, seed=1)
     best: dict[str, Any] | None = None
     for attempt in range(repeat):
