@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,48 +14,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peers.demo import free_port
+from tests.e2e.federations import cli as _cli
+from tests.e2e.federations import running_federation
 
 SITES = 4
 FRAC_BITS = 20
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "peers.cli", *args]
-
-
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[Path]:
     """A 4-site federation with 2-second deadlines and its broker running."""
-    port = free_port()
-    root = tmp_path / "fed"
-    done = subprocess.run(
-        _cli("init", str(root), "--sites", str(SITES), "--broker-port", str(port)),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "threshold T=3" in done.stdout
-    toml = root / "federation.toml"
-    toml.write_text(re.sub(r"(?m)^(\w+) = \d+\.0$", r"\1 = 2.0", toml.read_text()))
-    broker = subprocess.Popen(
-        _cli("broker", str(root)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("broker did not start")
+    with running_federation(tmp_path / "fed", "--sites", str(SITES), deadline=2.0) as (
+        root,
+        output,
+    ):
+        assert "threshold T=3" in output
         yield root
-    finally:
-        broker.send_signal(signal.SIGTERM)
-        broker.wait(10)
 
 
 def _inputs(root: Path, dim: int, seed: int) -> list[np.ndarray]:

@@ -1,0 +1,58 @@
+"""A federation as ``mpc-agg init`` makes it, with its broker running (e2e fixtures)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from peers.demo import free_port
+
+
+def cli(*args: str) -> list[str]:
+    """The command line of ``mpc-agg`` with ``args``, run by this interpreter."""
+    return [sys.executable, "-m", "peers.cli", *args]
+
+
+@contextmanager
+def running_federation(root: Path, *init_args: str, deadline: float) -> Iterator[tuple[Path, str]]:
+    """``mpc-agg init root *init_args`` with every phase deadline set to ``deadline``
+    seconds, then ``mpc-agg broker`` until the block ends; yields (root, init's stdout)."""
+    port = free_port()
+    done = subprocess.run(
+        cli("init", str(root), "--broker-port", str(port), *init_args),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    toml = root / "federation.toml"
+    # every "name = N.0" line is a deadline, except the robust bound on the update norm
+    toml.write_text(
+        re.sub(r"(?m)^(?!max_norm)(\w+) = \d+\.0$", rf"\1 = {deadline}", toml.read_text())
+    )
+    broker = subprocess.Popen(
+        cli("broker", str(root)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        until = time.monotonic() + 10
+        while time.monotonic() < until:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("broker did not start")
+        yield root, done.stdout
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        broker.wait(10)
