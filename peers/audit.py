@@ -278,6 +278,16 @@ class AuditLog:
                     last = max(last, value)
         return last
 
+    def records(self, federation: str) -> list[dict[str, Any]]:
+        """Every record of ``federation``, oldest first (read back, e.g. the ε already spent)."""
+        found: list[dict[str, Any]] = []
+        if self._path.exists():
+            for line in self._path.read_bytes().splitlines():
+                record = json.loads(line).get("record", {})
+                if isinstance(record, dict) and record.get("federation") == federation:
+                    found.append(record)
+        return found
+
     @property
     def head(self) -> tuple[int, str]:
         """``(seq, digest)`` of the last line — an anchor for :func:`verify_audit_log`."""

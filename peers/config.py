@@ -4,7 +4,9 @@ Two files (DESIGN §1, §6). ``federation.toml`` is shared by every site and fix
 peers must agree on: the federation id, the protocol and its threshold, the broker, the
 phase deadlines, the fixed-point encoding, size limits, the roster (site names and
 their long-term Ed25519 verify keys) and, for ``robust``, the ``[robust]`` table
-(``max_norm``: the L2 bound on each site's update). A site file (``site-0.toml``) is private to one
+(``max_norm``: the L2 bound on each site's update) and, optionally, ``[dp]`` (distributed
+differential privacy: mechanism, noise multiplier, clip norm, δ and the ε budget; see
+``mpc_agg/DP.md`` §5). A site file (``site-0.toml``) is private to one
 site: which federation file to use, the site's name, and where its secrets and audit
 log live.
 
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mpc_agg.crypto import SigningKey, VerifyKey
+from mpc_agg.dp import DpSettings, Mechanism
 from mpc_agg.errors import EncodingError, MpcAggError
 from mpc_agg.fixedpoint import FixedPointCodec
 from protocols.common import MAX_PEERS, Roster, RosterEntry
@@ -218,6 +221,8 @@ class FederationConfig:
     roster: Roster
     path: Path
     max_norm: float | None = None
+    dp: DpSettings | None = None
+    """``[dp]``: distributed differential privacy, ``None`` when the table is absent."""
 
     @property
     def n(self) -> int:
@@ -489,6 +494,56 @@ def _max_norm(root: _Table, protocol: str) -> float | None:
     return max_norm
 
 
+def _dp(root: _Table, protocol: str) -> DpSettings | None:
+    """``[dp]`` (``mpc_agg/DP.md`` §5): optional; only with ``secagg``."""
+    if "dp" not in root.data:
+        return None
+    table = root.table("dp", required=True)
+    if protocol != "secagg":
+        raise root.error(
+            "dp",
+            f'is only available with protocol = "secagg" (this federation runs {protocol}: '
+            "its norm check would have to cover the noise, see mpc_agg/DP.md §6)",
+        )
+    mechanism = table.string("mechanism", default=Mechanism.DISCRETE_GAUSSIAN.value)
+    if mechanism not in {m.value for m in Mechanism}:
+        raise table.error(
+            "mechanism",
+            f"must be one of {', '.join(m.value for m in Mechanism)}, got {mechanism!r}",
+        )
+    noise_multiplier = table.positive(
+        "noise_multiplier", what="number (noise std / L2 sensitivity)", default=None
+    )
+    clip_norm = table.positive("clip_norm", what="number (L2 clip of each update)", default=None)
+    delta = table.positive("delta", what="number in (0, 1)", default=None)
+    if not delta < 1:
+        raise table.error("delta", f"must be in (0, 1), got {delta}")
+    budget = None
+    if table.data.get("epsilon") is not None:
+        budget = table.positive("epsilon", what="number (the total ε budget)", default=None)
+    else:
+        table.seen.add("epsilon")
+    rate = table.positive("sampling_probability", what="number in (0, 1]", default=1.0)
+    if rate > 1:
+        raise table.error("sampling_probability", f"must be in (0, 1], got {rate}")
+    local = table.boolean("local", default=False)
+    rotation = table.boolean("rotation", default=False)
+    table.finish()
+    try:
+        return DpSettings(
+            noise_multiplier=noise_multiplier,
+            clip_norm=clip_norm,
+            delta=delta,
+            epsilon_budget=budget,
+            mechanism=Mechanism(mechanism),
+            local=local,
+            rotation=rotation,
+            sampling_probability=rate,
+        )
+    except ValueError as exc:
+        raise table.error("sampling_probability", str(exc)) from None
+
+
 def _encoding(table: _Table, n: int) -> EncodingConfig:
     frac_bits = table.integer("frac_bits", low=0, high=52, default=DEFAULT_FRAC_BITS)
     max_abs = table.positive("max_abs_value", what="finite number", default=DEFAULT_MAX_ABS_VALUE)
@@ -561,6 +616,7 @@ def load_federation(path: Path | str) -> FederationConfig:
     encoding = _encoding(root.table("encoding", required=False), n)
     limits = _limits(root.table("limits", required=False))
     max_norm = _max_norm(root, protocol)
+    dp = _dp(root, protocol)
     root.finish()
     return FederationConfig(
         id=fed_id,
@@ -573,6 +629,7 @@ def load_federation(path: Path | str) -> FederationConfig:
         roster=roster,
         path=path.absolute(),
         max_norm=max_norm,
+        dp=dp,
     )
 
 

@@ -51,13 +51,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from mpc_agg import dp
 from mpc_agg.crypto import SigningKey
 from mpc_agg.errors import EncodingError, MpcAggError, ProtocolMisuseError
 from mpc_agg.fixedpoint import FixedPointCodec
@@ -117,6 +118,34 @@ _ROBUST_MESSAGES_PER_PEER = 48
 _UNTIMED_PHASES = frozenset({"IDLE", "DONE", "ABORTED"})
 
 
+def _privacy_history(audit: AuditLog, federation: str) -> tuple[dp.RoundCost, ...]:
+    """The privacy cost of every round this site's audit log records for ``federation``."""
+    costs: list[dp.RoundCost] = []
+    for record in audit.records(federation):
+        privacy = record.get("privacy")
+        if isinstance(privacy, dict):
+            cost = privacy.get("cost")
+            if not isinstance(cost, dict):
+                raise ConfigError(audit.path, "privacy.cost", "malformed record in the audit log")
+            try:
+                costs.append(dp.RoundCost.from_json(cost))
+            except ValueError as exc:
+                raise ConfigError(audit.path, "privacy.cost", str(exc)) from None
+    return tuple(costs)
+
+
+def _privacy_record(dp_round: dp.DpRound, report: PrivacyReport) -> dict[str, object]:
+    """The audit log's ``privacy`` field: parameters, the round's cost and ε spent."""
+    return {
+        **dp_round.describe(),
+        "epsilon_budget": report.epsilon_budget,
+        "epsilon_round": report.epsilon_round,
+        "epsilon_spent": report.epsilon_spent,
+        "clipped": report.clipped,
+        "cost": dp_round.cost.to_json(),
+    }
+
+
 def _byte_budget(vector_length: int) -> int:
     """Bytes accepted per site and round: two masked inputs (8 bytes a coordinate) + 1 MiB."""
     return 2 * 8 * vector_length + (1 << 20)
@@ -157,11 +186,32 @@ class AggregateResult:
     bytes_in: int
     bytes_out: int
     ignored: Mapping[str, int]
+    privacy: PrivacyReport | None = None
+    """The round's differential privacy (``None`` without ``[dp]``)."""
 
     @property
     def mean(self) -> NDArray[np.float64]:
         """``total / count``: the average update of the included sites."""
         return self.total / self.count
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacyReport:
+    """What a round spent (``mpc_agg/DP.md`` §4): this site's ledger after the round."""
+
+    mechanism: str
+    noise_multiplier: float
+    clip_norm: float
+    delta: float
+    epsilon_round: float
+    """ε(δ) of this round alone."""
+    epsilon_spent: float
+    """ε(δ) of every round this site has taken part in, this one included."""
+    epsilon_budget: float | None
+    clipped: bool
+    """This site's update was longer than ``clip_norm`` and was scaled down to it."""
+    min_sites: int
+    """The fewest sites whose noise the sum is calibrated to carry (1: local DP)."""
 
 
 class RoundMachine(Protocol):
@@ -205,6 +255,8 @@ class RoundPlan:
     """The round's fixed-point encoding (``robust`` may lower ``frac_bits`` to fit B)."""
     parameters: Mapping[str, object] = field(default_factory=dict)
     """Protocol parameters beyond n, t and d, for the audit log."""
+    privacy: Mapping[str, object] | None = None
+    """The round's DP parameters and ε spent, for the audit log (``None`` without DP)."""
 
 
 @dataclass(slots=True)
@@ -257,6 +309,8 @@ class PeerNode:
         last_round: int = 0,
         protocol: str = "secagg",
         max_norm: float | None = None,
+        privacy: dp.DpSettings | None = None,
+        privacy_history: tuple[dp.RoundCost, ...] = (),
     ) -> None:
         if protocol not in RUNTIME_PROTOCOLS:
             raise ProtocolMisuseError(
@@ -265,8 +319,17 @@ class PeerNode:
             )
         if (protocol == "robust") != (max_norm is not None):
             raise ProtocolMisuseError("max_norm is required with robust and only with robust")
+        if privacy is not None and protocol != "secagg":
+            raise ProtocolMisuseError("differential privacy is available with secagg only")
         self.protocol = protocol
         self.max_norm = max_norm
+        self.privacy = privacy
+        #: ε spent by this site so far (``mpc_agg/DP.md`` §4); ``None`` without DP.
+        self.accountant = (
+            None
+            if privacy is None
+            else dp.PrivacyAccountant(delta=privacy.delta, history=privacy_history)
+        )
         self.federation = federation
         self.roster = roster
         self.me = me
@@ -355,6 +418,8 @@ class PeerNode:
             ),
             protocol=federation.protocol,
             max_norm=federation.max_norm,
+            privacy=federation.dp,
+            privacy_history=_privacy_history(audit, federation.id),
         )
 
     async def wait_for_peers(self, timeout: float) -> set[str]:
@@ -546,12 +611,33 @@ class PeerNode:
             raise EncodingError(
                 f"update has {array.size} entries; allowed 1..{self.max_vector_length}"
             )
-        codec = self._round_codec(array)
-        encoded = codec.encode(array, np.random.default_rng(), clip_norm=None)
+        dp_round = self._plan_privacy(round_id, array.size)
+        privatized: dp.Privatized | None = None
+        if dp_round is None:
+            codec = self._round_codec(array)
+            ring = codec.encode(array, np.random.default_rng(), clip_norm=None).ring
+        else:
+            codec = FixedPointCodec(
+                frac_bits=dp_round.frac_bits,
+                n_peers=len(self.roster),
+                max_abs_value=dp_round.settings.clip_norm,
+            )
+            privatized = dp.privatize(
+                dp_round,
+                array,
+                randomness=self._rng,
+                rounding=np.random.default_rng(),
+                n_peers=len(self.roster),
+            )
+            ring = privatized.ring
         if self.join_timeout > 0 and not self._joined:
             self._joined = True
             await self.wait_for_peers(self.join_timeout)
-        plan = self._plan_round(round_id, encoded.ring.shape[0], codec)
+        plan = self._plan_round(round_id, ring.shape[0], codec)
+        report: PrivacyReport | None = None
+        if dp_round is not None and privatized is not None:
+            report = self._spend_privacy(dp_round, privatized)
+            plan = replace(plan, privacy=_privacy_record(dp_round, report))
         state = _Round(
             round_id,
             plan.machine,
@@ -566,7 +652,7 @@ class PeerNode:
         bytes_out_before = self._bytes_out_total()
         bytes_in_before = self._bytes_in
         try:
-            ready, ignored, timings = await self._run(state, encoded.ring)
+            ready, ignored, timings = await self._run(state, ring)
         except RoundAbortedError as exc:
             self._record(round_id, plan, {"outcome": "aborted", "reason": exc.reason})
             raise
@@ -576,7 +662,10 @@ class PeerNode:
             raise
         finally:
             self._current = None
-        total = plan.codec.decode(ready.total).reshape(array.shape)
+        if dp_round is None:
+            total = plan.codec.decode(ready.total).reshape(array.shape)
+        else:
+            total = dp.decode(dp_round, ready.total).reshape(array.shape)
         names = self.roster.name
         self._record(
             round_id,
@@ -604,6 +693,69 @@ class PeerNode:
             bytes_in=self._bytes_in - bytes_in_before,
             bytes_out=self._bytes_out_total() - bytes_out_before,
             ignored=dict(ignored),
+            privacy=report,
+        )
+
+    def _plan_privacy(self, round_id: int, vector_length: int) -> dp.DpRound | None:
+        """The round's DP calibration; refuse the round if it would exceed the ε budget.
+
+        Runs before anything of the round is sent (``mpc_agg/DP.md`` §5.2): a refused
+        round raises :class:`~mpc_agg.dp.PrivacyBudgetExceededError` and leaves an audit
+        line with outcome ``refused``, and no message.
+        """
+        settings, accountant = self.privacy, self.accountant
+        if settings is None or accountant is None:
+            return None
+        dp_round = dp.plan_round(
+            settings,
+            vector_length=vector_length,
+            frac_bits=self.codec.frac_bits,
+            min_sites=self.threshold,
+            federation=self.federation,
+            round_id=round_id,
+        )
+        budget = settings.epsilon_budget
+        if budget is not None:
+            spent = accountant.epsilon()
+            would_be = accountant.epsilon([dp_round.cost])
+            if would_be > budget:
+                reason = (
+                    f"round {round_id} would bring ε to {would_be:.4g} (δ={settings.delta:g}), "
+                    f"over the federation's budget {budget:g}; ε spent so far {spent:.4g} "
+                    f"over {accountant.rounds} rounds. Nothing was sent"
+                )
+                self._last_round = round_id
+                if self.audit is not None:
+                    self.audit.append(
+                        {
+                            "protocol": PROTOCOL,
+                            "federation": self.federation,
+                            "round": round_id,
+                            "site": self.name,
+                            "outcome": "refused",
+                            "reason": reason,
+                        }
+                    )
+                raise dp.PrivacyBudgetExceededError(
+                    reason, spent=spent, would_be=would_be, budget=budget
+                )
+        return dp_round
+
+    def _spend_privacy(self, dp_round: dp.DpRound, privatized: dp.Privatized) -> PrivacyReport:
+        """Charge the round to this site's ledger before its first message (§4.2)."""
+        accountant = self.accountant
+        assert accountant is not None
+        settings = dp_round.settings
+        return PrivacyReport(
+            mechanism=settings.mechanism.value,
+            noise_multiplier=settings.noise_multiplier,
+            clip_norm=settings.clip_norm,
+            delta=settings.delta,
+            epsilon_round=dp.PrivacyAccountant(delta=settings.delta).epsilon([dp_round.cost]),
+            epsilon_spent=accountant.spend(dp_round.cost),
+            epsilon_budget=settings.epsilon_budget,
+            clipped=privatized.clipped,
+            min_sites=dp_round.min_sites,
         )
 
     def _round_codec(self, array: NDArray[Any]) -> FixedPointCodec:
@@ -707,6 +859,7 @@ class PeerNode:
                     "max_abs_value": plan.codec.max_abs_value,
                     **plan.parameters,
                 },
+                **({} if plan.privacy is None else {"privacy": plan.privacy}),
                 **outcome,
             }
         )
