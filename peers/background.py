@@ -20,6 +20,7 @@ from typing import Any, Self, TypeVar
 
 from numpy.typing import ArrayLike
 
+from mpc_agg.dp import DpSettings
 from peers.config import SiteConfig, load_site
 from peers.node import AggregateResult, PeerNode
 
@@ -116,6 +117,11 @@ class BackgroundPeer:
         if self._node is None:
             raise RuntimeError("BackgroundPeer is not started: use it in a `with` block")
         return self._node
+
+    @property
+    def privacy(self) -> DpSettings | None:
+        """The node's differential privacy settings (``[dp]``), once started."""
+        return self.node.privacy
 
     def __enter__(self) -> Self:
         if self._loop is None:

@@ -24,6 +24,13 @@ Modes:
   ``max_grad_norm``) is aggregated and the parameters become the anchor plus the average
   change. Optimizer state (momentum, Adam moments) stays local.
 
+Differential privacy (``mpc_agg/DP.md`` §5.3): ``noise_multiplier`` states the noise the
+training code relies on. The noise itself is added by the peer, in the integer domain, as
+the federation's ``[dp]`` table says (every site must add the same); the optimizer clips
+to ``max_grad_norm`` and refuses to step unless the aggregator's ``privacy`` settings have
+this noise multiplier and ``clip_norm == max_grad_norm``. :attr:`epsilon` is the ε spent
+so far, from the last round's result.
+
 Rollback: when the aggregation fails — the round aborts, the transport fails, an entry is
 out of the encodable range — the parameters, their gradients and the optimizer state are
 exactly what they were before ``step()`` and :class:`AggregationFailedError` is raised
@@ -114,6 +121,7 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         every: int = 1,
         max_grad_norm: float | None = None,
         on_failure: OnFailure = "raise",
+        noise_multiplier: float | None = None,
     ) -> None:
         if mode not in ("gradient", "delta"):
             raise ValueError(f"mode must be 'gradient' or 'delta', got {mode!r}")
@@ -123,6 +131,15 @@ class SecureAggOptimizer(torch.optim.Optimizer):
             raise ValueError("every > 1 needs mode='delta' (local steps between rounds)")
         if max_grad_norm is not None and not (max_grad_norm > 0 and np.isfinite(max_grad_norm)):
             raise ValueError(f"max_grad_norm must be a positive number, got {max_grad_norm!r}")
+        if noise_multiplier is not None:
+            if not (noise_multiplier > 0 and np.isfinite(noise_multiplier)):
+                raise ValueError(
+                    f"noise_multiplier must be a positive number, got {noise_multiplier!r}"
+                )
+            if max_grad_norm is None:
+                raise ValueError(
+                    "noise_multiplier needs max_grad_norm: the noise is calibrated to the clip"
+                )
         if on_failure not in ("raise", "skip"):
             raise ValueError(f"on_failure must be 'raise' or 'skip', got {on_failure!r}")
         # Deliberately no super().__init__(): param_groups and state are the wrapped
@@ -133,6 +150,8 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         self.every = every
         self.max_grad_norm = max_grad_norm
         self.on_failure: OnFailure = on_failure
+        self.noise_multiplier = noise_multiplier
+        self._privacy_checked = noise_multiplier is None
         self._optimizer_step_pre_hooks = OrderedDict()
         self._optimizer_step_post_hooks = OrderedDict()
         self._optimizer_state_dict_pre_hooks = OrderedDict()
@@ -205,7 +224,8 @@ class SecureAggOptimizer(torch.optim.Optimizer):
     def __repr__(self) -> str:
         return (
             f"SecureAggOptimizer({type(self.original_optimizer).__name__}, mode={self.mode!r}, "
-            f"every={self.every}, max_grad_norm={self.max_grad_norm})"
+            f"every={self.every}, max_grad_norm={self.max_grad_norm}, "
+            f"noise_multiplier={self.noise_multiplier})"
         )
 
     # ------------------------------------------------------------------ steps
@@ -262,6 +282,7 @@ class SecureAggOptimizer(torch.optim.Optimizer):
 
         Shared by :meth:`step` and :meth:`astep` so both roll back identically.
         """
+        self._check_privacy()
         if self.mode == "delta":
             self.local_steps += 1
             if self.local_steps < self.every:
@@ -311,7 +332,35 @@ class SecureAggOptimizer(torch.optim.Optimizer):
                 param.grad.copy_(grad)
         return self.original_optimizer.step()
 
+    @property
+    def epsilon(self) -> float | None:
+        """ε spent so far (the last round's ``privacy.epsilon_spent``), ``None`` without DP."""
+        privacy = getattr(self.last_result, "privacy", None)
+        return None if privacy is None else float(privacy.epsilon_spent)
+
     # ------------------------------------------------------------------ helpers
+
+    def _check_privacy(self) -> None:
+        """The aggregator adds the noise this optimizer was told about (once, before a step)."""
+        if self._privacy_checked:
+            return
+        settings = getattr(self.aggregator, "privacy", None)
+        if settings is None:
+            raise ValueError(
+                f"noise_multiplier={self.noise_multiplier} but the aggregator adds no DP "
+                "noise: give the federation a [dp] table (mpc_agg/DP.md §5)"
+            )
+        if not (
+            np.isclose(settings.noise_multiplier, self.noise_multiplier, rtol=1e-9, atol=0)
+            and np.isclose(settings.clip_norm, self.max_grad_norm, rtol=1e-9, atol=0)
+        ):
+            raise ValueError(
+                f"the federation adds noise_multiplier={settings.noise_multiplier} with "
+                f"clip_norm={settings.clip_norm}; this optimizer was given noise_multiplier="
+                f"{self.noise_multiplier}, max_grad_norm={self.max_grad_norm}: every site "
+                "must use the federation's values"
+            )
+        self._privacy_checked = True
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]

@@ -9,6 +9,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import numpy as np
 from numpy.typing import NDArray
 
+from mpc_agg.dp import DpSettings
+from peers.audit import AuditLog
 from peers.node import AggregateResult, PeerNode
 from peers.transport import Transport
 from protocols.common import Roster
@@ -35,6 +37,8 @@ async def running_nodes(
     node_class: type[PeerNode] = PeerNode,
     protocol: str = "secagg",
     max_norm: float | None = None,
+    privacy: DpSettings | None = None,
+    audit: Callable[[int], AuditLog | None] = lambda _i: None,
 ) -> AsyncIterator[list[PeerNode]]:
     """Enter ``n`` nodes (site-0 … site-{n-1}) of ``node_class`` and yield them."""
     default_roster, keys = make_roster(n)
@@ -52,6 +56,8 @@ async def running_nodes(
                     frac_bits=FRAC_BITS,
                     protocol=protocol,
                     max_norm=max_norm,
+                    privacy=privacy,
+                    audit=audit(i),
                 )
             )
             for i in range(n)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from mpc_agg import dp
 from mpc_agg.errors import EncodingError
 from mpc_agg.torch import AggregationFailedError, SecureAggOptimizer
 from peers.background import BackgroundPeer, EventLoopThread
@@ -353,6 +354,8 @@ def test_aggregator_returning_the_wrong_length_is_refused() -> None:
         ({"max_grad_norm": -1.0}, "max_grad_norm"),
         ({"max_grad_norm": float("nan")}, "max_grad_norm"),
         ({"on_failure": "ignore"}, "on_failure"),
+        ({"noise_multiplier": 1.0}, "needs max_grad_norm"),
+        ({"noise_multiplier": -1.0, "max_grad_norm": 1.0}, "noise_multiplier"),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], message: str) -> None:
@@ -446,3 +449,65 @@ def test_lossy_network_faults_do_not_change_the_result() -> None:
 
         run_sites(site)
     assert max_param_diff(models[0], models[2]) <= 1e-6
+
+
+# --------------------------------------------------------------------------- differential privacy
+
+
+@pytest.mark.asyncio
+async def test_dp_training_clips_adds_the_federation_noise_and_reports_epsilon() -> None:
+    """Gradient mode with [dp]: the averaged gradient is the clipped mean plus N(0, σ²/n²)."""
+    settings = dp.DpSettings(noise_multiplier=0.7, clip_norm=0.5, delta=1e-5)
+    models = [make_model() for _ in range(N_SITES)]
+    async with running_nodes(N_SITES, memory_transports(), privacy=settings) as nodes:
+        opts = [
+            SecureAggOptimizer(
+                torch.optim.SGD(m.parameters(), lr=0.05),
+                node,
+                max_grad_norm=0.5,
+                noise_multiplier=0.7,
+            )
+            for m, node in zip(models, nodes, strict=True)
+        ]
+        batches = [site_batches(k, 3) for k in range(N_SITES)]
+        spent = []
+        for t in range(3):
+
+            async def site(k: int, t: int = t) -> None:
+                opts[k].zero_grad()
+                loss_of(models[k], batches[k][t]).backward()
+                await opts[k].astep()
+
+            await asyncio.gather(*(site(k) for k in range(N_SITES)))
+            spent.append(opts[0].epsilon)
+    assert max_param_diff(models[0], models[2]) == 0.0  # every site applied the same noisy mean
+    assert all(e is not None for e in spent)
+    assert spent[0] < spent[1] < spent[2]  # type: ignore[operator]
+    assert spent[2] == nodes[0].accountant.epsilon()  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+async def test_dp_optimizer_refuses_an_aggregator_with_other_or_no_noise() -> None:
+    settings = dp.DpSettings(noise_multiplier=0.7, clip_norm=0.5, delta=1e-5)
+    async with running_nodes(2, memory_transports(), privacy=settings) as nodes:
+        model = make_model()
+        before = copy.deepcopy(model.state_dict())
+        wrong = SecureAggOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            nodes[0],
+            max_grad_norm=1.0,
+            noise_multiplier=0.7,
+        )
+        loss_of(model, site_batches(0, 1)[0]).backward()
+        with pytest.raises(ValueError, match=r"clip_norm=0\.5"):
+            await wrong.astep()
+        plain = SecureAggOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            Mean(),
+            max_grad_norm=1.0,
+            noise_multiplier=0.7,
+        )
+        with pytest.raises(ValueError, match="adds no DP noise"):
+            plain.step()
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert nodes[0]._bytes_out_total() == 0
