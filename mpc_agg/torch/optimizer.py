@@ -49,6 +49,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -350,9 +351,11 @@ class SecureAggOptimizer(torch.optim.Optimizer):
                 f"noise_multiplier={self.noise_multiplier} but the aggregator adds no DP "
                 "noise: give the federation a [dp] table (mpc_agg/DP.md §5)"
             )
-        if not (
-            np.isclose(settings.noise_multiplier, self.noise_multiplier, rtol=1e-9, atol=0)
-            and np.isclose(settings.clip_norm, self.max_grad_norm, rtol=1e-9, atol=0)
+        wanted = (self.noise_multiplier, self.max_grad_norm)
+        offered = (float(settings.noise_multiplier), float(settings.clip_norm))
+        if not all(
+            w is not None and math.isclose(o, w, rel_tol=1e-9)
+            for o, w in zip(offered, wanted, strict=True)
         ):
             raise ValueError(
                 f"the federation adds noise_multiplier={settings.noise_multiplier} with "
