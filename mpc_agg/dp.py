@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
+import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -80,6 +82,16 @@ class PrivacyBudgetExceededError(MpcAggError):
         self.budget = budget
 
 
+class Unit(enum.StrEnum):
+    """What one neighbouring step adds or removes (§2.1): a whole site, or one example."""
+
+    SITE = "site"
+    """The site's whole update is clipped to ``clip_norm`` by the node (FedAvg, DP-FedAvg)."""
+    EXAMPLE = "example"
+    """The update is a sum of per-example gradients each clipped to ``clip_norm`` by the
+    training code (DP-SGD); the node rounds it deterministically and does not clip it."""
+
+
 class Mechanism(enum.StrEnum):
     """The integer noise each site adds (§2.2)."""
 
@@ -93,8 +105,9 @@ class DpSettings:
 
     ``noise_multiplier`` is ``z`` in σ = z·Δ₂; ``epsilon_budget`` (``None``: no budget)
     and ``delta`` bound the whole federation's spend; ``local`` makes each site add the
-    full noise itself (local DP); ``sampling_probability`` is the Poisson rate at which
-    the protected unit takes part in a round (1.0: every round).
+    full noise itself (local DP); ``unit`` is what the guarantee protects (a site, or one
+    example of a site's data); ``sampling_probability`` is the Poisson rate at which the
+    protected unit takes part in a round (1.0: every round).
     """
 
     noise_multiplier: float
@@ -105,8 +118,12 @@ class DpSettings:
     local: bool = False
     rotation: bool = False
     sampling_probability: float = 1.0
+    unit: Unit = Unit.SITE
 
     def __post_init__(self) -> None:
+        # Accept the enums' string values (as a TOML file spells them); store the enums.
+        object.__setattr__(self, "mechanism", Mechanism(self.mechanism))
+        object.__setattr__(self, "unit", Unit(self.unit))
         if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
             raise ValueError(
                 f"noise_multiplier must be finite and > 0, got {self.noise_multiplier}"
@@ -202,18 +219,36 @@ class RoundCost:
 
 
 def _epsilon(costs: Sequence[RoundCost], delta: float) -> float:
-    """ε(δ) of ``costs`` composed by dp-accounting's RdpAccountant (§4.2)."""
+    """ε(δ) of ``costs`` composed by dp-accounting's RdpAccountant (§4.2).
+
+    Composition depends only on how many rounds of each cost there were, so the answer
+    is cached by that multiset (a round's budget check and its charge ask the same).
+    """
     if not costs:
         return 0.0
+    return _epsilon_of_multiset(frozenset(Counter(costs).items()), delta)
+
+
+@functools.lru_cache(maxsize=64)
+def _epsilon_of_multiset(grouped: frozenset[tuple[RoundCost, int]], delta: float) -> float:
+    costs = [cost for cost, _ in grouped]
     integer = any(c.integer_orders for c in costs)
     orders = INTEGER_ORDERS if integer else tuple(float(a) for a in DEFAULT_RDP_ORDERS)
     branches = (0, 1) if any(c.alt_rho is not None for c in costs) else (0,)
     best = math.inf
-    for branch in branches:
-        accountant = RdpAccountant(orders=list(orders))
-        grouped = Counter(c.event(branch) for c in costs)
-        accountant.compose(ComposedDpEvent([SelfComposedDpEvent(e, k) for e, k in grouped.items()]))
-        best = min(best, float(accountant.get_epsilon(delta)))
+    # dp-accounting logs (through absl) each fractional order it cannot evaluate under
+    # subsampling and leaves it out, which is what it should do; keep that out of the log.
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        for branch in branches:
+            accountant = RdpAccountant(orders=list(orders))
+            composed = [SelfComposedDpEvent(c.event(branch), k) for c, k in grouped]
+            accountant.compose(ComposedDpEvent(composed))
+            best = min(best, float(accountant.get_epsilon(delta)))
+    finally:
+        absl.setLevel(level)
     return best
 
 
@@ -335,12 +370,24 @@ class DpRound:
             "clip_norm": s.clip_norm,
             "delta": s.delta,
             "local": s.local,
+            "unit": s.unit.value,
+            "sampling_probability": s.sampling_probability,
             "rotation": s.rotation,
             "min_sites": self.min_sites,
             "frac_bits": self.frac_bits,
             "l2_sensitivity": self.l2_sensitivity,
             "site_variance": self.sigma_squared if self.laplace_scale else 2 * self.skellam_mu,
         }
+
+
+def example_sensitivity_bound(scaled_clip: float, dimension: int) -> float:
+    """Δ₂ of a sum of clipped examples rounded to nearest, in integer units (§2.1).
+
+    Removing one example moves the real-valued sum by at most ``c``; rounding each
+    coordinate to the nearest integer changes each coordinate's difference by less than
+    one, so the rounded sums differ by at most ``c + √d``.
+    """
+    return scaled_clip + math.sqrt(float(dimension))
 
 
 def l2_sensitivity_bound(scaled_clip: float, dimension: int, beta: float = DEFAULT_BETA) -> float:
@@ -391,7 +438,8 @@ def plan_round(
         else 2.0 * noise.MAX_SKELLAM_MU
     )
     for bits in range(frac_bits, -1, -1):
-        delta2 = l2_sensitivity_bound(settings.clip_norm * (1 << bits), dimension)
+        bound = example_sensitivity_bound if settings.unit is Unit.EXAMPLE else l2_sensitivity_bound
+        delta2 = bound(settings.clip_norm * (1 << bits), dimension)
         variance = (settings.noise_multiplier * delta2) ** 2 / k
         if variance <= limit:
             break
@@ -551,10 +599,21 @@ def privatize(
     if plan.settings.rotation:
         x = rotate(plan, x)
     norm = float(np.linalg.norm(x))
-    clip = plan.settings.clip_norm
-    clipped = norm > clip
-    factor = plan.scale * (clip / norm if clipped else 1.0)
-    integers, draws = _round_conditionally(x * factor, plan.l2_sensitivity**2, rounding)
+    if plan.settings.unit is Unit.EXAMPLE:
+        # A sum of clipped examples: never clipped here, rounded to nearest (§2.1).
+        scaled = x * plan.scale
+        if scaled.size and float(np.abs(scaled).max()) >= 2.0**62:
+            raise EncodingError(
+                f"an entry of the update is {float(np.abs(x).max()):.4g}: too large for the "
+                f"ring at 2^-{plan.frac_bits}; nothing was clipped"
+            )
+        clipped, draws = False, 0
+        integers = np.rint(scaled).astype(np.int64)
+    else:
+        clip = plan.settings.clip_norm
+        clipped = norm > clip
+        factor = plan.scale * (clip / norm if clipped else 1.0)
+        integers, draws = _round_conditionally(x * factor, plan.l2_sensitivity**2, rounding)
     if plan.laplace_scale:
         integers += noise.discrete_gaussian(
             randomness, plan.sigma_squared, plan.dimension, t=plan.laplace_scale

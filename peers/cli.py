@@ -301,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--drop", type=int, default=1, help="[sum, none] sites dropping per round")
     demo.add_argument("--frac-bits", type=int, default=24, help="[sum, none] fraction bits")
     demo.add_argument("--clip", type=float, default=1.0, help="[sum, none] max |coordinate|")
+    demo.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="[train] DP-SGD with distributed DP spending at most ε (inf: no noise)",
+    )
+    demo.add_argument("--delta", type=float, default=1e-5, help="[train --epsilon] δ (1e-5)")
     demo.set_defaults(handler=_demo)
 
     site = sub.add_parser("_demo-site")  # internal: one site process of `demo`
@@ -313,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     site.add_argument("--dim", type=int, default=0)
     site.add_argument("--clip", type=float, default=1.0)
     site.add_argument("--local-steps", type=int, default=20)
+    site.add_argument("--dp", action="store_true")
     site.set_defaults(handler=_demo_site)
     return parser
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mpc_agg.crypto import SigningKey, VerifyKey
-from mpc_agg.dp import DpSettings, Mechanism
+from mpc_agg.dp import DpSettings, Mechanism, Unit
 from mpc_agg.errors import EncodingError, MpcAggError
 from mpc_agg.fixedpoint import FixedPointCodec
 from protocols.common import MAX_PEERS, Roster, RosterEntry
@@ -528,6 +528,11 @@ def _dp(root: _Table, protocol: str) -> DpSettings | None:
         raise table.error("sampling_probability", f"must be in (0, 1], got {rate}")
     local = table.boolean("local", default=False)
     rotation = table.boolean("rotation", default=False)
+    unit = table.string("unit", default=Unit.SITE.value)
+    if unit not in {u.value for u in Unit}:
+        raise table.error(
+            "unit", f"must be one of {', '.join(u.value for u in Unit)}, got {unit!r}"
+        )
     table.finish()
     try:
         return DpSettings(
@@ -539,6 +544,7 @@ def _dp(root: _Table, protocol: str) -> DpSettings | None:
             local=local,
             rotation=rotation,
             sampling_probability=rate,
+            unit=Unit(unit),
         )
     except ValueError as exc:
         raise table.error("sampling_probability", str(exc)) from None

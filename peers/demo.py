@@ -9,6 +9,13 @@ and the same training runs with plaintext averaging for comparison. Per-round lo
 accuracy of both are printed as the rounds complete; a JSON of the numbers and a PNG of
 both curves are written to ``--out``.
 
+``--epsilon E`` (with ``--task train``): DP-SGD with distributed differential privacy
+instead of FedAvg. Each step every site Poisson-samples its examples, clips each example's
+gradient, and the sites aggregate the sums securely while each adds its share of discrete
+Gaussian noise, calibrated so that the whole run spends at most ε (δ = ``--delta``) when
+only the threshold's number of sites survive (``mpc_agg/DP.md``). ``--epsilon inf`` runs
+the same DP-SGD without noise. The baseline is the same DP-SGD, in the clear, without noise.
+
 ``--task sum``: each round every site aggregates a public pseudo-random vector and the
 result is printed against the plaintext sum (``--broker none`` runs the protocol machines
 in memory instead, with dropouts).
@@ -31,15 +38,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from mpc_agg.dp import DpSettings, Unit, calibrate_noise_multiplier
 from mpc_agg.fixedpoint import FixedPointCodec
-from peers.config import FederationConfig, load_federation, load_site
+from peers.config import DEFAULT_FRAC_BITS, FederationConfig, load_federation, load_site
 from peers.embedded_broker import amqtt_available
 from peers.init import broker_command, find_program, init_federation
 from peers.node import PeerNode, RoundAbortedError
@@ -138,6 +146,7 @@ def make_federation(
     threshold: int | None,
     protocol: str = "secagg",
     max_norm: float | None = None,
+    dp: DpSettings | None = None,
 ) -> tuple[FederationConfig, int]:
     """``mpc-agg init`` into ``root/fed`` for a broker of ``kind`` on a free port."""
     port = free_port()
@@ -149,6 +158,7 @@ def make_federation(
         mqtt_version="5" if kind == "mosquitto" else "3.1.1",
         protocol=protocol,
         max_norm=max_norm,
+        dp=dp,
     )
     return load_federation(root / "fed" / "federation.toml"), port
 
@@ -243,6 +253,14 @@ def run_demo(args: argparse.Namespace) -> int:
             raise DemoError(f"robust: --threshold t must satisfy 1 ≤ t and 2t+1 ≤ {args.sites}")
     elif threshold is not None and not 2 <= threshold <= args.sites:
         raise DemoError(f"--threshold must be in [2, {args.sites}]")
+    epsilon = getattr(args, "epsilon", None)
+    if epsilon is not None:
+        if args.task != "train" or robust:
+            raise DemoError("--epsilon is for the secagg training demo (--task train)")
+        if not epsilon > 0:
+            raise DemoError("--epsilon must be > 0 (or inf: DP-SGD without noise)")
+        if not 0 < args.delta < 1:
+            raise DemoError("--delta must be in (0, 1)")
     if args.in_process:  # the old spelling of `--task sum --broker none`
         args.task, args.broker = "sum", "none"
     kind = choose_broker(args.broker)
@@ -278,7 +296,12 @@ def _task(args: argparse.Namespace, sites: int) -> Any:
 
 def train_site_process(args: argparse.Namespace) -> int:
     """One training site: FedAvg through the broker; one JSON line per round on stdout."""
-    from mpc_agg.torch.digits import flat_parameters, train_site  # noqa: PLC0415
+    from mpc_agg.torch.digits import (  # noqa: PLC0415
+        DpSgd,
+        flat_parameters,
+        train_site,
+        train_site_dpsgd,
+    )
     from peers.background import BackgroundPeer  # noqa: PLC0415
 
     site = load_site(args.config)
@@ -301,12 +324,24 @@ def train_site_process(args: argparse.Namespace) -> int:
             "aggregate_seconds": sum(result.timings.values()),
             "bytes_in": result.bytes_in,
             "bytes_out": result.bytes_out,
+            "epsilon": optimizer.epsilon,
         }
         print(json.dumps(line), flush=True)
         started = time.perf_counter()
 
     with BackgroundPeer.from_config(site) as peer:
-        model = train_site(task, args.index, peer, args.rounds, report)
+        if getattr(args, "dp", False):
+            privacy = peer.privacy
+            model = train_site_dpsgd(
+                task,
+                DpSgd(steps=args.rounds),
+                args.index,
+                peer,
+                report,
+                noise_multiplier=None if privacy is None else privacy.noise_multiplier,
+            )
+        else:
+            model = train_site(task, args.index, peer, args.rounds, report)
     np.save(Path(args.outdir) / f"site-{args.index}-final.npy", flat_parameters(model))
     return 0
 
@@ -320,22 +355,29 @@ def train_demo(args: argparse.Namespace, kind: str) -> int:
             "pip install 'torch==2.13.0' 'mpc-agg[torch,demo]', or use --task sum"
         )
     n = args.sites
-    rounds = args.rounds or 20
+    epsilon = getattr(args, "epsilon", None)
+    private = epsilon is not None
+    rounds = args.rounds or (100 if private else 20)
     args.seed = args.seed if args.seed is not None else secrets.randbits(31)
     task = _task(args, n)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    schedule = (
+        f"{rounds} DP-SGD steps (Poisson sampling, per-example clipping)"
+        if private
+        else f"{rounds} FedAvg rounds of {task.local_steps} local steps"
+    )
     print(
         f"mpc-agg demo: federated training on scikit-learn's digits (1,797 8×8 images), "
-        f"{n} sites, non-IID (Dirichlet α={task.alpha}), {rounds} FedAvg rounds of "
-        f"{task.local_steps} local steps, seed {args.seed}"
+        f"{n} sites, non-IID (Dirichlet α={task.alpha}), {schedule}, seed {args.seed}"
     )
+    dp_settings = _dp_settings(task, args, rounds) if private else None
     baseline_start = time.perf_counter()
     plain: list[RoundMetrics] = []
-    final_plain = train_plaintext(task, rounds, plain.append)
+    final_plain = train_plaintext(task, rounds, plain.append, dpsgd=private)
     print(
-        f"plaintext baseline (deltas averaged in the clear, in-process): "
-        f"{time.perf_counter() - baseline_start:.1f} s, final accuracy "
+        f"plaintext baseline ({'no noise, ' if private else ''}averaged in the clear, "
+        f"in-process): {time.perf_counter() - baseline_start:.1f} s, final accuracy "
         f"{plain[-1].test_accuracy:.1%}"
     )
     with tempfile.TemporaryDirectory(prefix="mpc-agg-demo-") as tmp:
@@ -348,6 +390,7 @@ def train_demo(args: argparse.Namespace, kind: str) -> int:
             threshold=args.threshold,
             protocol=protocol,
             max_norm=task.clip if protocol == "robust" else None,
+            dp=dp_settings,
         )
         print(f"broker: {describe_broker(kind, port)}; one process per site")
         if protocol == "robust":
@@ -356,6 +399,22 @@ def train_demo(args: argparse.Namespace, kind: str) -> int:
                 f"({2 * federation.threshold + 1} live sites needed), every delta clipped to "
                 f"L2 ≤ {task.clip}, its norm proven ≤ max_norm without being revealed, "
                 f"encoded with 2^-{federation.encoding.frac_bits}\n"
+            )
+        elif private:
+            from mpc_agg.torch.digits import DpSgd  # noqa: PLC0415 - torch extra
+
+            noise = (
+                "no noise (ε = ∞)"
+                if dp_settings is None
+                else f"discrete Gaussian noise multiplier z={dp_settings.noise_multiplier:.3f} "
+                f"(ε ≤ {epsilon:g} at δ={args.delta:g} over {rounds} steps, calibrated for "
+                f"{federation.threshold} surviving sites), each site adding 1/"
+                f"{federation.threshold} of the variance"
+            )
+            print(
+                f"secure aggregation: secagg, threshold T={federation.threshold}; each example's "
+                f"gradient clipped to L2 ≤ {DpSgd().clip}, sampled with q="
+                f"{DpSgd().sampling_probability}; {noise}\n"
             )
         else:
             print(
@@ -369,11 +428,13 @@ def train_demo(args: argparse.Namespace, kind: str) -> int:
         )
         extra = ["--task", "train", "--rounds", str(rounds), "--seed", str(args.seed)]
         extra += ["--local-steps", str(task.local_steps)]
+        if private:
+            extra.append("--dp")
         with (
             running_broker(root / "fed", port, kind),
             SiteProcesses(root, n, extra, timeout=args.timeout) as sites,
         ):
-            secure = _stream_rounds(sites.processes[0], plain, rounds)
+            secure = _stream_rounds(sites.processes[0], plain, rounds, every=10 if private else 1)
             outputs = sites.collect()
             if outputs is None:
                 return 1
@@ -383,8 +444,38 @@ def train_demo(args: argparse.Namespace, kind: str) -> int:
         return _train_summary(args, out, task, kind, plain, per_site, finals, final_plain)
 
 
-def _stream_rounds(process: subprocess.Popen[str], plain: list[Any], rounds: int) -> list[Any]:
-    """Print site-0's rounds as they complete, next to the plaintext baseline."""
+def _dp_settings(task: DigitsTask, args: argparse.Namespace, rounds: int) -> DpSettings | None:
+    """``[dp]`` for ``--epsilon``: z calibrated so that ``rounds`` steps spend ≤ ε."""
+    from mpc_agg.torch.digits import DpSgd, make_model  # noqa: PLC0415 - torch extra
+
+    if args.epsilon == float("inf"):
+        return None
+    dpsgd = DpSgd(steps=rounds, delta=args.delta)
+    template = DpSettings(
+        noise_multiplier=1.0,
+        clip_norm=dpsgd.clip,
+        delta=dpsgd.delta,
+        epsilon_budget=args.epsilon,
+        unit=Unit.EXAMPLE,
+        sampling_probability=dpsgd.sampling_probability,
+    )
+    length = sum(p.numel() for p in make_model(task).parameters())
+    threshold = args.threshold if args.threshold is not None else default_threshold(task.sites)
+    z = calibrate_noise_multiplier(
+        template,
+        epsilon=args.epsilon,
+        rounds=rounds,
+        vector_length=length,
+        frac_bits=DEFAULT_FRAC_BITS,
+        min_sites=threshold,
+    )
+    return replace(template, noise_multiplier=z)
+
+
+def _stream_rounds(
+    process: subprocess.Popen[str], plain: list[Any], rounds: int, *, every: int = 1
+) -> list[Any]:
+    """Print site-0's rounds as they complete (every ``every``-th), next to the baseline."""
     assert process.stdout is not None
     lines = []
     for raw in process.stdout:
@@ -393,10 +484,13 @@ def _stream_rounds(process: subprocess.Popen[str], plain: list[Any], rounds: int
         line = json.loads(raw)
         lines.append(line)
         r = line["round"]
+        if r % every and r != rounds:
+            continue
         base = plain[r - 1]
+        spent = "" if line.get("epsilon") is None else f"   ε={line['epsilon']:.3f}"
         print(
             f"{r:>3}/{rounds:<3}  {line['test_loss']:11.4f} {line['test_accuracy']:6.1%}   "
-            f"{base.test_loss:10.4f} {base.test_accuracy:6.1%}   {line['seconds']:7.2f}",
+            f"{base.test_loss:10.4f} {base.test_accuracy:6.1%}   {line['seconds']:7.2f}{spent}",
             flush=True,
         )
     return lines
@@ -448,6 +542,9 @@ def _train_summary(
         "seconds_per_round_median": float(np.median(seconds)),
         "bytes_out_per_site_per_round": float(np.mean([x["bytes_out"] for x in secure])),
         "sites_agree": agree,
+        "epsilon_target": getattr(args, "epsilon", None),
+        "epsilon_spent": secure[-1].get("epsilon"),
+        "delta": getattr(args, "delta", None) if getattr(args, "epsilon", None) else None,
     }
     (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
     plot = _plot(out / "demo.png", record)
@@ -460,6 +557,14 @@ def _train_summary(
         f"median {np.median(seconds):.2f} s per round (local training + secure aggregation); "
         f"{record['bytes_out_per_site_per_round'] / 1e3:.0f} kB sent per site per round"
     )
+    if record["epsilon_target"] is not None:
+        spent = record["epsilon_spent"]
+        print(
+            f"privacy: ε spent {spent:.3f} of {record['epsilon_target']:g} (δ={args.delta:g}), "
+            "from each site's ledger (dp-accounting RDP)"
+            if spent is not None
+            else "privacy: none (ε = ∞: DP-SGD clipping and sampling without noise)"
+        )
     print(
         "every site computed the identical aggregate each round"
         if agree
@@ -540,15 +645,22 @@ class PlaintextAverage:
 
 
 def train_plaintext(
-    task: DigitsTask, rounds: int, report: Callable[[RoundMetrics], None]
+    task: DigitsTask, rounds: int, report: Callable[[RoundMetrics], None], *, dpsgd: bool = False
 ) -> NDArray[np.float64]:
     """The baseline: all sites in this process, deltas averaged in the clear.
+
+    ``dpsgd``: the DP-SGD schedule (``rounds`` steps) without noise instead of FedAvg.
 
     ``report`` gets site 0's metrics after each round (every site holds the same model).
     Returns site 0's final parameters (:func:`flat_parameters`). Raises the first error a
     site thread hit.
     """
-    from mpc_agg.torch.digits import load_split, train_site  # noqa: PLC0415 - torch extra
+    from mpc_agg.torch.digits import (  # noqa: PLC0415 - torch extra
+        DpSgd,
+        load_split,
+        train_site,
+        train_site_dpsgd,
+    )
 
     data = load_split(task)
     average = PlaintextAverage(task.sites)
@@ -563,7 +675,19 @@ def train_plaintext(
         try:
             from mpc_agg.torch.digits import flat_parameters  # noqa: PLC0415
 
-            model = train_site(task, site, average.for_site(site), rounds, on_round, data=data)
+            aggregator = average.for_site(site)
+            if dpsgd:
+                model = train_site_dpsgd(
+                    task,
+                    DpSgd(steps=rounds),
+                    site,
+                    aggregator,
+                    on_round,
+                    noise_multiplier=None,
+                    data=data,
+                )
+            else:
+                model = train_site(task, site, aggregator, rounds, on_round, data=data)
             finals[site] = flat_parameters(model)
         except BaseException as exc:
             errors.append(exc)

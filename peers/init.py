@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mpc_agg.crypto import SigningKey
+from mpc_agg.dp import DpSettings
 from mpc_agg.randomness import SystemRandomSource
 from peers.config import (
     MQTT_VERSIONS,
@@ -91,6 +92,7 @@ def init_federation(
     federation_id: str | None = None,
     mqtt_version: str = "5",
     max_norm: float | None = None,
+    dp: DpSettings | None = None,
 ) -> Path:
     """Create a federation of ``sites`` sites in ``directory``; return its federation.toml.
 
@@ -100,14 +102,19 @@ def init_federation(
     federations on one broker never share topics. ``threshold`` is the protocol's (T for
     ``secagg``, t for ``robust``) and defaults to the protocol's default. ``max_norm``
     (the L2 bound on each site's update) is required with ``protocol="robust"`` and
-    refused otherwise. Raises :class:`ConfigError` for a directory that already holds a
-    federation, ``ValueError`` for invalid arguments.
+    refused otherwise. ``dp`` writes a ``[dp]`` table (``secagg`` only). Raises
+    :class:`ConfigError` for a directory that already holds a federation, ``ValueError``
+    for invalid arguments.
     """
     if not 2 <= sites <= MAX_PEERS:
         raise ValueError(f"sites must be in [2, {MAX_PEERS}], got {sites}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     threshold = _check_protocol(protocol, sites=sites, threshold=threshold, max_norm=max_norm)
+    if dp is not None and protocol != "secagg":
+        raise ValueError(
+            f"differential privacy ([dp]) is available with secagg only, not {protocol}"
+        )
     if not 1 <= broker_port <= 65535:
         raise ValueError(f"broker_port must be in [1, 65535], got {broker_port}")
     if not broker_host or any(c.isspace() for c in broker_host):
@@ -159,6 +166,7 @@ def init_federation(
             verify_keys=verify_keys,
             mqtt_version=mqtt_version,
             max_norm=max_norm,
+            dp=dp,
         ),
     )
     load_federation(federation_file)  # what we wrote must load
@@ -227,6 +235,7 @@ def _federation_toml(
     verify_keys: list[str],
     mqtt_version: str,
     max_norm: float | None,
+    dp: DpSettings | None = None,
 ) -> str:
     if protocol == "secagg":
         deadlines = [
@@ -266,6 +275,7 @@ def _federation_toml(
         "max_abs_value = 1.0",
         "",
         *robust,
+        *_dp_toml(dp),
         "[limits]",
         "max_vector_length = 100000000",
         "chunk_size = 1048576",
@@ -274,6 +284,29 @@ def _federation_toml(
         lines += ["", "[[sites]]", f"name = {_toml_string(name)}"]
         lines.append(f"verify_key = {_toml_string(key)}")
     return "\n".join(lines) + "\n"
+
+
+def _dp_toml(dp: DpSettings | None) -> list[str]:
+    """The ``[dp]`` table's lines (floats as repr: they read back exactly)."""
+    if dp is None:
+        return []
+    lines = [
+        "[dp]  # distributed differential privacy (mpc_agg/DP.md §5)",
+        f"mechanism = {_toml_string(dp.mechanism.value)}",
+        f"unit = {_toml_string(dp.unit.value)}",
+        f"noise_multiplier = {float(dp.noise_multiplier)!r}",
+        f"clip_norm = {float(dp.clip_norm)!r}",
+        f"delta = {float(dp.delta)!r}",
+    ]
+    if dp.epsilon_budget is not None:
+        lines.append(f"epsilon = {float(dp.epsilon_budget)!r}  # the federation's total budget")
+    lines += [
+        f"sampling_probability = {float(dp.sampling_probability)!r}",
+        f"local = {'true' if dp.local else 'false'}",
+        f"rotation = {'true' if dp.rotation else 'false'}",
+        "",
+    ]
+    return lines
 
 
 def _site_toml(name: str) -> str:

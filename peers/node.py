@@ -716,9 +716,9 @@ class PeerNode:
         )
         budget = settings.epsilon_budget
         if budget is not None:
-            spent = accountant.epsilon()
             would_be = accountant.epsilon([dp_round.cost])
             if would_be > budget:
+                spent = accountant.epsilon()
                 reason = (
                     f"round {round_id} would bring ε to {would_be:.4g} (δ={settings.delta:g}), "
                     f"over the federation's budget {budget:g}; ε spent so far {spent:.4g} "

@@ -29,7 +29,11 @@ training code relies on. The noise itself is added by the peer, in the integer d
 the federation's ``[dp]`` table says (every site must add the same); the optimizer clips
 to ``max_grad_norm`` and refuses to step unless the aggregator's ``privacy`` settings have
 this noise multiplier and ``clip_norm == max_grad_norm``. :attr:`epsilon` is the ε spent
-so far, from the last round's result.
+so far, from the last round's result. DP-SGD (``[dp] unit = "example"``): the gradients
+are sums of per-example gradients each clipped to ``max_grad_norm``
+(:func:`mpc_agg.torch.privacy.clipped_gradient_sum`), the optimizer does not clip their
+sum, and ``expected_batch_size`` — the expected number of examples per round over all
+sites — replaces the number of sites as the divisor.
 
 Rollback: when the aggregation fails — the round aborts, the transport fails, an entry is
 out of the encodable range — the parameters, their gradients and the optimizer state are
@@ -123,6 +127,7 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         max_grad_norm: float | None = None,
         on_failure: OnFailure = "raise",
         noise_multiplier: float | None = None,
+        expected_batch_size: int | None = None,
     ) -> None:
         if mode not in ("gradient", "delta"):
             raise ValueError(f"mode must be 'gradient' or 'delta', got {mode!r}")
@@ -141,6 +146,15 @@ class SecureAggOptimizer(torch.optim.Optimizer):
                 raise ValueError(
                     "noise_multiplier needs max_grad_norm: the noise is calibrated to the clip"
                 )
+        if expected_batch_size is not None:
+            if isinstance(expected_batch_size, bool) or not (
+                isinstance(expected_batch_size, int) and expected_batch_size >= 1
+            ):
+                raise ValueError(
+                    f"expected_batch_size must be a positive integer, got {expected_batch_size!r}"
+                )
+            if mode != "gradient":
+                raise ValueError("expected_batch_size is for mode='gradient' (DP-SGD)")
         if on_failure not in ("raise", "skip"):
             raise ValueError(f"on_failure must be 'raise' or 'skip', got {on_failure!r}")
         # Deliberately no super().__init__(): param_groups and state are the wrapped
@@ -152,6 +166,7 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         self.max_grad_norm = max_grad_norm
         self.on_failure: OnFailure = on_failure
         self.noise_multiplier = noise_multiplier
+        self.expected_batch_size = expected_batch_size
         self._privacy_checked = noise_multiplier is None
         self._optimizer_step_pre_hooks = OrderedDict()
         self._optimizer_step_post_hooks = OrderedDict()
@@ -351,6 +366,17 @@ class SecureAggOptimizer(torch.optim.Optimizer):
                 f"noise_multiplier={self.noise_multiplier} but the aggregator adds no DP "
                 "noise: give the federation a [dp] table (mpc_agg/DP.md §5)"
             )
+        per_example = getattr(settings, "unit", "site") == "example"
+        if per_example and self.expected_batch_size is None:
+            raise ValueError(
+                "the federation's [dp] unit is 'example' (DP-SGD): give expected_batch_size "
+                "and put per-example clipped gradient sums in .grad (clipped_gradient_sum)"
+            )
+        if not per_example and self.expected_batch_size is not None:
+            raise ValueError(
+                "expected_batch_size (DP-SGD) needs the federation's [dp] unit = 'example'; "
+                "this federation protects whole sites"
+            )
         wanted = (self.noise_multiplier, self.max_grad_norm)
         offered = (float(settings.noise_multiplier), float(settings.clip_norm))
         if not all(
@@ -384,15 +410,14 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         return out
 
     def _clip(self, vector: NDArray[np.float64]) -> NDArray[np.float64]:
-        if self.max_grad_norm is None:
-            return vector
+        if self.max_grad_norm is None or self.expected_batch_size is not None:
+            return vector  # DP-SGD: each example was clipped, their sum is not
         norm = float(np.linalg.norm(vector))
         if norm > self.max_grad_norm:
             vector = vector * (self.max_grad_norm / norm)
         return vector
 
-    @staticmethod
-    def _mean(outcome: Any, length: int) -> NDArray[np.float64]:
+    def _mean(self, outcome: Any, length: int) -> NDArray[np.float64]:
         total = np.asarray(outcome.total, dtype=np.float64).reshape(-1)
         count = int(outcome.count)
         if total.shape[0] != length or count < 1:
@@ -400,6 +425,8 @@ class SecureAggOptimizer(torch.optim.Optimizer):
                 f"the aggregator returned {total.shape[0]} entries from {count} sites; "
                 f"expected {length} entries from at least one site"
             )
+        if self.expected_batch_size is not None:
+            return total / self.expected_batch_size
         return total / count
 
     def _snapshot(self) -> _Snapshot:
