@@ -119,6 +119,10 @@ class DpSettings:
     rotation: bool = False
     sampling_probability: float = 1.0
     unit: Unit = Unit.SITE
+    noise_sites: int | None = None
+    """The fewest *honest* sites whose noise the guarantee may rely on (§3.1); ``None``:
+    the protocol's minimum (the ``secagg`` threshold T). Colluding sites know, and can
+    subtract, their own noise: against ``c`` colluders set ``T − c``."""
 
     def __post_init__(self) -> None:
         # Accept the enums' string values (as a TOML file spells them); store the enums.
@@ -138,6 +142,10 @@ class DpSettings:
             raise ValueError(
                 f"sampling_probability must be in (0, 1], got {self.sampling_probability}"
             )
+        if self.noise_sites is not None and (
+            isinstance(self.noise_sites, bool) or self.noise_sites < 1
+        ):
+            raise ValueError(f"noise_sites must be a positive integer, got {self.noise_sites}")
         if self.sampling_probability < 1 and self.mechanism is Mechanism.SKELLAM:
             raise ValueError(
                 "Poisson subsampling is accounted for the discrete Gaussian only "
@@ -430,7 +438,7 @@ def plan_round(
         raise EncodingError(f"vector_length must be >= 1, got {vector_length}")
     if min_sites < 1:
         raise ValueError(f"min_sites must be >= 1, got {min_sites}")
-    k = 1 if settings.local else min_sites
+    k = 1 if settings.local else min(min_sites, settings.noise_sites or min_sites)
     dimension = padded_length(vector_length, settings.rotation)
     limit = (
         noise.MAX_DISCRETE_GAUSSIAN_VARIANCE

@@ -494,7 +494,7 @@ def _max_norm(root: _Table, protocol: str) -> float | None:
     return max_norm
 
 
-def _dp(root: _Table, protocol: str) -> DpSettings | None:
+def _dp(root: _Table, protocol: str, threshold: int) -> DpSettings | None:
     """``[dp]`` (``mpc_agg/DP.md`` §5): optional; only with ``secagg``."""
     if "dp" not in root.data:
         return None
@@ -528,6 +528,13 @@ def _dp(root: _Table, protocol: str) -> DpSettings | None:
         raise table.error("sampling_probability", f"must be in (0, 1], got {rate}")
     local = table.boolean("local", default=False)
     rotation = table.boolean("rotation", default=False)
+    noise_sites = table.optional_integer("noise_sites")
+    if noise_sites is not None and not 1 <= noise_sites <= threshold:
+        raise table.error(
+            "noise_sites",
+            f"must be in [1, threshold={threshold}] (the fewest honest sites whose noise the "
+            f"guarantee relies on), got {noise_sites}",
+        )
     unit = table.string("unit", default=Unit.SITE.value)
     if unit not in {u.value for u in Unit}:
         raise table.error(
@@ -545,6 +552,7 @@ def _dp(root: _Table, protocol: str) -> DpSettings | None:
             rotation=rotation,
             sampling_probability=rate,
             unit=Unit(unit),
+            noise_sites=noise_sites,
         )
     except ValueError as exc:
         raise table.error("sampling_probability", str(exc)) from None
@@ -622,7 +630,7 @@ def load_federation(path: Path | str) -> FederationConfig:
     encoding = _encoding(root.table("encoding", required=False), n)
     limits = _limits(root.table("limits", required=False))
     max_norm = _max_norm(root, protocol)
-    dp = _dp(root, protocol)
+    dp = _dp(root, protocol, threshold)
     root.finish()
     return FederationConfig(
         id=fed_id,

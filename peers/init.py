@@ -302,6 +302,7 @@ def _dp_toml(dp: DpSettings | None) -> list[str]:
         lines.append(f"epsilon = {float(dp.epsilon_budget)!r}  # the federation's total budget")
     lines += [
         f"sampling_probability = {float(dp.sampling_probability)!r}",
+        *([] if dp.noise_sites is None else [f"noise_sites = {dp.noise_sites}"]),
         f"local = {'true' if dp.local else 'false'}",
         f"rotation = {'true' if dp.rotation else 'false'}",
         "",

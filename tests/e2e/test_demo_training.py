@@ -7,6 +7,7 @@ SecureAggOptimizer, and the in-process plaintext baseline it is compared with.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -95,3 +96,32 @@ def test_training_demo_without_a_broker_is_a_usage_error(tmp_path: Path) -> None
     )
     assert done.returncode == 2
     assert "needs a broker" in done.stderr
+
+
+def test_dp_sgd_demo_spends_at_most_its_epsilon(tmp_path: Path) -> None:
+    """`demo --epsilon 8`: DP-SGD with distributed noise; the ledger stays within ε."""
+    done, record = _demo(
+        tmp_path, "--epsilon", "8", "--sites", "3", "--rounds", "6", "--seed", "13"
+    )
+    assert "DP-SGD steps (Poisson sampling, per-example clipping)" in done.stdout
+    assert "discrete Gaussian noise multiplier z=" in done.stdout
+    assert "privacy: ε spent" in done.stdout
+    assert record["sites_agree"] is True
+    assert record["epsilon_target"] == 8.0
+    spent = [x["epsilon"] for x in record["secure"]]
+    assert all(a < b for a, b in itertools.pairwise(spent))
+    assert 0.9 * 8.0 < spent[-1] <= 8.0  # calibrated to spend the budget, never more
+    assert len(record["secure"]) == 6
+
+
+def test_demo_rejects_epsilon_with_the_wrong_task(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "peers.cli", "demo", "--task", "sum", "--epsilon", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "--epsilon is for the secagg training demo" in done.stderr

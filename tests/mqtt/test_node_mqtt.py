@@ -89,3 +89,54 @@ async def test_robust_over_mosquitto_excludes_a_poisoned_update() -> None:
         assert result.included == ("site-0", "site-2", "site-3", "site-4")
         assert "site-1" in result.excluded
         assert np.array_equal(result.total, expected)
+
+
+@pytest.mark.asyncio
+async def test_a_round_over_the_dp_budget_publishes_nothing_at_the_broker() -> None:
+    """DP.md §5.2 over Mosquitto: a listener on the federation's topics sees no message."""
+    import asyncio  # noqa: PLC0415 - local to this test
+
+    import aiomqtt  # noqa: PLC0415
+
+    from mpc_agg import dp  # noqa: PLC0415
+    from peers.transport import federation_filter, parse_topic  # noqa: PLC0415
+
+    federation = f"fed-{os.urandom(4).hex()}"
+    settings = dp.DpSettings(noise_multiplier=2.0, clip_norm=1.0, delta=1e-5)
+    one_round = dp.PrivacyAccountant(delta=1e-5).epsilon(
+        [
+            dp.plan_round(
+                settings, vector_length=1000, frac_bits=20, min_sites=2, federation="x", round_id=1
+            ).cost
+        ]
+    )
+    settings = dp.DpSettings(
+        noise_multiplier=2.0, clip_norm=1.0, delta=1e-5, epsilon_budget=1.2 * one_round
+    )
+    seen: list[tuple[int | None, str]] = []
+    async with aiomqtt.Client(HOST, PORT, identifier=f"listener-{federation}") as listener:
+        await listener.subscribe(federation_filter(federation))
+
+        async def listen() -> None:
+            async for message in listener.messages:
+                parsed = parse_topic(str(message.topic))
+                if parsed is not None:
+                    seen.append((parsed.round_id, parsed.site))
+
+        task = asyncio.create_task(listen())
+        try:
+            async with running_nodes(
+                2, _mqtt(federation), federation=federation, deadline=10.0, privacy=settings
+            ) as nodes:
+                first = await run_round(nodes, [np.full(1000, 0.01)] * 2)
+                assert all(isinstance(r, AggregateResult) for r in first), first
+                await asyncio.sleep(0.5)
+                before = len(seen)
+                with pytest.raises(dp.PrivacyBudgetExceededError):
+                    await nodes[0].aggregate(np.full(1000, 0.01))
+                await asyncio.sleep(1.0)  # anything published would have arrived by now
+                after = seen[before:]
+        finally:
+            task.cancel()
+    assert any(r == 1 and s == "site-0" for r, s in seen[:before])  # the listener works
+    assert [m for m in after if m[0] is not None] == []  # no round message at all

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mpc_agg.dp import DpSettings, Mechanism, Unit
 from mpc_agg.errors import MpcAggError
 from peers.config import (
     BrokerConfig,
@@ -724,3 +725,87 @@ def test_generated_secret_files_are_private(generated: Path) -> None:
     ]
     for name in private:
         assert stat.S_IMODE((generated / name).stat().st_mode) == 0o600, name
+
+
+# --------------------------------------------------------------------------- [dp]
+
+_DP = (
+    "[dp]\nnoise_multiplier = 1.1\nclip_norm = 0.5\ndelta = 1e-5\nepsilon = 8.0\n"
+    'unit = "example"\nsampling_probability = 0.1\nnoise_sites = 2\n\n[limits]\n'
+)
+
+
+def test_dp_table_loads_and_is_optional(fed_dir: Path, generated: Path) -> None:
+    assert load_federation(generated / "federation.toml").dp is None
+    path = fed_dir / "federation.toml"
+    _edit(path, "[limits]\n", _DP)
+    settings = load_federation(path).dp
+    assert settings == DpSettings(
+        noise_multiplier=1.1,
+        clip_norm=0.5,
+        delta=1e-5,
+        epsilon_budget=8.0,
+        unit=Unit.EXAMPLE,
+        sampling_probability=0.1,
+        noise_sites=2,
+    )
+    assert settings is not None
+    assert settings.mechanism is Mechanism.DISCRETE_GAUSSIAN
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "problem"),
+    [
+        ("noise_multiplier = 1.1\n", "", "dp.noise_multiplier", "required"),
+        ("delta = 1e-5", "delta = 1.5", "dp.delta", "(0, 1)"),
+        ("epsilon = 8.0", "epsilon = -1", "dp.epsilon", "positive"),
+        ('unit = "example"', 'unit = "user"', "dp.unit", "site, example"),
+        ("noise_sites = 2", "noise_sites = 4", "dp.noise_sites", "threshold=3"),
+        ("sampling_probability = 0.1", "sampling_probability = 2.0", "dp.sampling_prob", "(0, 1]"),
+        (
+            "clip_norm = 0.5\n",
+            'clip_norm = 0.5\nmechanism = "laplace"\n',
+            "dp.mechanism",
+            "skellam",
+        ),
+        ("clip_norm = 0.5\n", "clip_norm = 0.5\nextra = 1\n", "dp.extra", "unknown key"),
+        (
+            "clip_norm = 0.5\n",
+            'clip_norm = 0.5\nmechanism = "skellam"\n',
+            "dp.sampling_probability",
+            "discrete Gaussian only",
+        ),
+    ],
+)
+def test_dp_table_rejects_bad_values(
+    fed_dir: Path, old: str, new: str, key: str, problem: str
+) -> None:
+    path = fed_dir / "federation.toml"
+    _edit(path, "[limits]\n", _DP)
+    _edit(path, old, new)
+    error = _error(path)
+    assert key in str(error)
+    assert problem in str(error)
+
+
+def test_dp_is_refused_with_robust(fed_dir: Path) -> None:
+    path = fed_dir / "federation.toml"
+    _make_robust(path)
+    _edit(path, "[limits]\n", _DP)
+    assert "only available with protocol" in str(_error(path))
+
+
+def test_init_writes_a_dp_table_that_reads_back(tmp_path: Path) -> None:
+    settings = DpSettings(
+        noise_multiplier=0.9,
+        clip_norm=2.0,
+        delta=1e-6,
+        epsilon_budget=3.0,
+        mechanism=Mechanism.SKELLAM,
+        local=True,
+        rotation=True,
+    )
+    path = init_federation(tmp_path, sites=4, dp=settings)
+    assert load_federation(path).dp == settings
+    with pytest.raises(ValueError, match="secagg only"):
+        init_federation(tmp_path / "r", sites=3, protocol="robust", max_norm=1.0, dp=settings)

@@ -270,3 +270,47 @@ def test_budget_accountant_spends_and_reports() -> None:
     assert accountant.costs == (plan.cost, plan.cost)
     restored = dp.PrivacyAccountant(delta=DELTA, history=accountant.costs)
     assert restored.epsilon() == second
+
+
+# ---------------------------------------------------------------- unit = example, noise_sites
+
+
+def test_example_unit_rounds_to_nearest_and_never_clips() -> None:
+    settings = _settings(unit=dp.Unit.EXAMPLE, noise_multiplier=1e-6, clip_norm=0.25)
+    plan = _plan(settings, d=100, k=1, bits=16)
+    assert plan.l2_sensitivity == pytest.approx(0.25 * 2**16 + 10.0)
+    x = np.linspace(-3.0, 3.0, 100)  # a sum of many clipped examples: norm ≫ clip_norm
+    private = dp.privatize(
+        plan,
+        x,
+        randomness=DeterministicRandomSource(5),
+        rounding=np.random.default_rng(5),
+        n_peers=3,
+    )
+    assert not private.clipped
+    assert private.rounding_draws == 0
+    decoded = dp.decode(plan, private.ring)
+    assert np.abs(decoded - x).max() <= 0.5 / 2**16 + 1e-3  # nearest rounding plus tiny noise
+
+
+def test_example_unit_refuses_entries_the_ring_cannot_hold() -> None:
+    plan = _plan(_settings(unit=dp.Unit.EXAMPLE), d=3, bits=20)
+    with pytest.raises(EncodingError, match="too large for the ring"):
+        dp.privatize(
+            plan,
+            np.array([0.0, 2.0**50, 0.0]),
+            randomness=DeterministicRandomSource(0),
+            rounding=np.random.default_rng(0),
+            n_peers=3,
+        )
+
+
+def test_noise_sites_against_colluders_lowers_k() -> None:
+    base = _plan(_settings(), k=5)
+    guarded = _plan(_settings(noise_sites=3), k=5)
+    assert (base.min_sites, guarded.min_sites) == (5, 3)
+    assert guarded.sigma_squared > base.sigma_squared  # each site adds more
+    # …so that the sum of 3 honest sites carries what 5 did: the same ε.
+    assert guarded.cost.rho == pytest.approx(base.cost.rho, rel=1e-5)
+    with pytest.raises(ValueError, match="noise_sites"):
+        _settings(noise_sites=0)
