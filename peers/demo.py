@@ -61,6 +61,9 @@ if TYPE_CHECKING:
     from mpc_agg.torch.optimizer import Aggregator, SecureAggOptimizer
 
 BROKERS = ("auto", "mosquitto", "amqtt", "none")
+#: Encoding bound of the noiseless DP-SGD demo (``--epsilon inf``): every training image
+#: at one site, each example's gradient clipped to 1.
+_SUM_BOUND = 2048.0
 _DROPPABLE = (
     Phase.ADVERTISE_KEYS,
     Phase.SHARE_KEYS,
@@ -147,6 +150,7 @@ def make_federation(
     protocol: str = "secagg",
     max_norm: float | None = None,
     dp: DpSettings | None = None,
+    max_abs_value: float = 1.0,
 ) -> tuple[FederationConfig, int]:
     """``mpc-agg init`` into ``root/fed`` for a broker of ``kind`` on a free port."""
     port = free_port()
@@ -159,6 +163,7 @@ def make_federation(
         protocol=protocol,
         max_norm=max_norm,
         dp=dp,
+        max_abs_value=max_abs_value,
     )
     return load_federation(root / "fed" / "federation.toml"), port
 
@@ -391,6 +396,9 @@ def train_demo(args: argparse.Namespace, kind: str) -> int:
             protocol=protocol,
             max_norm=task.clip if protocol == "robust" else None,
             dp=dp_settings,
+            # DP-SGD without noise sends a sum of clipped examples: an entry may reach
+            # (examples at the site) × clip, far above the FedAvg delta's bound of 1.
+            max_abs_value=_SUM_BOUND if private else 1.0,
         )
         print(f"broker: {describe_broker(kind, port)}; one process per site")
         if protocol == "robust":
@@ -508,6 +516,8 @@ def _train_summary(
 ) -> int:
     secure = per_site[0]
     rounds = len(plain)
+    epsilon: float | None = getattr(args, "epsilon", None)
+    inf = float("inf")
     agree = all(len({site[r]["digest"] for site in per_site}) == 1 for r in range(rounds)) and all(
         np.array_equal(finals[0], f) for f in finals
     )
@@ -542,9 +552,10 @@ def _train_summary(
         "seconds_per_round_median": float(np.median(seconds)),
         "bytes_out_per_site_per_round": float(np.mean([x["bytes_out"] for x in secure])),
         "sites_agree": agree,
-        "epsilon_target": getattr(args, "epsilon", None),
+        # JSON has no infinity: the noiseless DP-SGD run records the string "inf".
+        "epsilon_target": None if epsilon is None else (epsilon if epsilon < inf else "inf"),
         "epsilon_spent": secure[-1].get("epsilon"),
-        "delta": getattr(args, "delta", None) if getattr(args, "epsilon", None) else None,
+        "delta": None if epsilon is None else args.delta,
     }
     (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
     plot = _plot(out / "demo.png", record)
@@ -557,10 +568,10 @@ def _train_summary(
         f"median {np.median(seconds):.2f} s per round (local training + secure aggregation); "
         f"{record['bytes_out_per_site_per_round'] / 1e3:.0f} kB sent per site per round"
     )
-    if record["epsilon_target"] is not None:
+    if epsilon is not None:
         spent = record["epsilon_spent"]
         print(
-            f"privacy: ε spent {spent:.3f} of {record['epsilon_target']:g} (δ={args.delta:g}), "
+            f"privacy: ε spent {spent:.3f} of {epsilon:g} (δ={args.delta:g}), "
             "from each site's ledger (dp-accounting RDP)"
             if spent is not None
             else "privacy: none (ε = ∞: DP-SGD clipping and sampling without noise)"

@@ -93,6 +93,7 @@ def init_federation(
     mqtt_version: str = "5",
     max_norm: float | None = None,
     dp: DpSettings | None = None,
+    max_abs_value: float = 1.0,
 ) -> Path:
     """Create a federation of ``sites`` sites in ``directory``; return its federation.toml.
 
@@ -102,7 +103,8 @@ def init_federation(
     federations on one broker never share topics. ``threshold`` is the protocol's (T for
     ``secagg``, t for ``robust``) and defaults to the protocol's default. ``max_norm``
     (the L2 bound on each site's update) is required with ``protocol="robust"`` and
-    refused otherwise. ``dp`` writes a ``[dp]`` table (``secagg`` only). Raises
+    refused otherwise. ``dp`` writes a ``[dp]`` table (``secagg`` only); ``max_abs_value``
+    is the encoding's bound on each entry of an update. Raises
     :class:`ConfigError` for a directory that already holds a federation, ``ValueError``
     for invalid arguments.
     """
@@ -167,6 +169,7 @@ def init_federation(
             mqtt_version=mqtt_version,
             max_norm=max_norm,
             dp=dp,
+            max_abs_value=max_abs_value,
         ),
     )
     load_federation(federation_file)  # what we wrote must load
@@ -236,6 +239,7 @@ def _federation_toml(
     mqtt_version: str,
     max_norm: float | None,
     dp: DpSettings | None = None,
+    max_abs_value: float = 1.0,
 ) -> str:
     if protocol == "secagg":
         deadlines = [
@@ -272,7 +276,7 @@ def _federation_toml(
         "",
         "[encoding]",
         "frac_bits = 20",
-        "max_abs_value = 1.0",
+        f"max_abs_value = {float(max_abs_value)!r}",
         "",
         *robust,
         *_dp_toml(dp),
