@@ -8,13 +8,14 @@
                each result printed next to the plaintext sum
 
 Exit codes: 0 success, 1 round aborted or audit log broken, 2 bad usage or configuration,
-3 broker unreachable.
+3 broker unreachable, 4 the round would exceed the federation's ε budget (nothing sent).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import resource
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mpc_agg.dp import DpSettings, Mechanism, PrivacyBudgetExceededError, Unit
 from mpc_agg.errors import MpcAggError
 from peers.audit import verify_audit_log
 from peers.config import PROTOCOLS, ConfigError, load_federation, load_site
@@ -49,7 +51,24 @@ def _init(args: argparse.Namespace) -> int:
     if args.protocol != "robust" and args.max_norm is not None:
         _err(f"init: --max-norm is only for --protocol robust, not {args.protocol}")
         return 2
+    dp_flags = (args.clip_norm, args.epsilon, args.delta, args.dp_mechanism, args.dp_unit)
+    if args.noise_multiplier is None and any(flag is not None for flag in dp_flags):
+        _err("init: the DP options need --noise-multiplier (and --clip-norm)")
+        return 2
     try:
+        privacy = None
+        if args.noise_multiplier is not None:
+            if args.clip_norm is None:
+                _err("init: --noise-multiplier needs --clip-norm (the L2 clip of each update)")
+                return 2
+            privacy = DpSettings(
+                noise_multiplier=args.noise_multiplier,
+                clip_norm=args.clip_norm,
+                delta=1e-5 if args.delta is None else args.delta,
+                epsilon_budget=args.epsilon,
+                mechanism=Mechanism(args.dp_mechanism or Mechanism.DISCRETE_GAUSSIAN),
+                unit=Unit(args.dp_unit or Unit.SITE),
+            )
         path = init_federation(
             Path(args.directory),
             sites=args.sites,
@@ -58,6 +77,7 @@ def _init(args: argparse.Namespace) -> int:
             broker_host=args.broker_host,
             threshold=args.threshold,
             max_norm=args.max_norm,
+            dp=privacy,
         )
     except ConfigError:
         raise  # reported by main()
@@ -70,6 +90,18 @@ def _init(args: argparse.Namespace) -> int:
         detail = f"robust, threshold t={federation.threshold}, max_norm={federation.max_norm}"
     else:
         detail = f"threshold T={federation.threshold}"
+    if federation.dp is not None:
+        settings = federation.dp
+        budget = (
+            "no ε budget"
+            if settings.epsilon_budget is None
+            else (f"ε budget {settings.epsilon_budget:g}")
+        )
+        detail += (
+            f", differential privacy ({settings.mechanism.value}, z={settings.noise_multiplier:g}, "
+            f"clip {settings.clip_norm:g} per {settings.unit.value}, {budget}, "
+            f"δ={settings.delta:g})"
+        )
     print(f"federation {federation.id}: {federation.n} sites, {detail}")
     print(f"  {path}")
     print(f"  {root / 'sites'}/site-K.toml, .key, .password (one set per site; keep them private)")
@@ -116,6 +148,14 @@ def _aggregate(args: argparse.Namespace) -> int:
         f"{site.name}: round {result.round_id}: sum of {result.count} sites "
         f"({', '.join(result.included)}) written to {args.output}"
     )
+    if result.privacy is not None:
+        p = result.privacy
+        budget = "" if p.epsilon_budget is None else f" of the budget {p.epsilon_budget:g}"
+        print(
+            f"{site.name}: differential privacy ({p.mechanism}, z={p.noise_multiplier:g}): "
+            f"ε {p.epsilon_round:.4g} this round, {p.epsilon_spent:.4g} spent{budget} "
+            f"(δ={p.delta:g})"
+        )
     return 0
 
 
@@ -156,6 +196,7 @@ def _report(result: AggregateResult) -> dict[str, Any]:
         "bytes_out": result.bytes_out,
         "ignored": dict(result.ignored),
         "peak_rss_mb": _peak_rss_mb(),
+        "privacy": None if result.privacy is None else dataclasses.asdict(result.privacy),
     }
 
 
@@ -240,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="robust only (required): the L2 bound on each site's update, in float units",
+    )
+    dp = init.add_argument_group("differential privacy (secagg; writes [dp], mpc_agg/DP.md)")
+    dp.add_argument("--noise-multiplier", type=float, default=None, help="z: noise σ = z·clip")
+    dp.add_argument("--clip-norm", type=float, default=None, help="L2 clip (per site/example)")
+    dp.add_argument("--epsilon", type=float, default=None, help="the federation's ε budget")
+    dp.add_argument("--delta", type=float, default=None, help="δ (default 1e-5)")
+    dp.add_argument(
+        "--dp-mechanism",
+        choices=[m.value for m in Mechanism],
+        default=None,
+        help="default discrete_gaussian (exact sampler)",
+    )
+    dp.add_argument(
+        "--dp-unit",
+        choices=[u.value for u in Unit],
+        default=None,
+        help="what is protected (default site)",
     )
     init.set_defaults(handler=_init)
 
@@ -342,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TransportError as exc:
         _err(str(exc))
         return 3
+    except PrivacyBudgetExceededError as exc:
+        _err(str(exc))
+        return 4
     except MpcAggError as exc:
         _err(str(exc))
         return 2

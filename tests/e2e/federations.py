@@ -35,10 +35,11 @@ def running_federation(root: Path, *init_args: str, deadline: float) -> Iterator
     )
     assert done.returncode == 0, done.stderr
     toml = root / "federation.toml"
-    # every "name = N.0" line is a deadline, except the robust bound on the update norm
-    toml.write_text(
-        re.sub(r"(?m)^(?!max_norm)(\w+) = \d+\.0$", rf"\1 = {deadline}", toml.read_text())
-    )
+    # every "name = N.0" line of the [deadlines] table is a deadline
+    head, table, tail = toml.read_text().partition("[deadlines]")
+    body, bracket, rest = tail.partition("\n[")
+    body = re.sub(r"(?m)^(\w+) = \d+\.0$", rf"\1 = {deadline}", body)
+    toml.write_text(head + table + body + bracket + rest)
     broker = subprocess.Popen(
         cli("broker", str(root)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

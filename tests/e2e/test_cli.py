@@ -117,6 +117,31 @@ def test_init_robust_writes_the_protocol_threshold_and_max_norm(tmp_path: Path) 
             "mpc-agg: init: threshold must be in [1, 1] for robust (2t + 1 ≤ n=3), got 2",
         ),
         (["--threshold", "9"], "mpc-agg: init: threshold must be in [2, 3], got 9"),
+        (
+            ["--noise-multiplier", "1"],
+            "mpc-agg: init: --noise-multiplier needs --clip-norm (the L2 clip of each update)",
+        ),
+        (
+            ["--epsilon", "3"],
+            "mpc-agg: init: the DP options need --noise-multiplier (and --clip-norm)",
+        ),
+        (
+            ["--noise-multiplier", "-1", "--clip-norm", "1"],
+            "mpc-agg: init: noise_multiplier must be finite and > 0, got -1.0",
+        ),
+        (
+            [
+                "--protocol",
+                "robust",
+                "--max-norm",
+                "1",
+                "--noise-multiplier",
+                "1",
+                "--clip-norm",
+                "1",
+            ],
+            "mpc-agg: init: differential privacy ([dp]) is available with secagg only, not robust",
+        ),
     ],
 )
 def test_init_bad_arguments_exit_2_with_one_line(
