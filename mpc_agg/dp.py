@@ -146,6 +146,11 @@ class DpSettings:
             isinstance(self.noise_sites, bool) or self.noise_sites < 1
         ):
             raise ValueError(f"noise_sites must be a positive integer, got {self.noise_sites}")
+        if self.sampling_probability < 1 and self.unit is Unit.SITE:
+            raise ValueError(
+                "sampling_probability < 1 needs unit = example: whether a site took part "
+                "in a round is public (the included set), so sampling sites amplifies nothing"
+            )
         if self.sampling_probability < 1 and self.mechanism is Mechanism.SKELLAM:
             raise ValueError(
                 "Poisson subsampling is accounted for the discrete Gaussian only "
@@ -393,9 +398,11 @@ def example_sensitivity_bound(scaled_clip: float, dimension: int) -> float:
 
     Removing one example moves the real-valued sum by at most ``c``; rounding each
     coordinate to the nearest integer changes each coordinate's difference by less than
-    one, so the rounded sums differ by at most ``c + √d``.
+    one, so the rounded sums differ by at most ``c + √d``. The relative margin 2^-40
+    covers float64 rounding of the clip factors and the sum (the sum must be computed in
+    float64, which :func:`mpc_agg.torch.privacy.clipped_gradient_sum` does).
     """
-    return scaled_clip + math.sqrt(float(dimension))
+    return scaled_clip * (1.0 + 2.0**-40) + math.sqrt(float(dimension))
 
 
 def l2_sensitivity_bound(scaled_clip: float, dimension: int, beta: float = DEFAULT_BETA) -> float:
@@ -449,7 +456,12 @@ def plan_round(
         bound = example_sensitivity_bound if settings.unit is Unit.EXAMPLE else l2_sensitivity_bound
         delta2 = bound(settings.clip_norm * (1 << bits), dimension)
         variance = (settings.noise_multiplier * delta2) ** 2 / k
-        if variance <= limit:
+        if settings.mechanism is Mechanism.DISCRETE_GAUSSIAN:
+            # The sampler's grid rounds σ² up by at most t ≈ σ: test what will be drawn.
+            grid = math.isqrt(math.floor(variance)) + 1
+            if grid * math.ceil(variance / grid) <= limit:
+                break
+        elif variance <= limit:
             break
     else:
         raise EncodingError(
@@ -472,8 +484,13 @@ def plan_round(
                 "Poisson subsampling needs a per-site noise large enough that the discrete "
                 "Gaussian sum is Gaussian to 1e-12 (raise noise_multiplier or frac_bits)"
             )
+        # ξ = τd also covers the RDP form α·Δ²/(2kσ²) + τd of the authors' code; τ
+        # underflows to 0 at every practical size, so the extra term costs nothing there.
         cost = RoundCost(
-            mechanism=Mechanism.DISCRETE_GAUSSIAN, rho=eps**2 / 2.0, sampling_probability=q
+            mechanism=Mechanism.DISCRETE_GAUSSIAN,
+            rho=eps**2 / 2.0,
+            xi=discrete_gaussian_tau(sigma2, k) * dimension,
+            sampling_probability=q,
         )
         return DpRound(
             settings=settings,

@@ -20,7 +20,7 @@ from typing import Any, Self, TypeVar
 
 from numpy.typing import ArrayLike
 
-from mpc_agg.dp import DpSettings
+from mpc_agg.dp import DpSettings, PrivacyAccountant
 from peers.config import SiteConfig, load_site
 from peers.node import AggregateResult, PeerNode
 
@@ -122,6 +122,11 @@ class BackgroundPeer:
     def privacy(self) -> DpSettings | None:
         """The node's differential privacy settings (``[dp]``), once started."""
         return self.node.privacy
+
+    @property
+    def accountant(self) -> PrivacyAccountant | None:
+        """The node's ε ledger (``None`` without ``[dp]``), once started."""
+        return self.node.accountant
 
     def __enter__(self) -> Self:
         if self._loop is None:

@@ -119,19 +119,29 @@ _UNTIMED_PHASES = frozenset({"IDLE", "DONE", "ABORTED"})
 
 
 def _privacy_history(audit: AuditLog, federation: str) -> tuple[dp.RoundCost, ...]:
-    """The privacy cost of every round this site's audit log records for ``federation``."""
-    costs: list[dp.RoundCost] = []
+    """The privacy cost of every round this site's audit log records for ``federation``.
+
+    A round leaves a ``charged`` record before its first message and an outcome record
+    at its end, both with the cost: each round id counts once, so a round whose process
+    died after sending is still counted (``mpc_agg/DP.md`` §4.2). A malformed ``privacy``
+    field stops the node rather than undercount.
+    """
+    costs: dict[object, dp.RoundCost] = {}
     for record in audit.records(federation):
-        privacy = record.get("privacy")
-        if isinstance(privacy, dict):
-            cost = privacy.get("cost")
-            if not isinstance(cost, dict):
-                raise ConfigError(audit.path, "privacy.cost", "malformed record in the audit log")
-            try:
-                costs.append(dp.RoundCost.from_json(cost))
-            except ValueError as exc:
-                raise ConfigError(audit.path, "privacy.cost", str(exc)) from None
-    return tuple(costs)
+        if "privacy" not in record:
+            continue
+        privacy = record["privacy"]
+        cost = privacy.get("cost") if isinstance(privacy, dict) else None
+        if not isinstance(cost, dict):
+            raise ConfigError(audit.path, "privacy.cost", "malformed record in the audit log")
+        round_id = record.get("round")
+        if type(round_id) is not int:
+            raise ConfigError(audit.path, "round", "a privacy record without its round id")
+        try:
+            costs[round_id] = dp.RoundCost.from_json(cost)
+        except ValueError as exc:
+            raise ConfigError(audit.path, "privacy.cost", str(exc)) from None
+    return tuple(costs.values())
 
 
 def _privacy_record(dp_round: dp.DpRound, report: PrivacyReport) -> dict[str, object]:
@@ -141,7 +151,7 @@ def _privacy_record(dp_round: dp.DpRound, report: PrivacyReport) -> dict[str, ob
         "epsilon_budget": report.epsilon_budget,
         "epsilon_round": report.epsilon_round,
         "epsilon_spent": report.epsilon_spent,
-        "clipped": report.clipped,
+        # not ``clipped``: whether ‖x‖ > clip_norm is a noise-free bit of the update
         "cost": dp_round.cost.to_json(),
     }
 
@@ -638,6 +648,8 @@ class PeerNode:
         if dp_round is not None and privatized is not None:
             report = self._spend_privacy(dp_round, privatized)
             plan = replace(plan, privacy=_privacy_record(dp_round, report))
+            # On disk before the first message: a crash after sending cannot un-spend ε.
+            self._record(round_id, plan, {"outcome": "charged"})
         state = _Round(
             round_id,
             plan.machine,
@@ -659,6 +671,9 @@ class PeerNode:
         except Exception as exc:  # transport lost, reader died: the round still leaves a line
             reason = f"{type(exc).__name__}: {exc}"
             self._record(round_id, plan, {"outcome": "failed", "reason": reason})
+            raise
+        except BaseException:  # cancelled (a timeout, Ctrl-C): the round still leaves a line
+            self._record(round_id, plan, {"outcome": "cancelled"})
             raise
         finally:
             self._current = None
@@ -714,6 +729,12 @@ class PeerNode:
             federation=self.federation,
             round_id=round_id,
         )
+        if dp_round.dimension > self.max_vector_length:
+            raise EncodingError(
+                f"the rotation pads the update's {vector_length} entries to "
+                f"{dp_round.dimension}, above the federation's max_vector_length "
+                f"{self.max_vector_length} (the other sites would refuse it); nothing was sent"
+            )
         budget = settings.epsilon_budget
         if budget is not None:
             would_be = accountant.epsilon([dp_round.cost])

@@ -219,7 +219,10 @@ def train_site_dpsgd(
     sites_data, test = data if data is not None else load_split(task)
     x, y = sites_data[site]
     total = sum(int(xs.shape[0]) for xs, _ in sites_data)
-    model = make_model(task)
+    # float64 throughout: the per-example clipped sum must be exact to float64 for the
+    # sensitivity bound (mpc_agg/DP.md §2.1).
+    model = make_model(task).double()
+    x, test = x.double(), (test[0].double(), test[1])
     optimizer = SecureAggOptimizer(
         torch.optim.SGD(model.parameters(), lr=dpsgd.lr, momentum=dpsgd.momentum),
         aggregator,

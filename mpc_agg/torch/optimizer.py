@@ -167,7 +167,7 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         self.on_failure: OnFailure = on_failure
         self.noise_multiplier = noise_multiplier
         self.expected_batch_size = expected_batch_size
-        self._privacy_checked = noise_multiplier is None
+        self._privacy_checked = False
         self._optimizer_step_pre_hooks = OrderedDict()
         self._optimizer_step_post_hooks = OrderedDict()
         self._optimizer_state_dict_pre_hooks = OrderedDict()
@@ -350,38 +350,58 @@ class SecureAggOptimizer(torch.optim.Optimizer):
 
     @property
     def epsilon(self) -> float | None:
-        """ε spent so far (the last round's ``privacy.epsilon_spent``), ``None`` without DP."""
+        """ε spent so far by this site, ``None`` without DP.
+
+        From the aggregator's ledger when it has one (``PeerNode``/``BackgroundPeer``:
+        rounds that failed after sending count too), else the last result's.
+        """
+        accountant = getattr(self.aggregator, "accountant", None)
+        if accountant is not None:
+            return float(accountant.epsilon())
         privacy = getattr(self.last_result, "privacy", None)
         return None if privacy is None else float(privacy.epsilon_spent)
 
     # ------------------------------------------------------------------ helpers
 
     def _check_privacy(self) -> None:
-        """The aggregator adds the noise this optimizer was told about (once, before a step)."""
+        """The step fits the aggregator's DP settings (once, before the first step).
+
+        Run whether or not ``noise_multiplier`` was given: a federation that protects
+        examples must never be fed a gradient that was not clipped per example.
+        """
         if self._privacy_checked:
             return
         settings = getattr(self.aggregator, "privacy", None)
         if settings is None:
-            raise ValueError(
-                f"noise_multiplier={self.noise_multiplier} but the aggregator adds no DP "
-                "noise: give the federation a [dp] table (mpc_agg/DP.md §5)"
-            )
-        per_example = getattr(settings, "unit", "site") == "example"
-        if per_example and self.expected_batch_size is None:
-            raise ValueError(
-                "the federation's [dp] unit is 'example' (DP-SGD): give expected_batch_size "
-                "and put per-example clipped gradient sums in .grad (clipped_gradient_sum)"
-            )
-        if not per_example and self.expected_batch_size is not None:
+            if self.noise_multiplier is not None:
+                raise ValueError(
+                    f"noise_multiplier={self.noise_multiplier} but the aggregator adds no DP "
+                    "noise: give the federation a [dp] table (mpc_agg/DP.md §5)"
+                )
+            self._privacy_checked = True
+            return
+        clip = float(settings.clip_norm)
+        if getattr(settings, "unit", "site") == "example":
+            if self.mode != "gradient" or self.expected_batch_size is None:
+                raise ValueError(
+                    "the federation's [dp] unit is 'example' (DP-SGD): use mode='gradient' "
+                    "with expected_batch_size, and put per-example clipped gradient sums in "
+                    "the .grad fields (clipped_gradient_sum)"
+                )
+            if self.max_grad_norm is None or not math.isclose(self.max_grad_norm, clip):
+                raise ValueError(
+                    f"the federation's clip_norm is {clip}: pass max_grad_norm={clip} and "
+                    f"clip every example to it (clipped_gradient_sum(..., max_norm={clip}))"
+                )
+        elif self.expected_batch_size is not None:
             raise ValueError(
                 "expected_batch_size (DP-SGD) needs the federation's [dp] unit = 'example'; "
                 "this federation protects whole sites"
             )
-        wanted = (self.noise_multiplier, self.max_grad_norm)
-        offered = (float(settings.noise_multiplier), float(settings.clip_norm))
-        if not all(
-            w is not None and math.isclose(o, w, rel_tol=1e-9)
-            for o, w in zip(offered, wanted, strict=True)
+        if self.noise_multiplier is not None and not (
+            math.isclose(float(settings.noise_multiplier), self.noise_multiplier, rel_tol=1e-9)
+            and self.max_grad_norm is not None
+            and math.isclose(clip, self.max_grad_norm, rel_tol=1e-9)
         ):
             raise ValueError(
                 f"the federation adds noise_multiplier={settings.noise_multiplier} with "

@@ -31,6 +31,11 @@ def clipped_gradient_sum(
     (Poisson sampling may draw none) gives zero gradients. Returns the per-example L2
     norms before clipping. Raises ``ValueError`` for a non-positive ``max_norm`` or
     mismatched batch sizes.
+
+    The sum is formed in float64 and stored in the parameters' dtype: use float64
+    parameters (``model.double()``) for the exact sensitivity bound of ``mpc_agg/DP.md``
+    §2.1; with float32 the stored sum is rounded to float32, which can move a neighbouring
+    sum by up to √d·ulp(max|sum|)/2 beyond the clip (small, but not in the bound).
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm must be positive, got {max_norm}")
@@ -58,6 +63,8 @@ def clipped_gradient_sum(
     norms = squared.sqrt()
     factors = (max_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
     for name, p in named.items():
-        g = per_example[name]
-        p.grad = torch.einsum("i,i...->...", factors.to(g.dtype), g).to(p.dtype)
+        # Summed in float64: the node's sensitivity bound c + √d (DP.md §2.1) assumes the
+        # sum is exact to float64; a float32 model stores it rounded (see the docstring).
+        g = per_example[name].to(torch.float64)
+        p.grad = torch.einsum("i,i...->...", factors.to(torch.float64), g).to(p.dtype)
     return norms.detach()

@@ -96,5 +96,8 @@ def test_a_noisy_round_then_a_refusal_over_budget(federation: Path) -> None:
         assert "Nothing was sent" in stderr
     log = federation / "sites" / "site-0.audit.jsonl"
     records = [json.loads(line)["record"] for line in log.read_text().splitlines()]
-    assert [r["outcome"] for r in records] == ["aggregate", "refused"]
-    assert records[0]["privacy"]["epsilon_spent"] == privacy["epsilon_spent"]
+    # charged on disk before the first message, then the outcome, then the refusal
+    assert [r["outcome"] for r in records] == ["charged", "aggregate", "refused"]
+    assert records[0]["privacy"] == records[1]["privacy"]
+    assert records[1]["privacy"]["epsilon_spent"] == privacy["epsilon_spent"]
+    assert "clipped" not in records[1]["privacy"]  # a noise-free bit stays out of the log

@@ -68,7 +68,7 @@ def test_mixed_schedule_equals_dp_accounting_for_the_same_events() -> None:
 
 
 def test_poisson_subsampled_schedule_equals_dp_accounting() -> None:
-    plan = _plan(_settings(sampling_probability=0.02), d=5000)
+    plan = _plan(_settings(sampling_probability=0.02, unit=dp.Unit.EXAMPLE), d=5000)
     z = math.sqrt(plan.min_sites * plan.sigma_squared) / plan.l2_sensitivity
     ours = dp.PrivacyAccountant(delta=DELTA).epsilon([plan.cost] * 1000)
     event = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.02, dpa.GaussianDpEvent(z)), 1000)
