@@ -75,11 +75,42 @@ def uniform_below(source: RandomSource, bounds: NDArray[np.uint64]) -> NDArray[n
     return out
 
 
+#: Relative margin around a/b in float64 (its error is below 3·2^-53): outside it the
+#: float comparison is exact; inside it, Python integers decide.
+_MARGIN = 2.0**-48
+
+
 def _bernoulli_fraction(
     source: RandomSource, numerator: NDArray[np.uint64], denominator: NDArray[np.uint64]
 ) -> BoolVector:
-    """Bernoulli(numerator / denominator) for each pair (numerator ≤ denominator)."""
-    return uniform_below(source, denominator) < numerator
+    """Exact Bernoulli(numerator / denominator) for each pair (numerator ≤ denominator).
+
+    Compares a uniform U ∈ [0, 1) with p = a/b, reading U's first 53 bits k: U lies in
+    [k, k+1)·2^-53, so the answer is 1 when (k+1)·2^-53 < p and 0 when k·2^-53 ≥ p. The
+    float test below decides only where it is certain (a margin of 2^-48 around p, far
+    wider than float64's error on a/b); an interval that straddles p — probability about
+    2^-48 — is decided exactly in Python integers with fresh bits of U.
+    """
+    k = (_words(source, numerator.size) >> np.uint64(11)).astype(np.float64)
+    p = numerator.astype(np.float64) / denominator.astype(np.float64)
+    one = (k + 1.0) * 2.0**-53 <= p * (1.0 - _MARGIN)
+    zero = k * 2.0**-53 >= p * (1.0 + _MARGIN)
+    result = one
+    for i in np.flatnonzero(~(one | zero)):
+        a, b, top = int(numerator[i]), int(denominator[i]), int(k[i])
+        # U < a/b  ⇔  (top + V)·b < a·2^53 with V uniform in [0, 1): V·b < a·2^53 − top·b.
+        rest = (a << 53) - top * b
+        result[i] = rest > 0 and (rest >= b or _uniform_below_scalar(source, b) < rest)
+    return result
+
+
+def _uniform_below_scalar(source: RandomSource, bound: int) -> int:
+    """A uniform integer in ``[0, bound)`` for a Python integer of any size."""
+    nbytes = (bound.bit_length() + 7) // 8 + 8
+    limit = (1 << (8 * nbytes)) - (1 << (8 * nbytes)) % bound
+    while (draw := int.from_bytes(source.random_bytes(nbytes), "big")) >= limit:
+        pass
+    return draw % bound
 
 
 def bernoulli_exp(
@@ -118,16 +149,23 @@ def bernoulli_exp(
 def _bernoulli_exp_fraction(
     source: RandomSource, numerator: NDArray[np.uint64], denominator: NDArray[np.uint64]
 ) -> BoolVector:
-    """Bernoulli(exp(−γ)) for γ = numerator/denominator ∈ [0, 1] (CKS Alg. 1, inner loop)."""
-    k = np.ones(numerator.shape, dtype=np.uint64)
-    active = np.arange(numerator.size)
-    while active.size:
-        if int(k[active[0]]) >= _MAX_K:  # probability below 1/2047!: never in practice
+    """Bernoulli(exp(−γ)) for γ = numerator/denominator ∈ [0, 1] (CKS Alg. 1, inner loop).
+
+    The loop runs over compacted arrays of the still-running trials (they halve or better
+    each pass), never over the full index set.
+    """
+    result = np.zeros(numerator.shape, dtype=bool)
+    index = np.arange(numerator.size)
+    num, den = numerator, denominator
+    k = np.where(num == den, np.uint64(2), np.uint64(1))  # γ = 1: A_1 = 1 needs no draw
+    while index.size:
+        if int(k.max()) >= _MAX_K:  # probability below 1/2047!: never in practice
             raise RuntimeError("Bernoulli(exp) loop ran away; the randomness source is broken")
-        success = _bernoulli_fraction(source, numerator[active], denominator[active] * k[active])
-        k[active[success]] += np.uint64(1)
-        active = active[success]
-    return (k & np.uint64(1)).astype(bool)
+        success = _bernoulli_fraction(source, num, den * k)
+        stopped = ~success
+        result[index[stopped]] = (k[stopped] & np.uint64(1)).astype(bool)
+        index, num, den, k = index[success], num[success], den[success], k[success] + np.uint64(1)
+    return result
 
 
 def _bernoulli_exp_scalar(source: RandomSource, numerator: int, denominator: int) -> bool:
@@ -139,12 +177,7 @@ def _bernoulli_exp_scalar(source: RandomSource, numerator: int, denominator: int
             return False
     k = 1
     while True:
-        bound = denominator * k
-        nbytes = (bound.bit_length() + 7) // 8 + 8
-        limit = (1 << (8 * nbytes)) - (1 << (8 * nbytes)) % bound
-        while (draw := int.from_bytes(source.random_bytes(nbytes), "big")) >= limit:
-            pass
-        if draw % bound >= frac:
+        if _uniform_below_scalar(source, denominator * k) >= frac:
             return k % 2 == 1
         k += 1
 
