@@ -113,12 +113,92 @@ def _uniform_below_scalar(source: RandomSource, bound: int) -> int:
     return draw % bound
 
 
+#: Bits of each e^{-w} expansion: a comparison still tied after them (probability
+#: 2^-1024) raises instead of guessing.
+_EXPANSION_BITS = 1024
+#: Largest w with its own expansion; e^{-w} for larger w is a product of these.
+_EXPANSION_MAX = 40
+
+
+def _exp_minus_expansion(w: int) -> int:
+    """⌊e^{-w}·2^1024⌋ exactly, from the alternating series in integer fixed point.
+
+    Each term ``v^n/n!`` is computed at ``1024 + guard`` bits with a floor error of at
+    most one unit per term, so the sum is within (terms + 2) units; the floor at 1024
+    bits is returned only when that band does not straddle an integer (else more guard
+    bits are used).
+    """
+    if w == 0:  # e^0 = 1 is not below 2^1024; never used (w = 0 needs no draw)
+        return (1 << _EXPANSION_BITS) - 1
+    guard = 128
+    while guard <= 1 << 14:
+        scale = _EXPANSION_BITS + guard
+        term, total, n = 1 << scale, 0, 0
+        while term:
+            total += -term if n % 2 else term
+            n += 1
+            term = term * w // n
+        low, high = (total - n - 2) >> guard, (total + n + 2) >> guard
+        if low == high:
+            return low
+        guard *= 2
+    raise ArithmeticError(f"cannot bound e^-{w} at {_EXPANSION_BITS} bits")  # never for w ≥ 1
+
+
+#: The 64-bit digits of e^{-w}, most significant first, for w = 1 … _EXPANSION_MAX.
+_EXP_DIGITS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(
+        (_exp_minus_expansion(w) >> (_EXPANSION_BITS - 64 * (j + 1))) & ((1 << 64) - 1)
+        for j in range(_EXPANSION_BITS // 64)
+    )
+    for w in range(_EXPANSION_MAX + 1)
+)
+_EXP_LEADING = np.array([digits[0] for digits in _EXP_DIGITS], dtype=np.uint64)
+
+
+def bernoulli_exp_integer(source: RandomSource, w: NDArray[np.uint64]) -> BoolVector:
+    """Exact Bernoulli(e^{-w}) for integer ``w ≥ 0``: one 64-bit word per 40 units of w.
+
+    U < e^{-w} is read off U's binary digits against e^{-w}'s (precomputed exactly):
+    the first word decides unless it equals e^{-w}'s first digit (probability 2^-64),
+    and then the next words decide. e^{-w} for w > 40 is e^{-40}·e^{-(w−40)}: independent
+    trials, all of which must succeed.
+    """
+    w = np.asarray(w, dtype=np.uint64)
+    result = np.ones(w.shape, dtype=bool)
+    index = np.flatnonzero(w > 0)
+    rest = w[index]
+    while index.size:
+        step = np.minimum(rest, np.uint64(_EXPANSION_MAX))
+        word = _words(source, index.size)
+        leading = _EXP_LEADING[step.astype(np.intp)]
+        success = word < leading
+        for i in np.flatnonzero(word == leading):  # tied on 64 bits: compare further digits
+            success[i] = _below_expansion_tail(source, int(step[i]))
+        result[index[~success]] = False
+        rest = rest[success] - step[success]
+        index = index[success]
+        more = rest > 0
+        index, rest = index[more], rest[more]
+    return result
+
+
+def _below_expansion_tail(source: RandomSource, w: int) -> bool:
+    """Given U's first 64 bits equal e^{-w}'s, compare the following digits."""
+    for digit in _EXP_DIGITS[w][1:]:
+        word = int(_words(source, 1)[0])
+        if word != digit:
+            return word < digit
+    raise RuntimeError("U matched e^{-w} on 1024 bits; the randomness source is broken")
+
+
 def bernoulli_exp(
     source: RandomSource, numerator: NDArray[np.uint64], denominator: int | NDArray[np.uint64]
 ) -> BoolVector:
     """Exact Bernoulli(exp(−γ)) for each ``γ = numerator / denominator ≥ 0`` (CKS Alg. 1).
 
-    ``⌊γ⌋`` independent Bernoulli(exp(−1)) trials must all succeed, then one
+    ``⌊γ⌋`` independent Bernoulli(exp(−1)) trials must all succeed — drawn at once as
+    Bernoulli(e^{-⌊γ⌋}) by :func:`bernoulli_exp_integer` — then one
     Bernoulli(exp(−(γ − ⌊γ⌋))). For γ ∈ [0, 1]: draw A_K ~ Bernoulli(γ/K) for K = 1, 2, …
     until one fails; the answer is whether that K is odd. ``denominator · 2^11`` must be
     below 2^63.
@@ -128,17 +208,8 @@ def bernoulli_exp(
     if denom.size and int(denom.max()) * _MAX_K >= 1 << 63:
         raise ValueError("denominator too large for the exact Bernoulli(exp) sampler")
     whole = numerator // denom
-    result = np.ones(numerator.shape, dtype=bool)
-    # ⌊γ⌋ trials of Bernoulli(exp(−1)): at most max(⌊γ⌋) passes, each over the survivors.
-    remaining = whole.copy()
-    alive = np.flatnonzero(remaining > 0)
-    while alive.size:
-        ok = _bernoulli_exp_fraction(
-            source, np.ones(alive.size, np.uint64), np.ones(alive.size, np.uint64)
-        )
-        result[alive[~ok]] = False
-        remaining[alive] -= np.uint64(1)
-        alive = alive[ok & (remaining[alive] > 0)]
+    # ⌊γ⌋ trials of Bernoulli(e^{-1}) all succeed with probability e^{-⌊γ⌋}: one trial.
+    result = bernoulli_exp_integer(source, whole)
     live = np.flatnonzero(result)
     if live.size:
         frac = numerator[live] - whole[live] * denom[live]
@@ -171,10 +242,11 @@ def _bernoulli_exp_fraction(
 def _bernoulli_exp_scalar(source: RandomSource, numerator: int, denominator: int) -> bool:
     """:func:`bernoulli_exp` for one γ in Python integers (any size)."""
     whole, frac = divmod(numerator, denominator)
-    one = np.ones(1, np.uint64)
-    for _ in range(whole):
-        if not _bernoulli_exp_fraction(source, one, one)[0]:
+    while whole > 0:  # e^{-whole} in steps the vectorised sampler takes
+        step = min(whole, 1 << 62)
+        if not bernoulli_exp_integer(source, np.array([step], dtype=np.uint64))[0]:
             return False
+        whole -= step
     k = 1
     while True:
         if _uniform_below_scalar(source, denominator * k) >= frac:
@@ -197,10 +269,9 @@ def discrete_laplace(source: RandomSource, scale: int, size: int) -> IntVector:
         # V: how many Bernoulli(exp(−1)) successes before the first failure.
         v = np.zeros(u.size, dtype=np.uint64)
         going = np.arange(u.size)
+        ones = np.ones(going.size, dtype=np.uint64)
         while going.size:
-            ok = _bernoulli_exp_fraction(
-                source, np.ones(going.size, np.uint64), np.ones(going.size, np.uint64)
-            )
+            ok = bernoulli_exp_integer(source, ones[: going.size])
             v[going[ok]] += np.uint64(1)
             going = going[ok]
         x = (u + t * v).astype(np.int64)

@@ -205,3 +205,57 @@ def test_sum_of_site_noise_has_the_target_variance(mechanism: dp.Mechanism) -> N
     tolerance = 5 * math.sqrt(2 / d) + 2 / math.sqrt(target)  # sampling + grid round-up
     assert abs(survivors.var() / target - 1) < tolerance
     assert abs(everyone.var() / (target * n_sites / k_min) - 1) < tolerance
+
+
+@pytest.mark.parametrize("w", [1, 3, 40, 45, 83])
+def test_bernoulli_exp_integer_has_probability_exp_minus_w(w: int) -> None:
+    n = MILLION
+    draws = noise.bernoulli_exp_integer(_source(100 + w), np.full(n, w, dtype=np.uint64))
+    p = math.exp(-w)
+    assert abs(draws.mean() - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12
+
+
+def test_exp_expansions_are_the_exact_binary_digits() -> None:
+    """⌊e^{-w}·2^1024⌋ from the integer series agrees with a 1300-bit mpmath value."""
+    import mpmath  # noqa: PLC0415 - only this test needs it (a dp-accounting dependency)
+
+    mpmath.mp.prec = 1300
+    for w in (1, 2, 7, 20, 40):
+        exact = int(mpmath.floor(mpmath.exp(-w) * mpmath.mpf(2) ** 1024))
+        assert noise._exp_minus_expansion(w) == exact
+        digits = noise._EXP_DIGITS[w]
+        assert sum(d << (1024 - 64 * (j + 1)) for j, d in enumerate(digits)) == exact
+
+
+class _Scripted:
+    """A RandomSource that returns given 64-bit words (little-endian), then zeros."""
+
+    def __init__(self, words: list[int]) -> None:
+        self.data = b"".join(w.to_bytes(8, "little") for w in words)
+
+    def random_bytes(self, n: int) -> bytes:
+        out, self.data = self.data[:n], self.data[n:]
+        return out + bytes(n - len(out))
+
+
+def test_a_tie_on_the_first_word_is_decided_by_the_next_digits() -> None:
+    digits = noise._EXP_DIGITS[1]
+    below = _Scripted([digits[0], digits[1] - 1])
+    above = _Scripted([digits[0], digits[1] + 1])
+    deeper = _Scripted([digits[0], digits[1], digits[2] - 1])
+    one = np.ones(1, dtype=np.uint64)
+    assert noise.bernoulli_exp_integer(below, one)[0]
+    assert not noise.bernoulli_exp_integer(above, one)[0]
+    assert noise.bernoulli_exp_integer(deeper, one)[0]
+
+
+def test_bernoulli_fraction_exact_path_draws_the_same_law(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a huge margin most draws take the Python-integer path: still Bernoulli(a/b)."""
+    monkeypatch.setattr(noise, "_MARGIN", 0.5)
+    n = 40_000
+    for a, b in ((3, 10), (1, 3), (7, 7), (0, 5), ((1 << 62) - 1, 1 << 62)):
+        draws = noise._bernoulli_fraction(
+            _source(a % 97), np.full(n, a, dtype=np.uint64), np.full(n, b, dtype=np.uint64)
+        )
+        p = a / b
+        assert abs(draws.mean() - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12, (a, b)
