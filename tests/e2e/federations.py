@@ -57,3 +57,33 @@ def running_federation(root: Path, *init_args: str, deadline: float) -> Iterator
     finally:
         broker.send_signal(signal.SIGTERM)
         broker.wait(10)
+
+
+def start_sites(root: Path, sites: int) -> list[subprocess.Popen[str]]:
+    """``mpc-agg aggregate`` for site-0 … site-{n-1}: ``x{k}.npy`` → ``sum{k}.npy`` + report."""
+    return [
+        subprocess.Popen(
+            cli(
+                "aggregate",
+                "--config",
+                str(root / "sites" / f"site-{k}.toml"),
+                "--input",
+                str(root / f"x{k}.npy"),
+                "--output",
+                str(root / f"sum{k}.npy"),
+                "--report",
+                str(root / f"report{k}.json"),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(sites)
+    ]
+
+
+def run_sites(root: Path, sites: int, *, timeout: float = 120) -> list[tuple[int, str, str]]:
+    """:func:`start_sites` and wait: (exit code, stdout, stderr) per site."""
+    started = start_sites(root, sites)
+    outputs = [site.communicate(timeout=timeout) for site in started]
+    return [(site.returncode, out, err) for site, (out, err) in zip(started, outputs, strict=True)]

@@ -8,7 +8,6 @@ it before sending anything (exit 4), and the audit log says so.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 
 from mpc_agg import dp
-from tests.e2e.federations import cli, running_federation
+from tests.e2e.federations import run_sites, running_federation
 
 SITES, DIM = 4, 5000
 
@@ -40,30 +39,7 @@ def federation(tmp_path: Path) -> Iterator[Path]:
 
 
 def _round(root: Path) -> list[tuple[int, str, str]]:
-    sites = [
-        subprocess.Popen(
-            cli(
-                "aggregate",
-                "--config",
-                str(root / "sites" / f"site-{k}.toml"),
-                "--input",
-                str(root / f"x{k}.npy"),
-                "--output",
-                str(root / f"sum{k}.npy"),
-                "--report",
-                str(root / f"report{k}.json"),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for k in range(SITES)
-    ]
-    results = []
-    for site in sites:
-        stdout, stderr = site.communicate(timeout=60)
-        results.append((site.returncode, stdout, stderr))
-    return results
+    return run_sites(root, SITES, timeout=60)
 
 
 def test_a_noisy_round_then_a_refusal_over_budget(federation: Path) -> None:

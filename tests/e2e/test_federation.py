@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.federations import cli as _cli
-from tests.e2e.federations import running_federation
+from tests.e2e.federations import running_federation, start_sites
 
 SITES = 4
 FRAC_BITS = 20
@@ -43,25 +43,7 @@ def _inputs(root: Path, dim: int, seed: int) -> list[np.ndarray]:
 
 
 def _start_sites(root: Path) -> list[subprocess.Popen[str]]:
-    return [
-        subprocess.Popen(
-            _cli(
-                "aggregate",
-                "--config",
-                str(root / "sites" / f"site-{k}.toml"),
-                "--input",
-                str(root / f"x{k}.npy"),
-                "--output",
-                str(root / f"sum{k}.npy"),
-                "--report",
-                str(root / f"report{k}.json"),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for k in range(SITES)
-    ]
+    return start_sites(root, SITES)
 
 
 def test_four_site_processes_produce_the_identical_exact_sum(federation: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.federations import cli as _cli
-from tests.e2e.federations import running_federation
+from tests.e2e.federations import run_sites, running_federation
 
 SITES = 5
 FRAC_BITS = 20
@@ -33,27 +33,7 @@ def federation(tmp_path: Path) -> Iterator[Path]:
 def _run_sites(root: Path, updates: list[np.ndarray]) -> list[tuple[int, str, str]]:
     for k, update in enumerate(updates):
         np.save(root / f"x{k}.npy", update)
-    sites = [
-        subprocess.Popen(
-            _cli(
-                "aggregate",
-                "--config",
-                str(root / "sites" / f"site-{k}.toml"),
-                "--input",
-                str(root / f"x{k}.npy"),
-                "--output",
-                str(root / f"sum{k}.npy"),
-                "--report",
-                str(root / f"report{k}.json"),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for k in range(SITES)
-    ]
-    outputs = [site.communicate(timeout=120) for site in sites]
-    return [(site.returncode, out, err) for site, (out, err) in zip(sites, outputs, strict=True)]
+    return run_sites(root, SITES)
 
 
 def _bounded(rng: np.random.Generator, dim: int, norm: float) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +14,11 @@ from mpc_agg.errors import ProtocolMisuseError
 from peers.audit import AuditLog
 from peers.memory import MemoryBroker, MemoryTransport
 from peers.node import AggregateResult, PeerNode, _privacy_history
-from peers.transport import Transport
 from protocols.harness import make_roster
+from tests.dp_support import DELTA
+from tests.dp_support import dp_settings as _settings
+from tests.dp_support import memory as _memory
 from tests.runtime.nodes import run_round, running_nodes
-
-DELTA = 1e-5
-
-
-def _memory(broker: MemoryBroker) -> Callable[[int], Transport]:
-    return lambda i: MemoryTransport(broker, name=f"site-{i}")
-
-
-def _settings(**overrides: object) -> dp.DpSettings:
-    values: dict[str, object] = {"noise_multiplier": 1.0, "clip_norm": 1.0, "delta": DELTA}
-    values.update(overrides)
-    return dp.DpSettings(**values)  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio

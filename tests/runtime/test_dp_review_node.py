@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +17,12 @@ from mpc_agg.errors import EncodingError
 from peers.audit import AuditLog
 from peers.config import load_site
 from peers.init import init_federation
-from peers.memory import MemoryBroker, MemoryTransport
+from peers.memory import MemoryBroker
 from peers.node import AggregateResult, PeerNode, _privacy_history
-from peers.transport import Transport, message_topic
+from peers.transport import message_topic
+from tests.dp_support import dp_settings as _settings
+from tests.dp_support import memory as _memory
 from tests.runtime.nodes import run_round, running_nodes
-
-DELTA = 1e-5
-
-
-def _memory(broker: MemoryBroker) -> Callable[[int], Transport]:
-    return lambda i: MemoryTransport(broker, name=f"site-{i}")
-
-
-def _settings(**overrides: object) -> dp.DpSettings:
-    values: dict[str, object] = {"noise_multiplier": 1.0, "clip_norm": 1.0, "delta": DELTA}
-    values.update(overrides)
-    return dp.DpSettings(**values)  # type: ignore[arg-type]
 
 
 def _spy(broker: MemoryBroker) -> list[str]:

@@ -20,14 +20,8 @@ from scipy.special import logsumexp
 from mpc_agg import dp, noise
 from mpc_agg.errors import EncodingError
 from mpc_agg.randomness import DeterministicRandomSource
-
-DELTA = 1e-5
-
-
-def _settings(**overrides: object) -> dp.DpSettings:
-    values: dict[str, object] = {"noise_multiplier": 1.0, "clip_norm": 1.0, "delta": DELTA}
-    values.update(overrides)
-    return dp.DpSettings(**values)  # type: ignore[arg-type]
+from tests.dp_support import DELTA
+from tests.dp_support import dp_settings as _settings
 
 
 def _plan(settings: dp.DpSettings, d: int = 1000, k: int = 3, bits: int = 20) -> dp.DpRound:
