@@ -22,7 +22,8 @@ def _fresh_epsilon(accountant: dp.PrivacyAccountant, costs: list[dp.RoundCost]) 
 def main() -> None:
     d = 1_000_000
     rows: dict[str, float] = {}
-    source = SystemRandomSource()
+    # What privatize() draws from: AES-256-CTR keyed by 32 bytes of the OS CSPRNG.
+    source = DeterministicRandomSource(SystemRandomSource().random_bytes(32))
     # Per-site noise of a typical round: f = 20, clip 1, z = 1, T = 3 sites.
     settings = dp.DpSettings(noise_multiplier=1.0, clip_norm=1.0, delta=1e-5)
     plan = dp.plan_round(

@@ -492,22 +492,11 @@ def plan_round(
             xi=discrete_gaussian_tau(sigma2, k) * dimension,
             sampling_probability=q,
         )
-        return DpRound(
-            settings=settings,
-            frac_bits=bits,
-            vector_length=vector_length,
-            dimension=dimension,
-            min_sites=k,
-            l2_sensitivity=delta2,
-            l1_sensitivity=delta1,
-            sigma_squared=sigma2,
-            laplace_scale=t,
-            skellam_mu=0.0,
-            cost=cost,
-            rotation_seed=seed,
-        )
-    mu = variance / 2.0
-    cost = skellam_cost(l2_sensitivity=delta2, l1_sensitivity=delta1, mu=k * mu)
+        sigma_out, scale_out, mu_out = sigma2, t, 0.0
+    else:
+        mu_out = variance / 2.0
+        cost = skellam_cost(l2_sensitivity=delta2, l1_sensitivity=delta1, mu=k * mu_out)
+        sigma_out, scale_out = math.ceil(variance), 0
     return DpRound(
         settings=settings,
         frac_bits=bits,
@@ -516,9 +505,9 @@ def plan_round(
         min_sites=k,
         l2_sensitivity=delta2,
         l1_sensitivity=delta1,
-        sigma_squared=math.ceil(variance),
-        laplace_scale=0,
-        skellam_mu=mu,
+        sigma_squared=sigma_out,
+        laplace_scale=scale_out,
+        skellam_mu=mu_out,
         cost=cost,
         rotation_seed=seed,
     )
@@ -639,12 +628,15 @@ def privatize(
         clipped = norm > clip
         factor = plan.scale * (clip / norm if clipped else 1.0)
         integers, draws = _round_conditionally(x * factor, plan.l2_sensitivity**2, rounding)
+    # An AES-256-CTR stream keyed by 32 fresh bytes of ``randomness``: a CSPRNG, and far
+    # cheaper than one getrandom() call per sampler pass (§2.2).
+    stream = DeterministicRandomSource(randomness.random_bytes(32))
     if plan.laplace_scale:
         integers += noise.discrete_gaussian(
-            randomness, plan.sigma_squared, plan.dimension, t=plan.laplace_scale
+            stream, plan.sigma_squared, plan.dimension, t=plan.laplace_scale
         )
     else:
-        integers += noise.skellam(randomness, plan.skellam_mu, plan.dimension)
+        integers += noise.skellam(stream, plan.skellam_mu, plan.dimension)
     max_abs = max(int(integers.max()), -int(integers.min()))
     check_headroom(max_abs, n_peers)
     return Privatized(
