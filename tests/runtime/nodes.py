@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mpc_agg.dp import DpSettings
+from mpc_agg.randomness import RandomSource
 from peers.audit import AuditLog
 from peers.node import AggregateResult, PeerNode
 from peers.transport import Transport
@@ -39,6 +40,7 @@ async def running_nodes(
     max_norm: float | None = None,
     privacy: DpSettings | None = None,
     audit: Callable[[int], AuditLog | None] = lambda _i: None,
+    randomness: Callable[[int], RandomSource | None] = lambda _i: None,
 ) -> AsyncIterator[list[PeerNode]]:
     """Enter ``n`` nodes (site-0 … site-{n-1}) of ``node_class`` and yield them."""
     default_roster, keys = make_roster(n)
@@ -58,6 +60,7 @@ async def running_nodes(
                     max_norm=max_norm,
                     privacy=privacy,
                     audit=audit(i),
+                    randomness=randomness(i),
                 )
             )
             for i in range(n)
