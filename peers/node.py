@@ -692,6 +692,8 @@ class PeerNode:
                 "excluded": {names(p): r for p, r in ready.excluded.items()},
                 "result_digest": ready.result_digest.hex(),
                 "confirmed_by": [names(p) for p in ready.confirmed_by],
+                # messages dropped in this round, by reason (bounded, printable keys)
+                "ignored": dict(ignored),
             },
         )
         return AggregateResult(
