@@ -33,8 +33,15 @@ class ChunkError(DecodeError):
     """A frame is malformed, inconsistent with its message, or over a limit."""
 
 
-def split(message: bytes, *, chunk_size: int, message_id: bytes) -> Iterator[bytes]:
-    """Yield the frames of ``message`` (one copy of at most ``chunk_size`` bytes at a time)."""
+def split(
+    message: bytes, *, chunk_size: int, message_id: bytes, pad: bool = False
+) -> Iterator[bytes]:
+    """Yield the frames of ``message`` (one copy of at most ``chunk_size`` bytes at a time).
+
+    ``pad``: the last frame is zero-filled to ``chunk_size`` too, so every frame on the
+    wire has the same size and only the frame count says anything about the message's
+    length (side-channel hygiene; the header's total length lets the receiver strip it).
+    """
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     if len(message_id) != 16:
@@ -47,7 +54,8 @@ def split(message: bytes, *, chunk_size: int, message_id: bytes) -> Iterator[byt
         header = _HEADER.pack(
             MAGIC, VERSION, message_id, index, count, chunk_size, len(message), digest
         )
-        yield header + part.tobytes()
+        filler = bytes(chunk_size - len(part)) if pad else b""
+        yield header + part.tobytes() + filler
 
 
 @dataclass(slots=True)
@@ -109,6 +117,11 @@ class Reassembler:
         start = index * chunk_size
         expected = min(chunk_size, total - start)
         data = memoryview(frame)[HEADER_SIZE:]
+        if len(data) == chunk_size > expected:  # a padded last frame: the filler is zeros
+            if any(data[expected:]):
+                self._partials.pop(key, None)
+                raise ChunkError(f"chunk {index}'s padding is not zero")
+            data = data[:expected]
         if len(data) != expected:
             self._partials.pop(key, None)
             raise ChunkError(f"chunk {index} carries {len(data)} bytes, expected {expected}")

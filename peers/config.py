@@ -202,6 +202,21 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Hygiene:
+    """Side-channel hygiene (``[hygiene]``): what the broker can learn from sizes and timing.
+
+    ``pad_frames`` fills every frame to ``chunk_size`` (all frames on the wire have one
+    size; costs up to a chunk per message), ``publish_jitter`` waits a random time up to
+    that many seconds before each publish (costs latency), ``shuffle`` processes queued
+    messages in random order.
+    """
+
+    pad_frames: bool = False
+    publish_jitter: float = 0.0
+    shuffle: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FederationConfig:
     """Everything the sites of one federation agree on (``federation.toml``).
 
@@ -223,6 +238,8 @@ class FederationConfig:
     max_norm: float | None = None
     dp: DpSettings | None = None
     """``[dp]``: distributed differential privacy, ``None`` when the table is absent."""
+    hygiene: Hygiene = field(default_factory=Hygiene)
+    """``[hygiene]``: padding, publish jitter and shuffled processing (all off by default)."""
 
     @property
     def n(self) -> int:
@@ -558,6 +575,27 @@ def _dp(root: _Table, protocol: str, threshold: int) -> DpSettings | None:
         raise table.error("sampling_probability", str(exc)) from None
 
 
+def _hygiene(table: _Table) -> Hygiene:
+    jitter = table._get("publish_jitter", required=False)
+    if jitter is None:
+        jitter = 0.0
+    elif (
+        isinstance(jitter, bool)
+        or not isinstance(jitter, int | float)
+        or not (math.isfinite(jitter) and 0 <= jitter <= 60)
+    ):
+        raise table.error(
+            "publish_jitter", f"must be a number of seconds in [0, 60], got {_show(jitter)}"
+        )
+    hygiene = Hygiene(
+        pad_frames=table.boolean("pad_frames", default=False),
+        publish_jitter=float(jitter),
+        shuffle=table.boolean("shuffle", default=False),
+    )
+    table.finish()
+    return hygiene
+
+
 def _encoding(table: _Table, n: int) -> EncodingConfig:
     frac_bits = table.integer("frac_bits", low=0, high=52, default=DEFAULT_FRAC_BITS)
     max_abs = table.positive("max_abs_value", what="finite number", default=DEFAULT_MAX_ABS_VALUE)
@@ -631,6 +669,7 @@ def load_federation(path: Path | str) -> FederationConfig:
     limits = _limits(root.table("limits", required=False))
     max_norm = _max_norm(root, protocol)
     dp = _dp(root, protocol, threshold)
+    hygiene = _hygiene(root.table("hygiene", required=False))
     root.finish()
     return FederationConfig(
         id=fed_id,
@@ -644,6 +683,7 @@ def load_federation(path: Path | str) -> FederationConfig:
         path=path.absolute(),
         max_norm=max_norm,
         dp=dp,
+        hygiene=hygiene,
     )
 
 

@@ -78,9 +78,11 @@ class MqttTransport:
         window: int = 8,
         mqtt_version: str = "5",
         max_queued_frames: int | None = None,
+        pad_frames: bool = False,
     ) -> None:
         self.host = host
         self.port = port
+        self.pad_frames = pad_frames
         self.client_id = client_id
         self._username = username
         self._password = password
@@ -291,7 +293,10 @@ class MqttTransport:
         """Keep up to ``window`` frames in flight instead of waiting for each PUBACK."""
         in_flight: set[asyncio.Future[None]] = set()
         try:
-            for frame in split(payload, chunk_size=self.chunk_size, message_id=message_id):
+            frames = split(
+                payload, chunk_size=self.chunk_size, message_id=message_id, pad=self.pad_frames
+            )
+            for frame in frames:
                 if len(in_flight) >= self.window:
                     done, in_flight = await asyncio.wait(
                         in_flight, return_when=asyncio.FIRST_COMPLETED

@@ -47,6 +47,7 @@ import contextlib
 import enum
 import logging
 import os
+import random
 import sys
 import time
 from collections import Counter
@@ -114,6 +115,8 @@ _IGNORED_REASONS = 16
 RUNTIME_PROTOCOLS = ("secagg", "robust")
 #: Messages accepted per site and round in ``robust`` (14 kinds, QoS 1 duplicates).
 _ROBUST_MESSAGES_PER_PEER = 48
+#: Randomness for jitter and shuffling (the OS CSPRNG: an observer must not predict them).
+_SYSTEM_RANDOM = random.SystemRandom()
 #: Phase names (every protocol's ``Phase`` enum has them) that arm no deadline.
 _UNTIMED_PHASES = frozenset({"IDLE", "DONE", "ABORTED"})
 
@@ -283,6 +286,7 @@ class _Round:
     received: Counter[int | None] = field(default_factory=Counter)
     received_bytes: Counter[int | None] = field(default_factory=Counter)
     flooding: set[int | None] = field(default_factory=set)
+    shuffled: list[tuple[int | None, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -321,6 +325,8 @@ class PeerNode:
         max_norm: float | None = None,
         privacy: dp.DpSettings | None = None,
         privacy_history: tuple[dp.RoundCost, ...] = (),
+        publish_jitter: float = 0.0,
+        shuffle: bool = False,
     ) -> None:
         if protocol not in RUNTIME_PROTOCOLS:
             raise ProtocolMisuseError(
@@ -331,9 +337,15 @@ class PeerNode:
             raise ProtocolMisuseError("max_norm is required with robust and only with robust")
         if privacy is not None and protocol != "secagg":
             raise ProtocolMisuseError("differential privacy is available with secagg only")
+        if not (publish_jitter >= 0 and np.isfinite(publish_jitter)):
+            raise ProtocolMisuseError(f"publish_jitter must be >= 0 s, got {publish_jitter}")
         self.protocol = protocol
         self.max_norm = max_norm
         self.privacy = privacy
+        #: Side-channel hygiene: the largest random pause before each publish (seconds),
+        #: and whether queued messages are processed in random order.
+        self.publish_jitter = publish_jitter
+        self.shuffle = shuffle
         #: ε spent by this site so far (``mpc_agg/DP.md`` §4); ``None`` without DP.
         self.accountant = (
             None
@@ -409,6 +421,7 @@ class PeerNode:
                 # every other site's masked input may be in flight at once (4 per site)
                 max_pending_total=max(64, 4 * federation.n),
                 mqtt_version=broker.mqtt_version,
+                pad_frames=federation.hygiene.pad_frames,
             )
         return cls(
             federation=federation.id,
@@ -430,6 +443,8 @@ class PeerNode:
             max_norm=federation.max_norm,
             privacy=federation.dp,
             privacy_history=_privacy_history(audit, federation.id),
+            publish_jitter=federation.hygiene.publish_jitter,
+            shuffle=federation.hygiene.shuffle,
         )
 
     async def wait_for_peers(self, timeout: float) -> set[str]:
@@ -908,7 +923,7 @@ class PeerNode:
                 None if state.deadline_at is None else max(0.0, state.deadline_at - loop.time())
             )
             try:
-                claimed, data = await asyncio.wait_for(state.inbox.get(), timeout)
+                claimed, data = await asyncio.wait_for(self._next(state), timeout)
             except TimeoutError:
                 phase = state.deadline_phase
                 state.deadline_at = None
@@ -918,6 +933,22 @@ class PeerNode:
             if self._reader_error is not None:
                 raise self._reader_error
             pending = state.machine.receive(claimed, data)
+
+    async def _next(self, state: _Round) -> tuple[int | None, bytes]:
+        """The next message to process: arrival order, or with ``shuffle`` a random one.
+
+        Shuffling takes every message queued at that moment and processes them in a
+        uniformly random order (``random.SystemRandom``), so the order of processing —
+        and its timing — does not follow the order in which sites' messages arrived.
+        """
+        if not self.shuffle:
+            return await state.inbox.get()
+        if not state.shuffled:
+            state.shuffled.append(await state.inbox.get())
+            while not state.inbox.empty():
+                state.shuffled.append(state.inbox.get_nowait())
+            _SYSTEM_RANDOM.shuffle(state.shuffled)
+        return state.shuffled.pop()
 
     def _private_topic(self, state: _Round, effect: Send) -> str:
         """Topic of a ``Send``: ``…/{round}/{me}/{recipient}``, readable by the recipient only."""
@@ -940,6 +971,9 @@ class PeerNode:
         started: dict[str, float | str],
     ) -> AggregateReady | None:
         loop = asyncio.get_running_loop()
+        if isinstance(effect, Broadcast | Send) and self.publish_jitter > 0:
+            # A random pause before each publish blurs when this site finished each step.
+            await asyncio.sleep(_SYSTEM_RANDOM.uniform(0.0, self.publish_jitter))
         if isinstance(effect, Broadcast):
             topic = message_topic(self.federation, state.round_id, self.name)
             await self._transport.publish(topic, effect.data)

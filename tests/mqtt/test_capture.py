@@ -31,7 +31,7 @@ from scipy import stats
 from mpc_agg import field as gf
 from mpc_agg.envelope import parse_envelope
 from mpc_agg.randomness import DeterministicRandomSource
-from peers.chunking import MAGIC, Reassembler
+from peers.chunking import HEADER_SIZE, MAGIC, Reassembler
 from peers.mqtt import MqttTransport
 from peers.node import AggregateResult
 from peers.transport import Transport, parse_topic, presence_topic
@@ -72,20 +72,23 @@ class Capture:
         return any(needle in blob for blob in self.blobs())
 
 
-def _mqtt(federation: str) -> Callable[[int], Transport]:
+def _mqtt(federation: str, *, pad: bool = False) -> Callable[[int], Transport]:
     tag = os.urandom(4).hex()
     return lambda i: MqttTransport(
         host=HOST,
         port=PORT,
         client_id=f"{federation}-site-{i}-{tag}",
         presence_topic=presence_topic(federation, f"site-{i}"),
-        chunk_size=64 * 1024,
+        chunk_size=16 * 1024 if pad else 64 * 1024,
+        pad_frames=pad,
     )
 
 
 async def _captured_round(
     updates: Sequence[NDArray[np.float64]],
     sources: Sequence[RecordingSource],
+    *,
+    pad: bool = False,
     **node_options: object,
 ) -> tuple[Capture, list[AggregateResult | BaseException]]:
     federation = f"fed-{os.urandom(4).hex()}"
@@ -97,7 +100,7 @@ async def _captured_round(
             async for message in admin.messages:
                 topic = str(message.topic)
                 parsed = parse_topic(topic)
-                if parsed is not None and parsed.federation == federation:
+                if parsed is not None and parsed.federation == federation and parsed.round_id:
                     assert isinstance(message.payload, bytes)
                     capture.frames.append((topic, message.payload))
 
@@ -105,7 +108,7 @@ async def _captured_round(
         try:
             async with running_nodes(
                 len(updates),
-                _mqtt(federation),
+                _mqtt(federation, pad=pad),
                 federation=federation,
                 deadline=15.0,
                 randomness=lambda i: sources[i],
@@ -236,3 +239,24 @@ async def test_robust_round_shows_the_broker_no_update_share_or_seed() -> None:
     assert len(public) >= 2 * n  # each site revealed its challenge nonces, as designed
     _assert_nothing_in_clear(capture, updates * (FRAC_BITS - 7), encodings, sources, public=public)
     assert len(capture.messages) >= 10 * n  # the whole round went through the listener
+
+
+@pytest.mark.asyncio
+async def test_padded_frames_all_look_the_same_size_to_the_broker() -> None:
+    """[hygiene] pad_frames: every frame of the round has one size; measured overhead."""
+    n, d = 4, 20_000
+    rng = np.random.default_rng(83)
+    updates = [on_grid(rng, (d,)) for _ in range(n)]
+    plain, _ = await _captured_round(updates, [RecordingSource(f"pad-off-{i}") for i in range(n)])
+    padded, results = await _captured_round(
+        updates, [RecordingSource(f"pad-on-{i}") for i in range(n)], pad=True
+    )
+    for result in results:
+        assert isinstance(result, AggregateResult), result
+        assert np.array_equal(result.total, sum(updates))
+    assert {len(payload) for _, payload in padded.frames} == {HEADER_SIZE + 16 * 1024}
+    assert len({len(payload) for _, payload in plain.frames}) > 5  # sizes say a lot unpadded
+    sent = sum(len(p) for _, p in padded.frames)
+    unpadded = sum(len(p) for _, p in plain.frames)
+    print(f"padding to 16 KiB frames: {sent} vs {unpadded} bytes ({sent / unpadded:.2f}x)")
+    assert sent < 2 * unpadded  # the masked inputs dominate at this d
