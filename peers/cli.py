@@ -4,6 +4,7 @@
 ``broker``     run the federation's Mosquitto in the foreground
 ``aggregate``  run one secure round as one site: ``--input X.npy`` → ``--output SUM.npy``
 ``audit``      ``audit verify FILE``: check a site's hash-chained audit log
+``roster``     ``roster rotate|revoke DIR --site NAME``: a site's new key, or its removal
 ``demo``       a whole federation on this machine: a broker, N site processes, R rounds,
                each result printed next to the plaintext sum
 
@@ -34,6 +35,7 @@ from peers.config import PROTOCOLS, ConfigError, load_federation, load_site
 from peers.demo import BROKERS, DemoError, run_demo, run_site
 from peers.init import broker_command, find_program, init_federation
 from peers.node import AggregateResult, PeerNode, RoundAbortedError
+from peers.roster_ops import revoke_site, rotate_site_key
 from peers.transport import TransportError
 
 
@@ -215,6 +217,26 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# --------------------------------------------------------------------------- roster
+
+
+def _roster(args: argparse.Namespace) -> int:
+    operation = rotate_site_key if args.operation == "rotate" else revoke_site
+    try:
+        change = operation(Path(args.directory), args.site)
+    except ValueError as exc:
+        _err(f"roster {args.operation}: {exc}")
+        return 2
+    print(f"federation {change.federation.id}: {change.detail}")
+    print(f"  roster digest {change.old_digest[:16]}… → {change.new_digest[:16]}…")
+    print(
+        "next: give every site the new federation.toml, and reload the broker's password "
+        "and ACL files (kill -HUP the mosquitto process); messages under the old roster "
+        "are refused from now on"
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- audit
 
 
@@ -327,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--site", default=None, help="the site that wrote the log")
     verify.set_defaults(handler=_audit)
+
+    roster = sub.add_parser("roster", help="key management: rotate a site's key, revoke a site")
+    roster.add_argument("operation", choices=["rotate", "revoke"])
+    roster.add_argument("directory", help="the federation directory (from mpc-agg init)")
+    roster.add_argument("--site", required=True, help="the site's name, e.g. site-2")
+    roster.set_defaults(handler=_roster)
 
     demo = sub.add_parser(
         "demo",

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,9 +23,16 @@ def cli(*args: str) -> list[str]:
 
 
 @contextmanager
-def running_federation(root: Path, *init_args: str, deadline: float) -> Iterator[tuple[Path, str]]:
+def running_federation(
+    root: Path,
+    *init_args: str,
+    deadline: float,
+    before_broker: Callable[[Path], None] | None = None,
+) -> Iterator[tuple[Path, str]]:
     """``mpc-agg init root *init_args`` with every phase deadline set to ``deadline``
-    seconds, then ``mpc-agg broker`` until the block ends; yields (root, init's stdout)."""
+    seconds, then ``mpc-agg broker`` until the block ends; yields (root, init's stdout).
+
+    ``before_broker(root)`` runs between the two (e.g. a roster change)."""
     port = free_port()
     done = subprocess.run(
         cli("init", str(root), "--broker-port", str(port), *init_args),
@@ -40,6 +47,8 @@ def running_federation(root: Path, *init_args: str, deadline: float) -> Iterator
     body, bracket, rest = tail.partition("\n[")
     body = re.sub(r"(?m)^(\w+) = \d+\.0$", rf"\1 = {deadline}", body)
     toml.write_text(head + table + body + bracket + rest)
+    if before_broker is not None:
+        before_broker(root)
     broker = subprocess.Popen(
         cli("broker", str(root)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

@@ -1,0 +1,159 @@
+"""Key management on a federation made by ``mpc-agg init``: rotate a site's key, revoke a site.
+
+Both change the roster, so both change the roster digest every envelope is bound to (SPEC
+§4 of each protocol): after the operator hands the new ``federation.toml`` to the sites,
+no message signed under the old roster — by the old key, or by the revoked site — is
+accepted by anyone. The broker's credentials follow: a rotated site gets a new broker
+password, a revoked site loses its account and its ACL entry. Mosquitto reads its
+password and ACL files again on ``SIGHUP`` (``kill -HUP``), which the operator sends
+afterwards.
+
+The files of a revoked site move to ``sites/revoked/`` (nothing usable stays in place).
+``federation.toml`` is replaced atomically (written beside, then renamed), and only
+after the new roster loads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpc_agg.crypto import SigningKey
+from mpc_agg.randomness import SystemRandomSource
+from peers.config import ConfigError, FederationConfig, load_federation
+from peers.init import _acl, _write, _write_password_file
+from protocols.robust.params import default_threshold as robust_default_threshold
+from protocols.secagg.machine import default_threshold as secagg_default_threshold
+
+
+@dataclass(frozen=True, slots=True)
+class RosterChange:
+    """What an operation did, for the operator's log."""
+
+    federation: FederationConfig
+    old_digest: str
+    new_digest: str
+    detail: str
+
+
+def _load(directory: Path, site: str) -> tuple[Path, FederationConfig]:
+    path = Path(directory) / "federation.toml"
+    federation = load_federation(path)
+    if site not in {entry.name for entry in federation.roster.entries}:
+        raise ValueError(f"no site named {site!r} in {path}")
+    return path, federation
+
+
+def _stage(path: Path, text: str, *, secret: bool = False) -> Path:
+    """Write ``text`` to a fresh file beside ``path`` (mode 0600 for a secret)."""
+    staged = path.with_name(path.name + ".new")
+    staged.unlink(missing_ok=True)
+    _write(staged, text, secret=secret)
+    return staged
+
+
+def _replace(path: Path, text: str, *, secret: bool = False) -> None:
+    """Replace ``path`` with ``text`` atomically (staged beside it, then renamed)."""
+    os.replace(_stage(path, text, secret=secret), path)
+
+
+def _replace_atomically(path: Path, text: str) -> FederationConfig:
+    """Stage ``text`` beside ``federation.toml``, check that it loads, then rename it."""
+    staged = _stage(path, text)
+    try:
+        load_federation(staged)
+    except ConfigError:
+        staged.unlink()
+        raise
+    os.replace(staged, path)
+    return load_federation(path)
+
+
+def _passwd_without(passwd: Path, site: str) -> list[str]:
+    lines = passwd.read_text().splitlines() if passwd.exists() else []
+    return [line for line in lines if not line.startswith(f"{site}:")]
+
+
+def rotate_site_key(directory: Path | str, site: str) -> RosterChange:
+    """A new Ed25519 key and broker password for ``site``; the roster lists the new key.
+
+    Raises ``ValueError`` for an unknown site, :class:`ConfigError` for a federation that
+    does not load.
+    """
+    directory = Path(directory)
+    path, federation = _load(directory, site)
+    old_key = federation.roster.entries[federation.roster.index_of(site)].verify_key.hex()
+    key = SigningKey.generate(SystemRandomSource())
+    text = path.read_text()
+    if text.count(old_key) != 1:
+        raise ConfigError(path, "sites", f"cannot find {site}'s verify_key exactly once")
+    # the site's files first: a crash before the roster changes leaves the old key valid
+    sites_dir = directory / "sites"
+    new_password = secrets.token_urlsafe(24)
+    staged_key = _stage(sites_dir / f"{site}.key", key.private_bytes().hex() + "\n", secret=True)
+    passwd = directory / "broker" / "passwd"
+    others = _passwd_without(passwd, site)
+    one = directory / "broker" / "passwd.one"
+    one.unlink(missing_ok=True)
+    _write_password_file(one, {site: new_password})
+    hashed = one.read_text().strip()
+    one.unlink()
+    updated = _replace_atomically(path, text.replace(old_key, key.public_bytes().hex()))
+    os.replace(staged_key, sites_dir / f"{site}.key")
+    _replace(sites_dir / f"{site}.password", new_password + "\n", secret=True)
+    _replace(passwd, "\n".join([*others, hashed]) + "\n", secret=True)
+    return RosterChange(
+        federation=updated,
+        old_digest=federation.roster.digest.hex(),
+        new_digest=updated.roster.digest.hex(),
+        detail=f"{site}: new signing key {key.public_bytes().hex()[:16]}… and broker password",
+    )
+
+
+def revoke_site(directory: Path | str, site: str) -> RosterChange:
+    """Remove ``site`` from the roster, the broker's passwords and its ACL.
+
+    The threshold is kept when it is still valid for the smaller roster; otherwise it
+    becomes the protocol's default for it (``detail`` says so). Raises ``ValueError`` when
+    too few sites would remain.
+    """
+    directory = Path(directory)
+    path, federation = _load(directory, site)
+    names = [e.name for e in federation.roster.entries if e.name != site]
+    robust = federation.protocol == "robust"
+    minimum = 3 if robust else 2
+    if len(names) < minimum:
+        raise ValueError(f"{federation.protocol} needs at least {minimum} sites; cannot revoke")
+    threshold = federation.threshold
+    valid = 1 <= threshold <= (len(names) - 1) // 2 if robust else 2 <= threshold <= len(names)
+    detail = f"{site} revoked; {len(names)} sites remain"
+    text = path.read_text()
+    if not valid:
+        new = (robust_default_threshold if robust else secagg_default_threshold)(len(names))
+        text, count = re.subn(r"(?m)^threshold = \d+$", f"threshold = {new}", text)
+        if count != 1:
+            raise ConfigError(path, "federation.threshold", "cannot find it exactly once")
+        detail += f"; threshold {threshold} → {new} (the old one is invalid for {len(names)})"
+    blocks = text.split("\n[[sites]]\n")
+    kept = [b for b in blocks[1:] if not re.search(rf'(?m)^name = "{re.escape(site)}"$', b)]
+    if len(kept) != len(blocks) - 2:
+        raise ConfigError(path, "sites", f"cannot find {site}'s [[sites]] entry exactly once")
+    updated = _replace_atomically(path, "\n[[sites]]\n".join([blocks[0], *kept]))
+    passwd = directory / "broker" / "passwd"
+    _replace(passwd, "\n".join(_passwd_without(passwd, site)) + "\n", secret=True)
+    _replace(directory / "broker" / "acl", _acl(updated.id, names))
+    revoked = directory / "sites" / "revoked"
+    revoked.mkdir(exist_ok=True)
+    for suffix in (".key", ".password", ".toml"):
+        source = directory / "sites" / f"{site}{suffix}"
+        if source.exists():
+            os.replace(source, revoked / source.name)
+    return RosterChange(
+        federation=updated,
+        old_digest=federation.roster.digest.hex(),
+        new_digest=updated.roster.digest.hex(),
+        detail=detail,
+    )
