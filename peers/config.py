@@ -195,10 +195,18 @@ class EncodingConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    """Size limits: longest accepted update and MQTT chunk size in bytes."""
+    """Size limits: longest accepted update, MQTT chunk size in bytes, and per-sender bounds.
+
+    ``messages_per_site``: messages accepted from one site in one round (``None``: the
+    protocol's default, 24 for ``secagg`` and 48 for ``robust``); ``held_messages_per_site``:
+    messages held from one site for each of the next rounds. Each bounds the memory and
+    the CPU one sender can cost a site per round.
+    """
 
     max_vector_length: int = DEFAULT_MAX_VECTOR_LENGTH
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    messages_per_site: int | None = None
+    held_messages_per_site: int = 12
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -615,7 +623,16 @@ def _limits(table: _Table) -> Limits:
         chunk_size=table.integer(
             "chunk_size", low=1, high=MAX_CHUNK_SIZE, default=DEFAULT_CHUNK_SIZE
         ),
+        messages_per_site=(
+            None
+            if table.data.get("messages_per_site") is None
+            else table.integer("messages_per_site", low=12, high=10_000)
+        ),
+        held_messages_per_site=table.integer(
+            "held_messages_per_site", low=6, high=10_000, default=12
+        ),
     )
+    table.seen.add("messages_per_site")
     table.finish()
     return limits
 

@@ -327,6 +327,8 @@ class PeerNode:
         privacy_history: tuple[dp.RoundCost, ...] = (),
         publish_jitter: float = 0.0,
         shuffle: bool = False,
+        messages_per_site: int | None = None,
+        held_messages_per_site: int = _EARLY_LIMIT_PER_PEER,
     ) -> None:
         if protocol not in RUNTIME_PROTOCOLS:
             raise ProtocolMisuseError(
@@ -346,6 +348,10 @@ class PeerNode:
         #: and whether queued messages are processed in random order.
         self.publish_jitter = publish_jitter
         self.shuffle = shuffle
+        #: Per-sender bounds (``[limits]``): messages per round (None: the protocol's
+        #: default) and messages held per future round.
+        self.messages_per_site = messages_per_site
+        self.held_messages_per_site = held_messages_per_site
         #: ε spent by this site so far (``mpc_agg/DP.md`` §4); ``None`` without DP.
         self.accountant = (
             None
@@ -445,6 +451,8 @@ class PeerNode:
             privacy_history=_privacy_history(audit, federation.id),
             publish_jitter=federation.hygiene.publish_jitter,
             shuffle=federation.hygiene.shuffle,
+            messages_per_site=federation.limits.messages_per_site,
+            held_messages_per_site=federation.limits.held_messages_per_site,
         )
 
     async def wait_for_peers(self, timeout: float) -> set[str]:
@@ -558,7 +566,7 @@ class PeerNode:
                     del self._early[highest]
                 held = self._early[key] = _Held()
             size = held.size + len(data)
-            if len(held.messages) < _EARLY_LIMIT_PER_PEER and size <= self._early_byte_limit:
+            if len(held.messages) < self.held_messages_per_site and size <= self._early_byte_limit:
                 self._arrivals += 1
                 held.messages.append((self._arrivals, data))
                 held.size = size
@@ -855,7 +863,7 @@ class PeerNode:
                 threshold=robust.threshold,
                 vector_length=vector_length,
                 byte_budget=robust.max_bytes_per_sender,
-                message_budget=_ROBUST_MESSAGES_PER_PEER,
+                message_budget=self.messages_per_site or _ROBUST_MESSAGES_PER_PEER,
                 codec=codec,
                 parameters={"max_norm": self.max_norm, "norm_bound": bound},
             )
@@ -875,6 +883,7 @@ class PeerNode:
             threshold=params.threshold,
             vector_length=params.vector_length,
             byte_budget=_byte_budget(params.vector_length),
+            message_budget=self.messages_per_site or _ROUND_LIMIT_PER_PEER,
             codec=codec,
         )
 

@@ -11,7 +11,7 @@ be counted in ``AggregateResult.ignored`` — and in the audit log — under a n
 | truncated or padded messages | ``malformed message`` |
 | fuzzed payloads (hypothesis) | ``malformed message`` |
 | a message signed by a removed site | ``forged or corrupted ADVERTISE_KEYS`` |
-| a flood on one site's topic | ``over the per-site limit`` |
+| a flood on one site's topic | ``over the per-site limit`` (``[limits] messages_per_site``) |
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from mpc_agg.crypto import SigningKey
 from mpc_agg.envelope import EnvelopeContext, parse_envelope, seal_envelope
 from mpc_agg.randomness import DeterministicRandomSource
 from peers.audit import AuditLog
+from peers.config import load_federation
+from peers.init import init_federation
 from peers.memory import MemoryBroker
 from peers.node import OVER_LIMIT, AggregateResult
 from peers.transport import message_topic
@@ -198,3 +200,33 @@ def test_fuzzed_payloads_on_a_site_topic_never_change_the_sum(payloads: list[byt
 
     results = asyncio.run(_attacked_round(fuzz, threshold=2, honest=(0, 1)))
     assert _reasons(results) <= {"malformed message", OVER_LIMIT}
+
+
+@pytest.mark.asyncio
+async def test_the_per_site_message_limit_comes_from_the_config(tmp_path: Path) -> None:
+    """[limits] messages_per_site: what one sender may cost a site per round."""
+    path = init_federation(tmp_path, sites=3)
+    text = path.read_text().replace(
+        "chunk_size = 1048576", "chunk_size = 1048576\nmessages_per_site = 12"
+    )
+    path.write_text(text)
+    limits = load_federation(path).limits
+    assert (limits.messages_per_site, limits.held_messages_per_site) == (12, 12)
+    broker = MemoryBroker()
+    rng = np.random.default_rng(8)
+    updates = [on_grid(rng, (64,)) for _ in range(3)]
+    async with running_nodes(3, memory(broker), federation="fed-adv", threshold=2) as nodes:
+        for node in nodes:
+            node.messages_per_site = limits.messages_per_site
+        work = asyncio.ensure_future(run_round(nodes, updates))
+        await asyncio.sleep(0)
+        for i in range(40):
+            broker.route(message_topic("fed-adv", 1, "site-1"), bytes([i]) * 64)
+        results = await work
+    for k in (0, 2):
+        result = results[k]
+        assert isinstance(result, AggregateResult), result
+        included = [int(name.split("-")[1]) for name in result.included]
+        assert np.array_equal(result.total, sum(updates[i] for i in included))
+        # 40 forged frames plus site-1's own messages, at most 12 of them read
+        assert result.ignored[OVER_LIMIT] >= 28
