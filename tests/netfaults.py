@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Literal, Self
+
+from peers.mqtt import MqttTransport
+from peers.transport import presence_topic
 
 Direction = Literal["up", "down", "both"]
 
@@ -131,3 +136,19 @@ class FaultProxy:
                 self.bytes[direction] += len(chunk)
                 writer.write(chunk)
                 await writer.drain()
+
+
+def transports_behind(
+    proxies: Sequence[FaultProxy], federation: str, *, reconnect_timeout: float = 15.0
+) -> Callable[[int], MqttTransport]:
+    """Site ``i``'s MQTT transport, connecting through ``proxies[i]``."""
+    tag = os.urandom(3).hex()
+    return lambda i: MqttTransport(
+        host="127.0.0.1",
+        port=proxies[i].port,
+        client_id=f"{federation}-{i}-{tag}",
+        presence_topic=presence_topic(federation, f"site-{i}"),
+        chunk_size=64 * 1024,
+        reconnect_timeout=reconnect_timeout,
+        backoff=(0.05, 0.5),
+    )

@@ -42,10 +42,9 @@ import aiomqtt
 import numpy as np
 from numpy.typing import NDArray
 
-from peers.mqtt import MqttTransport
 from peers.node import AggregateResult, PeerNode, RoundAbortedError
-from peers.transport import TransportError, message_topic, parse_topic, presence_topic
-from tests.netfaults import FaultProxy
+from peers.transport import TransportError, message_topic, parse_topic
+from tests.netfaults import FaultProxy, transports_behind
 from tests.runtime.nodes import on_grid, run_round, running_nodes
 
 BROKER = ("127.0.0.1", 1883)
@@ -110,24 +109,17 @@ async def _federation(
     tuple[str, list[PeerNode], list[FaultProxy], aiomqtt.Client, list[tuple[str, bytes]]]
 ]:
     federation = f"soak-{os.urandom(4).hex()}"
-    tag = os.urandom(3).hex()
     captured: list[tuple[str, bytes]] = []
     async with AsyncExitStack() as stack:
         proxies = [await stack.enter_async_context(FaultProxy(BROKER[1], seed=i)) for i in range(n)]
 
-        def transport(i: int) -> MqttTransport:
-            return MqttTransport(
-                host=BROKER[0],
-                port=proxies[i].port,
-                client_id=f"{federation}-{i}-{tag}",
-                presence_topic=presence_topic(federation, f"site-{i}"),
-                chunk_size=64 * 1024,
-                reconnect_timeout=30.0,
-                backoff=(0.05, 0.5),
-            )
-
         nodes = await stack.enter_async_context(
-            running_nodes(n, transport, federation=federation, deadline=deadline)
+            running_nodes(
+                n,
+                transports_behind(proxies, federation, reconnect_timeout=30.0),
+                federation=federation,
+                deadline=deadline,
+            )
         )
         admin = await stack.enter_async_context(
             aiomqtt.Client(*BROKER, identifier=f"{federation}-admin")

@@ -15,34 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from peers.mqtt import MqttTransport
 from peers.node import AggregateResult, PeerNode, RoundAbortedError
-from peers.transport import Transport, TransportError, presence_topic
-from tests.netfaults import FaultProxy
+from peers.transport import TransportError
+from tests.netfaults import FaultProxy, transports_behind
 from tests.runtime.nodes import on_grid, run_round, running_nodes
 
 BROKER_PORT = 1883
 N, D = 4, 20_000
-
-
-def _behind(proxies: Sequence[FaultProxy], federation: str) -> Callable[[int], Transport]:
-    tag = os.urandom(3).hex()
-    return lambda i: MqttTransport(
-        host="127.0.0.1",
-        port=proxies[i].port,
-        client_id=f"{federation}-{i}-{tag}",
-        presence_topic=presence_topic(federation, f"site-{i}"),
-        chunk_size=64 * 1024,
-        reconnect_timeout=15.0,
-        backoff=(0.05, 0.5),
-    )
 
 
 @asynccontextmanager
@@ -55,7 +41,9 @@ async def _federation(
             await stack.enter_async_context(FaultProxy(BROKER_PORT, seed=i)) for i in range(N)
         ]
         nodes = await stack.enter_async_context(
-            running_nodes(N, _behind(proxies, federation), federation=federation, deadline=deadline)
+            running_nodes(
+                N, transports_behind(proxies, federation), federation=federation, deadline=deadline
+            )
         )
         yield nodes, proxies
 
