@@ -31,7 +31,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from mpc_agg.randomness import RandomSource
+from mpc_agg.randomness import RandomSource, random_below
 
 IntVector = NDArray[np.int64]
 BoolVector = NDArray[np.bool_]
@@ -100,17 +100,8 @@ def _bernoulli_fraction(
         a, b, top = int(numerator[i]), int(denominator[i]), int(k[i])
         # U < a/b  ⇔  (top + V)·b < a·2^53 with V uniform in [0, 1): V·b < a·2^53 − top·b.
         rest = (a << 53) - top * b
-        result[i] = rest > 0 and (rest >= b or _uniform_below_scalar(source, b) < rest)
+        result[i] = rest > 0 and (rest >= b or random_below(source, b) < rest)
     return result
-
-
-def _uniform_below_scalar(source: RandomSource, bound: int) -> int:
-    """A uniform integer in ``[0, bound)`` for a Python integer of any size."""
-    nbytes = (bound.bit_length() + 7) // 8 + 8
-    limit = (1 << (8 * nbytes)) - (1 << (8 * nbytes)) % bound
-    while (draw := int.from_bytes(source.random_bytes(nbytes), "big")) >= limit:
-        pass
-    return draw % bound
 
 
 #: Bits of each e^{-w} expansion: a comparison still tied after them (probability
@@ -228,7 +219,7 @@ def _bernoulli_exp_fraction(
     result = np.zeros(numerator.shape, dtype=bool)
     index = np.arange(numerator.size)
     num, den = numerator, denominator
-    k = np.where(num == den, np.uint64(2), np.uint64(1))  # γ = 1: A_1 = 1 needs no draw
+    k = np.ones(num.shape, dtype=np.uint64)
     while index.size:
         if int(k.max()) >= _MAX_K:  # probability below 1/2047!: never in practice
             raise RuntimeError("Bernoulli(exp) loop ran away; the randomness source is broken")
@@ -249,7 +240,7 @@ def _bernoulli_exp_scalar(source: RandomSource, numerator: int, denominator: int
         whole -= step
     k = 1
     while True:
-        if _uniform_below_scalar(source, denominator * k) >= frac:
+        if random_below(source, denominator * k) >= frac:
             return k % 2 == 1
         k += 1
 

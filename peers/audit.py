@@ -269,14 +269,8 @@ class AuditLog:
 
     def last_round(self, federation: str) -> int:
         """Largest ``round`` recorded for ``federation`` (0 if none): round ids never repeat."""
-        last = 0
-        if self._path.exists():
-            for line in self._path.read_bytes().splitlines():
-                record = json.loads(line).get("record", {})
-                value = record.get("round")
-                if record.get("federation") == federation and type(value) is int:
-                    last = max(last, value)
-        return last
+        rounds = [r["round"] for r in self.records(federation) if type(r.get("round")) is int]
+        return max(rounds, default=0)
 
     def records(self, federation: str) -> list[dict[str, Any]]:
         """Every record of ``federation``, oldest first (read back, e.g. the ε already spent)."""

@@ -349,6 +349,20 @@ class _Table:
             raise self.error(name, f"must be a positive {what}, got {_show(value)}")
         return float(value)
 
+    def optional_positive(self, name: str, *, what: str) -> float | None:
+        """:meth:`positive`, or ``None`` when the key is absent."""
+        if name not in self.data:
+            self.seen.add(name)
+            return None
+        return self.positive(name, what=what, default=None)
+
+    def optional_integer_in(self, name: str, *, low: int, high: int) -> int | None:
+        """:meth:`integer`, or ``None`` when the key is absent."""
+        if name not in self.data:
+            self.seen.add(name)
+            return None
+        return self.integer(name, low=low, high=high)
+
     def boolean(self, name: str, *, default: bool) -> bool:
         value = self._get(name, required=False)
         if value is None:
@@ -543,11 +557,7 @@ def _dp(root: _Table, protocol: str, threshold: int) -> DpSettings | None:
     delta = table.positive("delta", what="number in (0, 1)", default=None)
     if not delta < 1:
         raise table.error("delta", f"must be in (0, 1), got {delta}")
-    budget = None
-    if table.data.get("epsilon") is not None:
-        budget = table.positive("epsilon", what="number (the total ε budget)", default=None)
-    else:
-        table.seen.add("epsilon")
+    budget = table.optional_positive("epsilon", what="number (the total ε budget)")
     rate = table.positive("sampling_probability", what="number in (0, 1]", default=1.0)
     if rate > 1:
         raise table.error("sampling_probability", f"must be in (0, 1], got {rate}")
@@ -623,16 +633,11 @@ def _limits(table: _Table) -> Limits:
         chunk_size=table.integer(
             "chunk_size", low=1, high=MAX_CHUNK_SIZE, default=DEFAULT_CHUNK_SIZE
         ),
-        messages_per_site=(
-            None
-            if table.data.get("messages_per_site") is None
-            else table.integer("messages_per_site", low=12, high=10_000)
-        ),
+        messages_per_site=table.optional_integer_in("messages_per_site", low=12, high=10_000),
         held_messages_per_site=table.integer(
             "held_messages_per_site", low=6, high=10_000, default=12
         ),
     )
-    table.seen.add("messages_per_site")
     table.finish()
     return limits
 

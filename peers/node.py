@@ -771,17 +771,7 @@ class PeerNode:
                     f"over {accountant.rounds} rounds. Nothing was sent"
                 )
                 self._last_round = round_id
-                if self.audit is not None:
-                    self.audit.append(
-                        {
-                            "protocol": PROTOCOL,
-                            "federation": self.federation,
-                            "round": round_id,
-                            "site": self.name,
-                            "outcome": "refused",
-                            "reason": reason,
-                        }
-                    )
+                self._append_audit(PROTOCOL, round_id, {"outcome": "refused", "reason": reason})
                 raise dp.PrivacyBudgetExceededError(
                     reason, spent=spent, would_be=would_be, budget=budget
                 )
@@ -887,17 +877,27 @@ class PeerNode:
             codec=codec,
         )
 
-    def _record(self, round_id: int, plan: RoundPlan, outcome: Mapping[str, object]) -> None:
-        """Append the round to the audit log (DESIGN §9): parameters, roster, outcome."""
+    def _append_audit(self, protocol: str, round_id: int, fields: Mapping[str, object]) -> None:
+        """Append one line about ``round_id`` to the audit log (if any), with who and where."""
         if self.audit is None:
             return
         self.audit.append(
             {
-                "protocol": plan.protocol,
+                "protocol": protocol,
                 "federation": self.federation,
                 "round": round_id,
                 "site": self.name,
                 "roster_digest": self.roster.digest.hex(),
+                **fields,
+            }
+        )
+
+    def _record(self, round_id: int, plan: RoundPlan, outcome: Mapping[str, object]) -> None:
+        """Append the round to the audit log (DESIGN §9): parameters, roster, outcome."""
+        self._append_audit(
+            plan.protocol,
+            round_id,
+            {
                 "parameters": {
                     "n": len(self.roster),
                     "threshold": plan.threshold,
@@ -908,7 +908,7 @@ class PeerNode:
                 },
                 **({} if plan.privacy is None else {"privacy": plan.privacy}),
                 **outcome,
-            }
+            },
         )
 
     def _bytes_out_total(self) -> int:

@@ -189,13 +189,6 @@ class DpSgd:
     delta: float = 1e-5
 
 
-def expected_batch_size(task: DigitsTask, dpsgd: DpSgd) -> int:
-    """Expected examples per step over all sites (q · the training set's size)."""
-    sites, _ = load_split(task)
-    total = sum(int(x.shape[0]) for x, _ in sites)
-    return max(1, round(dpsgd.sampling_probability * total))
-
-
 def train_site_dpsgd(
     task: DigitsTask,
     dpsgd: DpSgd,
@@ -218,7 +211,6 @@ def train_site_dpsgd(
 
     sites_data, test = data if data is not None else load_split(task)
     x, y = sites_data[site]
-    total = sum(int(xs.shape[0]) for xs, _ in sites_data)
     # float64 throughout: the per-example clipped sum must be exact to float64 for the
     # sensitivity bound (mpc_agg/DP.md §2.1).
     model = make_model(task).double()
@@ -229,7 +221,10 @@ def train_site_dpsgd(
         mode="gradient",
         max_grad_norm=dpsgd.clip,
         noise_multiplier=noise_multiplier,
-        expected_batch_size=max(1, round(dpsgd.sampling_probability * total)),
+        # q · (the training set over all sites): the expected examples per step
+        expected_batch_size=max(
+            1, round(dpsgd.sampling_probability * sum(len(xs) for xs, _ in sites_data))
+        ),
     )
     randomness = SystemRandomSource()
     threshold = np.uint64(min(dpsgd.sampling_probability, 1.0) * 2.0**64 - 1)
