@@ -38,18 +38,9 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from dp_accounting import (
-    ComposedDpEvent,
-    DpEvent,
-    GaussianDpEvent,
-    PoissonSampledDpEvent,
-    SelfComposedDpEvent,
-    ZCDpEvent,
-)
-from dp_accounting.rdp import RdpAccountant
-from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 from numpy.typing import NDArray
 
 from mpc_agg import noise
@@ -58,12 +49,16 @@ from mpc_agg.fixedpoint import check_headroom
 from mpc_agg.randomness import DeterministicRandomSource, RandomSource
 from mpc_agg.ring import RingVector, lift
 
+if TYPE_CHECKING:
+    from dp_accounting import DpEvent
+
 FloatVector = NDArray[np.float64]
 
 #: RDP orders used when a Skellam round is composed (its bound holds for integer α only).
-INTEGER_ORDERS: tuple[float, ...] = tuple(
-    float(a) for a in DEFAULT_RDP_ORDERS if float(a) == int(a) and a >= 2
-)
+#: dp-accounting's default orders that are integers (its DEFAULT_RDP_ORDERS, checked by a
+#: test); written out so that importing this module does not import dp-accounting and
+#: scipy (about half a second at every site's start-up, with or without ``[dp]``).
+INTEGER_ORDERS: tuple[float, ...] = tuple(float(a) for a in (*range(2, 64), 128, 256, 512, 1024))
 #: Kairouz et al.'s β: conditional rounding fails (and is redrawn) with probability ≤ β.
 DEFAULT_BETA = math.exp(-0.5)
 #: τ·d below this counts as zero when a discrete Gaussian round is Poisson-subsampled.
@@ -185,6 +180,8 @@ class RoundCost:
 
     def event(self, branch: int = 0) -> DpEvent:
         """The dp-accounting event of this round (``branch`` 1: Skellam's second bound)."""
+        from dp_accounting import GaussianDpEvent, PoissonSampledDpEvent, ZCDpEvent  # noqa: PLC0415
+
         rho, xi = self.rho, self.xi
         if branch == 1 and self.alt_rho is not None and self.alt_xi is not None:
             rho, xi = self.alt_rho, self.alt_xi
@@ -246,6 +243,10 @@ def _epsilon(costs: Sequence[RoundCost], delta: float) -> float:
 def _epsilon_of_multiset(grouped: frozenset[tuple[RoundCost, int]], delta: float) -> float:
     costs = [cost for cost, _ in grouped]
     integer = any(c.integer_orders for c in costs)
+    from dp_accounting import ComposedDpEvent, SelfComposedDpEvent  # noqa: PLC0415
+    from dp_accounting.rdp import RdpAccountant  # noqa: PLC0415
+    from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS  # noqa: PLC0415
+
     orders = INTEGER_ORDERS if integer else tuple(float(a) for a in DEFAULT_RDP_ORDERS)
     branches = (0, 1) if any(c.alt_rho is not None for c in costs) else (0,)
     best = math.inf

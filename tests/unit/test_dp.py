@@ -314,3 +314,20 @@ def test_noise_sites_against_colluders_lowers_k() -> None:
     assert guarded.cost.rho == pytest.approx(base.cost.rho, rel=1e-5)
     with pytest.raises(ValueError, match="noise_sites"):
         _settings(noise_sites=0)
+
+
+def test_integer_orders_are_dp_accountings_integer_default_orders() -> None:
+    """INTEGER_ORDERS is written out (no dp-accounting import at start-up): keep it in step."""
+    from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS  # noqa: PLC0415
+
+    library = tuple(float(a) for a in DEFAULT_RDP_ORDERS if float(a) == int(a) and a >= 2)
+    assert library == dp.INTEGER_ORDERS
+
+
+def test_importing_the_runtime_does_not_import_dp_accounting() -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = "import sys, peers.cli; print('dp_accounting' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
