@@ -189,7 +189,11 @@ def authenticate(envelope: Envelope, verify_key: VerifyKey) -> None:
 
 
 def check_context(envelope: Envelope, context: EnvelopeContext) -> str | None:
-    """``None`` if the envelope is bound to ``context``, else the reason it is not."""
+    """``None`` if the envelope is bound to ``context``, else the reason it is not.
+
+    The reason starts with ``message is for round`` exactly when only the round differs
+    (see :func:`wrong_round_only`).
+    """
     if envelope.protocol != context.protocol:
         return f"protocol {envelope.protocol!r} is not {context.protocol!r}"
     if envelope.federation != context.federation:
@@ -199,3 +203,17 @@ def check_context(envelope: Envelope, context: EnvelopeContext) -> str | None:
     if envelope.round_id != context.round_id:
         return f"message is for round {envelope.round_id}, this is round {context.round_id}"
     return None
+
+
+def wrong_round_only(envelope: Envelope, context: EnvelopeContext) -> bool:
+    """True when only the round of ``envelope`` differs from ``context``.
+
+    A replay from another round of this federation and roster, as opposed to one from
+    another federation (or roster) or protocol.
+    """
+    return (
+        envelope.protocol == context.protocol
+        and envelope.federation == context.federation
+        and digests_equal(envelope.roster_digest, context.roster_digest)
+        and envelope.round_id != context.round_id
+    )

@@ -663,16 +663,25 @@ class PeerNode:
                 n_peers=len(self.roster),
             )
             ring = privatized.ring
-        if self.join_timeout > 0 and not self._joined:
-            self._joined = True
-            await self.wait_for_peers(self.join_timeout)
         plan = self._plan_round(round_id, ring.shape[0], codec)
         report: PrivacyReport | None = None
+        # On disk before the first message (and before waiting for the peers): a site
+        # killed from here on restarts at the next round id, as the others do, and never
+        # sends a second, different input under this one; a crash after sending cannot
+        # un-spend ε.
         if dp_round is not None and privatized is not None:
             report = self._spend_privacy(dp_round, privatized)
             plan = replace(plan, privacy=_privacy_record(dp_round, report))
-            # On disk before the first message: a crash after sending cannot un-spend ε.
             self._record(round_id, plan, {"outcome": "charged"})
+        else:
+            self._record(round_id, plan, {"outcome": "started"})
+        if self.join_timeout > 0 and not self._joined:
+            self._joined = True
+            try:
+                await self.wait_for_peers(self.join_timeout)
+            except BaseException:
+                self._last_round = round_id  # recorded as started: never used again
+                raise
         state = _Round(
             round_id,
             plan.machine,

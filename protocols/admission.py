@@ -22,6 +22,7 @@ from mpc_agg.envelope import (
     authenticate,
     check_context,
     parse_envelope,
+    wrong_round_only,
 )
 from mpc_agg.errors import DecodeError, SignatureError
 from protocols.common import Effect, MessageIgnored, Roster
@@ -73,7 +74,8 @@ def admit(
         return None
     mismatch = check_context(envelope, context)
     if mismatch is not None:
-        effects.append(MessageIgnored(claimed, f"not for this round: {mismatch}"))
+        scope = "round" if wrong_round_only(envelope, context) else "federation"
+        effects.append(MessageIgnored(claimed, f"not for this {scope}: {mismatch}"))
         return None
     source = envelope.sender
     if source >= len(roster):

@@ -19,7 +19,11 @@ Faults:
 - ``reset-all``: every connection reset at once (as a broker restart would look);
 - ``garbage``: random payloads published on every site's topics of the round;
 - ``replay``: the previous round's frames published again on this round's topics;
-- ``flood``: 300 frames of 8 kB on one site's topic.
+- ``flood``: 300 frames of 8 kB on one site's topic;
+- ``crash``: one site dies mid-round (its link frozen, its round task cancelled, its
+  connection reset without a goodbye) and a new node is built from the same key and audit
+  log, as a restarted process would be; it must rejoin at the next round. (A real SIGKILL
+  of an ``mpc-agg aggregate`` process has its own test in ``tests/e2e/test_federation.py``.)
 
 Run ``python -m tests.soak --rounds 200`` for the table in ``docs/soak.md``; the CI runs a
 short soak (``tests/mqtt/test_soak.py``).
@@ -29,23 +33,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiomqtt
 import numpy as np
 from numpy.typing import NDArray
 
+from peers.audit import AuditLog
 from peers.node import AggregateResult, PeerNode, RoundAbortedError
 from peers.transport import TransportError, message_topic, parse_topic
+from protocols.harness import make_roster
 from tests.netfaults import FaultProxy, transports_behind
-from tests.runtime.nodes import on_grid, run_round, running_nodes
+from tests.runtime.nodes import FRAC_BITS, on_grid
 
 BROKER = ("127.0.0.1", 1883)
 FAULTS = (
@@ -59,6 +68,7 @@ FAULTS = (
     "garbage",
     "replay",
     "flood",
+    "crash",
 )
 ROUND_TIMEOUT = 90.0
 
@@ -102,40 +112,77 @@ def _reason(error: BaseException) -> str:
     return "".join("N" if c.isdigit() else c for c in head)[:70]
 
 
+class _Federation:
+    """The soak's sites, each behind its own proxy, with an audit log, restartable."""
+
+    def __init__(self, n: int, deadline: float, root: Path, stack: AsyncExitStack) -> None:
+        self.id = f"soak-{os.urandom(4).hex()}"
+        self.n = n
+        self.deadline = deadline
+        self.root = root
+        self.roster, self.keys = make_roster(n)
+        self.stack = stack
+        self.proxies: list[FaultProxy] = []
+        self.nodes: list[PeerNode] = []
+        self.captured: list[tuple[str, bytes]] = []
+
+    def _node(self, i: int) -> PeerNode:
+        audit = AuditLog(self.root / f"site-{i}.audit.jsonl", signing_key=self.keys[i])
+        return PeerNode(
+            federation=self.id,
+            roster=self.roster,
+            me=i,
+            signing_key=self.keys[i],
+            # a fresh client id each time (as a restarted process would have)
+            transport=transports_behind(self.proxies, self.id, reconnect_timeout=30.0)(i),
+            deadlines=lambda _phase: self.deadline,
+            frac_bits=FRAC_BITS,
+            audit=audit,
+            last_round=audit.last_round(self.id),  # as PeerNode.from_config does
+        )
+
+    async def start(self) -> None:
+        for i in range(self.n):
+            self.proxies.append(await self.stack.enter_async_context(FaultProxy(BROKER[1], seed=i)))
+        for i in range(self.n):
+            self.nodes.append(await self._node(i).__aenter__())
+        self.stack.push_async_callback(self._close_all)
+
+    async def _close_all(self) -> None:
+        for node in self.nodes:
+            await node.__aexit__(None, None, None)
+
+    async def restart(self, i: int) -> None:
+        """Site ``i`` after a crash: drop its connection without a goodbye, build anew."""
+        old = self.nodes[i]
+        self.proxies[i].reset()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.__aexit__(None, None, None), 10.0)
+        self.proxies[i].heal()
+        self.nodes[i] = await self._node(i).__aenter__()
+
+
 @asynccontextmanager
-async def _federation(
-    n: int, deadline: float
-) -> AsyncIterator[
-    tuple[str, list[PeerNode], list[FaultProxy], aiomqtt.Client, list[tuple[str, bytes]]]
-]:
-    federation = f"soak-{os.urandom(4).hex()}"
-    captured: list[tuple[str, bytes]] = []
-    async with AsyncExitStack() as stack:
-        proxies = [await stack.enter_async_context(FaultProxy(BROKER[1], seed=i)) for i in range(n)]
-
-        nodes = await stack.enter_async_context(
-            running_nodes(
-                n,
-                transports_behind(proxies, federation, reconnect_timeout=30.0),
-                federation=federation,
-                deadline=deadline,
+async def _federation(n: int, deadline: float) -> AsyncIterator[tuple[_Federation, aiomqtt.Client]]:
+    with tempfile.TemporaryDirectory(prefix="soak-") as root:
+        async with AsyncExitStack() as stack:
+            fed = _Federation(n, deadline, Path(root), stack)
+            await fed.start()
+            admin = await stack.enter_async_context(
+                aiomqtt.Client(*BROKER, identifier=f"{fed.id}-admin")
             )
-        )
-        admin = await stack.enter_async_context(
-            aiomqtt.Client(*BROKER, identifier=f"{federation}-admin")
-        )
-        await admin.subscribe(f"mpcagg/v1/{federation}/#")
+            await admin.subscribe(f"mpcagg/v1/{fed.id}/#")
 
-        async def listen() -> None:
-            async for message in admin.messages:
-                if isinstance(message.payload, bytes):
-                    captured.append((str(message.topic), message.payload))
+            async def listen() -> None:
+                async for message in admin.messages:
+                    if isinstance(message.payload, bytes):
+                        fed.captured.append((str(message.topic), message.payload))
 
-        task = asyncio.create_task(listen())
-        try:
-            yield federation, nodes, proxies, admin, captured
-        finally:
-            task.cancel()
+            task = asyncio.create_task(listen())
+            try:
+                yield fed, admin
+            finally:
+                task.cancel()
 
 
 async def _inject(
@@ -147,9 +194,11 @@ async def _inject(
     proxies: Sequence[FaultProxy],
     admin: aiomqtt.Client,
     previous: Sequence[tuple[str, bytes]],
+    tasks: Sequence[asyncio.Future[AggregateResult]],
     rng: random.Random,
-) -> None:
-    """Apply ``fault`` to the round that is starting (or has just started)."""
+) -> int | None:
+    """Apply ``fault`` to the round that is starting (or has just started); return the
+    site that crashed, if any."""
     victim = rng.randrange(n)
     loop = asyncio.get_running_loop()
     if fault == "delay":
@@ -189,6 +238,12 @@ async def _inject(
         topic = message_topic(federation, round_id, f"site-{victim}")
         for _ in range(300):
             await admin.publish(topic, rng.randbytes(8192), qos=0)
+    elif fault == "crash":
+        await asyncio.sleep(rng.uniform(0.05, 0.6))
+        proxies[victim].stall()  # frozen from here on: nothing more in or out
+        tasks[victim].cancel()
+        return victim
+    return None
 
 
 def _heal(proxies: Sequence[FaultProxy]) -> None:
@@ -198,28 +253,38 @@ def _heal(proxies: Sequence[FaultProxy]) -> None:
         proxy.bandwidth = None
 
 
-async def soak(rounds: int, *, seed: int = 0, n: int = 4, d: int = 5000) -> SoakReport:
-    """Run ``rounds`` rounds (faults on even ones); return the counts."""
+async def soak(
+    rounds: int, *, seed: int = 0, n: int = 4, d: int = 5000, faults: Sequence[str] = FAULTS
+) -> SoakReport:
+    """Run ``rounds`` rounds (one of ``faults`` on even ones); return the counts."""
+    unknown = set(faults) - set(FAULTS)
+    if unknown:
+        raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
     rng = random.Random(seed)  # which fault when: not a secret
     data = np.random.default_rng(seed)
     report = SoakReport()
     started = time.perf_counter()
-    async with _federation(n, deadline=3.0) as (federation, nodes, proxies, admin, captured):
+    async with _federation(n, deadline=3.0) as (fed, admin):
         previous: list[tuple[str, bytes]] = []
         for r in range(rounds):
-            fault = rng.choice(FAULTS) if r % 2 == 0 else "none"
+            fault = rng.choice(faults) if r % 2 == 0 else "none"
             updates: list[NDArray[np.float64]] = [on_grid(data, (d,)) for _ in range(n)]
-            round_id = max(node._last_round for node in nodes) + 1
-            captured.clear()
-            work = asyncio.ensure_future(run_round(nodes, updates))
-            await _inject(
+            round_id = max(node._last_round for node in fed.nodes) + 1
+            fed.captured.clear()
+            tasks = [
+                asyncio.ensure_future(node.aggregate(u))
+                for node, u in zip(fed.nodes, updates, strict=True)
+            ]
+            work = asyncio.gather(*tasks, return_exceptions=True)
+            crashed = await _inject(
                 fault,
-                federation=federation,
+                federation=fed.id,
                 round_id=round_id,
                 n=n,
-                proxies=proxies,
+                proxies=fed.proxies,
                 admin=admin,
                 previous=previous,
+                tasks=tasks,
                 rng=rng,
             )
             try:
@@ -227,12 +292,20 @@ async def soak(rounds: int, *, seed: int = 0, n: int = 4, d: int = 5000) -> Soak
             except TimeoutError:
                 report.hangs += 1
                 break
-            _heal(proxies)
+            if crashed is not None:
+                await fed.restart(crashed)
+            _heal(fed.proxies)
             report.rounds += 1
             report.faults[fault] += 1
-            errors = [x for x in results if not isinstance(x, AggregateResult)]
+            errors = [
+                x
+                for k, x in enumerate(results)
+                if not isinstance(x, AggregateResult) and k != crashed
+            ]
             for result in results:
                 if isinstance(result, AggregateResult):
+                    if result.round_id != round_id:
+                        report.wrong += 1  # the sites must agree on the round
                     included = [int(name.split("-")[1]) for name in result.included]
                     if not np.array_equal(result.total, sum(updates[k] for k in included)):
                         report.wrong += 1
@@ -243,7 +316,7 @@ async def soak(rounds: int, *, seed: int = 0, n: int = 4, d: int = 5000) -> Soak
             (report.partial if errors else report.complete)[fault] += 1
             if fault == "none" and errors:
                 report.unrecovered += 1
-            previous = [(t, p) for t, p in captured if t.split("/")[3] == str(round_id)]
+            previous = [(t, p) for t, p in fed.captured if t.split("/")[3] == str(round_id)]
             if fault != "none":
                 await asyncio.sleep(1.0)  # held frames of the faulted round drain
     report.seconds = time.perf_counter() - started
@@ -253,7 +326,7 @@ async def soak(rounds: int, *, seed: int = 0, n: int = 4, d: int = 5000) -> Soak
 def markdown(report: SoakReport) -> str:
     """The docs table."""
     lines = [
-        "| fault | rounds | every site got the sum | some sites aborted |",
+        "| fault | rounds | every live site got the sum | some sites aborted |",
         "|---|---|---|---|",
     ]
     for fault in ("none", *FAULTS):
@@ -278,8 +351,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the counts here")
+    parser.add_argument("--faults", nargs="+", default=list(FAULTS), choices=FAULTS)
     args = parser.parse_args()
-    report = asyncio.run(soak(args.rounds, seed=args.seed))
+    report = asyncio.run(soak(args.rounds, seed=args.seed, faults=args.faults))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report.to_json(), handle, indent=2)

@@ -69,7 +69,7 @@ def test_four_site_processes_produce_the_identical_exact_sum(federation: Path) -
             check=False,
         )
         assert verified.returncode == 0, verified.stdout
-        assert "ok, 1 lines, hash chain intact, signed by" in verified.stdout
+        assert "ok, 2 lines, hash chain intact, signed by" in verified.stdout  # started + aggregate
     # an edited record — even the last line — fails the signature check and is named
     log = federation / "sites" / "site-0.audit.jsonl"
     log.write_text(log.read_text().replace('"site-0"', '"site-9"', 1))
@@ -84,20 +84,33 @@ def test_four_site_processes_produce_the_identical_exact_sum(federation: Path) -
     assert "signature does not verify" in broken.stdout
 
 
+def _wait_for_audit_line(log: Path, timeout: float = 30.0) -> None:
+    until = time.monotonic() + timeout
+    while not (log.exists() and log.read_text().strip()):
+        assert time.monotonic() < until, f"{log} has no line"
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [11, 12, 13])
-def test_a_site_killed_at_a_random_moment_gives_correct_sums_or_clean_aborts(
+def test_a_site_killed_mid_round_restarts_and_rejoins_at_the_next_round(
     federation: Path, seed: int
 ) -> None:
+    """SIGKILL site-3 at a random moment of round 1, after it has started the round: the
+    others give exact sums or clean aborts; restarted, site-3 takes round 2 with them."""
     updates = _inputs(federation, 300_000, seed=seed)
     sites = _start_sites(federation)
-    time.sleep(random.Random(seed).uniform(0.3, 1.5))
+    log = federation / "sites" / "site-3.audit.jsonl"
+    _wait_for_audit_line(log)  # the round's `started` line: from here on it may have sent
+    time.sleep(random.Random(seed).uniform(0.0, 0.5))
     sites[3].send_signal(signal.SIGKILL)
     outputs = [site.communicate(timeout=60) for site in sites[:3]]
     sites[3].wait(10)
+    assert sites[3].returncode == -signal.SIGKILL
     for k, (site, (_stdout, stderr)) in enumerate(zip(sites[:3], outputs, strict=True)):
         if site.returncode == 0:
             report = json.loads((federation / f"report{k}.json").read_text())
+            assert report["round"] == 1
             included = [int(name.split("-")[1]) for name in report["included"]]
             assert np.array_equal(
                 np.load(federation / f"sum{k}.npy"), sum(updates[i] for i in included)
@@ -107,6 +120,20 @@ def test_a_site_killed_at_a_random_moment_gives_correct_sums_or_clean_aborts(
             lines = stderr.strip().splitlines()
             assert lines
             assert "aborted" in lines[-1]
+    # the killed site's log is intact, and says round 1 started
+    records = [json.loads(line)["record"] for line in log.read_text().splitlines()]
+    assert (records[0]["round"], records[0]["outcome"]) == (1, "started")
+    # round 2: all four, site-3 restarted from its files
+    updates = _inputs(federation, 300_000, seed=seed + 100)
+    sites = _start_sites(federation)
+    for site in sites:
+        _, stderr = site.communicate(timeout=60)
+        assert site.returncode == 0, stderr
+    for k in range(SITES):
+        report = json.loads((federation / f"report{k}.json").read_text())
+        assert report["round"] == 2
+        assert report["included"] == [f"site-{i}" for i in range(SITES)]
+        assert np.array_equal(np.load(federation / f"sum{k}.npy"), sum(updates))
 
 
 def test_round_ids_continue_from_the_audit_log_and_are_never_reused(federation: Path) -> None:

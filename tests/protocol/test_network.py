@@ -51,12 +51,12 @@ def _assert_all_exact(outcome: RoundOutcome, n: int) -> None:
     ("federation", "round_id", "roster_seed", "reason"),
     [
         ("harness", 1, 0, "not for this round: message is for round 1, this is round 2"),
-        ("other", 2, 0, "not for this round: federation 'other' is not 'harness'"),
+        ("other", 2, 0, "not for this federation: federation 'other' is not 'harness'"),
         (
             "harness",
             2,
             1,
-            "not for this round: roster digest does not match this federation's roster",
+            "not for this federation: roster digest does not match this federation's roster",
         ),
     ],
     ids=["previous-round", "other-federation", "other-roster"],
@@ -119,7 +119,7 @@ def test_random_bit_flips_give_correct_or_abort(seed: int) -> None:
 
 #: Reasons a bit-flipped envelope can be ignored for (never a crash, never blame).
 TAMPER_REASONS = re.compile(
-    r"^(malformed message|not for this round|unknown sender id|transport says sender"
+    r"^(malformed message|not for this (round|federation)|unknown sender id|transport says sender"
     r"|unknown message kind|\w+ with wrong phase or recipient|forged or corrupted)"
 )
 

@@ -7,7 +7,7 @@ be counted in ``AggregateResult.ignored`` — and in the audit log — under a n
 | case | reason |
 |---|---|
 | replay of the previous round | ``not for this round`` (the envelope names its round) |
-| replay from another federation | ``not for this round`` (federation and roster digest) |
+| replay from another federation | ``not for this federation`` (federation, roster digest) |
 | truncated or padded messages | ``malformed message`` |
 | fuzzed payloads (hypothesis) | ``malformed message`` |
 | a message signed by a removed site | ``forged or corrupted ADVERTISE_KEYS`` |
@@ -130,7 +130,7 @@ async def test_replay_from_another_federation_is_ignored() -> None:
                 broker.route("/".join(parts), payload)
 
     # The envelope names its federation (and roster): the binding check refuses it.
-    assert _reasons(await _attacked_round(replay)) == {"not for this round"}
+    assert _reasons(await _attacked_round(replay)) == {"not for this federation"}
 
 
 @pytest.mark.asyncio

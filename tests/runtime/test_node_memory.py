@@ -142,10 +142,10 @@ async def test_a_site_with_another_roster_is_not_heard_and_says_why() -> None:
     for result in results[:3]:
         assert isinstance(result, AggregateResult)
         assert result.dropped == {"site-3": "no AdvertiseKeys before the deadline"}
-        assert result.ignored["not for this round"] >= 1
+        assert result.ignored["not for this federation"] >= 1
     failed = results[3]
     assert isinstance(failed, RoundAbortedError)
-    assert "ignored messages: not for this round" in str(failed)
+    assert "ignored messages: not for this federation" in str(failed)
 
 
 @pytest.mark.asyncio

@@ -224,7 +224,7 @@ async def test_the_audit_log_records_the_plans_protocol(tmp_path: Path) -> None:
         for node in nodes:
             await node.__aexit__(None, None, None)
     assert all(isinstance(r, AggregateResult) for r in results), results
-    record = json.loads(logs[1].read_text().splitlines()[0])["record"]
+    record = json.loads(logs[1].read_text().splitlines()[-1])["record"]
     assert record["protocol"] == PROTOCOL
     assert record["parameters"]["threshold"] == 1
     assert record["parameters"]["vector_length"] == 5
