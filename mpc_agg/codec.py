@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mpc_agg.errors import DecodeError
 from mpc_agg.ring import RING_DTYPE, RingVector
@@ -27,6 +28,7 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _LE_U64 = np.dtype("<u8")
+_LE_U32 = np.dtype("<u4")
 
 
 class TruncatedError(DecodeError):
@@ -128,6 +130,22 @@ class Writer:
         self._append(little.view(np.uint8).data)
         return self
 
+    def ring_vector32(self, values: RingVector, max_len: int) -> Writer:
+        """Append a ring vector reduced mod 2^32 (4 bytes an entry).
+
+        A u64 count, zero padding to a 4-byte boundary, and the low 32 bits of every word,
+        little-endian.
+        """
+        if values.dtype != RING_DTYPE or values.ndim != 1:
+            raise ValueError("ring vectors must be 1-D uint64")
+        if values.shape[0] > max_len:
+            raise ValueError(f"vector of {values.shape[0]} entries exceeds maximum {max_len}")
+        self._append(_U64.pack(values.shape[0]))
+        self._append(bytes(-self._length % 4))  # words start 4-byte aligned
+        low = values.astype(_LE_U32)  # unsigned casts keep the low bits: x mod 2^32
+        self._append(low.view(np.uint8).data)
+        return self
+
     def raw(self, value: bytes) -> Writer:
         """Append bytes with no framing (for nesting an already-canonical encoding)."""
         self._append(value)
@@ -217,6 +235,21 @@ class Reader:
         view = np.frombuffer(self._data, dtype=_LE_U64, count=count, offset=self._pos)
         self._pos += nbytes
         return view.astype(RING_DTYPE, copy=False)
+
+    def ring_vector32(self, max_len: int) -> NDArray[np.uint32]:
+        """Read a vector of :meth:`Writer.ring_vector32` (a read-only uint32 view)."""
+        count = self.u64()
+        if count > max_len:
+            raise OversizeError(f"vector of {count} entries exceeds maximum {max_len}")
+        padding = self._take(-self._pos % 4)
+        if any(padding):
+            raise InvalidValueError("alignment padding before a vector must be zero")
+        nbytes = 4 * count
+        if self._pos + nbytes > len(self._data):
+            raise TruncatedError(f"vector needs {nbytes} bytes, only {self.remaining} left")
+        view = np.frombuffer(self._data, dtype=_LE_U32, count=count, offset=self._pos)
+        self._pos += nbytes
+        return view.astype(np.uint32, copy=False)
 
     def finish(self) -> None:
         """Raise :class:`TrailingBytesError` unless every byte was consumed."""

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mpc_agg.errors import EncodingError, HeadroomError
-from mpc_agg.ring import SIGNED_LIMIT, RingVector, lift
+from mpc_agg.ring import RING_BITS_CHOICES, RingVector, lift, signed_limit
 
 FloatVector = NDArray[np.float64]
 
@@ -30,21 +30,23 @@ _EXACT_FLOAT_LIMIT = float(1 << 53)
 _BLOCK = 1 << 18
 
 
-def check_headroom(max_abs: int, n_peers: int) -> None:
+def check_headroom(max_abs: int, n_peers: int, ring_bits: int = 64) -> None:
     """Raise :class:`HeadroomError` unless ``n_peers · max_abs`` fits the signed ring.
 
     The sum of ``n_peers`` values each bounded by ``max_abs`` in absolute value decodes
-    exactly from Z_2^64 iff ``n_peers · max_abs ≤ 2^63 − 1``.
+    exactly from Z_2^b iff ``n_peers · max_abs ≤ 2^(b−1) − 1``.
     """
     if n_peers < 1:
         raise EncodingError(f"n_peers must be >= 1, got {n_peers}")
     if max_abs < 0:
         raise EncodingError(f"max_abs must be >= 0, got {max_abs}")
-    if n_peers * max_abs > SIGNED_LIMIT:
+    limit = signed_limit(ring_bits)
+    if n_peers * max_abs > limit:
         raise HeadroomError(
             f"sum of {n_peers} peers × max |value| {max_abs} = {n_peers * max_abs} "
-            f"exceeds the ring's signed range 2^63−1 = {SIGNED_LIMIT}; lower frac_bits, "
-            f"clip the update, or aggregate fewer peers — nothing was wrapped or clipped"
+            f"exceeds the ring's signed range 2^{ring_bits - 1}−1 = {limit}; lower "
+            f"frac_bits, clip the update, or aggregate fewer peers — nothing was wrapped "
+            f"or clipped"
         )
 
 
@@ -75,12 +77,16 @@ class FixedPointCodec:
     frac_bits: int
     n_peers: int
     max_abs_value: float
+    ring_bits: int = 64
+    """The ring the sum lives in (Z_2^64, or Z_2^32 when the bound fits: half the bytes)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.frac_bits <= 52:
             raise EncodingError(f"frac_bits must be in [0, 52], got {self.frac_bits}")
         if self.n_peers < 1:
             raise EncodingError(f"n_peers must be >= 1, got {self.n_peers}")
+        if self.ring_bits not in RING_BITS_CHOICES:
+            raise EncodingError(f"ring_bits must be one of {RING_BITS_CHOICES}")
         if not (math.isfinite(self.max_abs_value) and self.max_abs_value > 0):
             raise EncodingError(f"max_abs_value must be finite and > 0, got {self.max_abs_value}")
         scaled = self.max_abs_value * self.scale
@@ -90,7 +96,12 @@ class FixedPointCodec:
                 f"exceeds 2^53 (exact float range); lower frac_bits"
             )
         # +1: stochastic rounding may round the largest value up by one unit.
-        check_headroom(math.ceil(scaled) + 1, self.n_peers)
+        check_headroom(math.ceil(scaled) + 1, self.n_peers, self.ring_bits)
+
+    def fits_ring(self, ring_bits: int) -> bool:
+        """Whether the static bound (n_peers · (⌈max_abs_value·2^f⌉ + 1)) fits Z_2^ring_bits."""
+        bound = math.ceil(self.max_abs_value * self.scale) + 1
+        return self.n_peers * bound <= signed_limit(ring_bits)
 
     @property
     def scale(self) -> float:
@@ -144,7 +155,7 @@ class FixedPointCodec:
             floor += rng.random(block.shape[0]) < block  # round up with probability = fraction
             integers[start : start + _BLOCK] = floor
         max_abs = max(int(integers.max()), -int(integers.min())) if integers.size else 0
-        check_headroom(max_abs, self.n_peers)
+        check_headroom(max_abs, self.n_peers, self.ring_bits)
         ring = integers.view(np.uint64)
         return EncodedUpdate(ring=ring, clipped=clipped, l2_norm=norm, max_abs=max_abs)
 

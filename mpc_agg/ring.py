@@ -16,6 +16,9 @@ from mpc_agg.errors import EncodingError
 
 RING_BITS = 64
 RING_DTYPE = np.dtype(np.uint64)
+#: Rings a round may aggregate in: Z_2^64, or Z_2^32 carried in the low bits of the same
+#: uint64 words (the wire then holds 4 bytes an entry; see :func:`reduce_mod`).
+RING_BITS_CHOICES = (32, 64)
 #: Largest magnitude a *sum* may reach and still decode exactly (two's complement).
 SIGNED_LIMIT = (1 << (RING_BITS - 1)) - 1
 
@@ -51,6 +54,28 @@ def lift(values: RingVector) -> SignedVector:
     """Read ring elements as signed integers in ``[-2^63, 2^63)`` (a view, no copy)."""
     check_ring_vector(values)
     return values.view(np.int64)
+
+
+def signed_limit(bits: int) -> int:
+    """Largest magnitude a sum may reach and still decode exactly from Z_2^``bits``."""
+    return (1 << (bits - 1)) - 1
+
+
+def reduce_mod(values: RingVector, bits: int) -> None:
+    """Reduce ``values`` mod 2^``bits`` in place, sign-extended to 64-bit words.
+
+    The result is the two's complement of the same signed values in Z_2^64, so
+    :func:`lift` reads them directly. For ``bits = 64`` nothing changes. Two passes, no
+    temporary.
+    """
+    if bits == RING_BITS:
+        return
+    if bits not in RING_BITS_CHOICES:
+        raise EncodingError(f"ring bits must be one of {RING_BITS_CHOICES}, got {bits}")
+    shift = np.uint64(RING_BITS - bits)
+    np.left_shift(values, shift, out=values)
+    signed = values.view(np.int64)
+    np.right_shift(signed, shift.astype(np.int64), out=signed)  # arithmetic: sign-extends
 
 
 def add_into(accumulator: RingVector, other: RingVector) -> None:

@@ -191,6 +191,9 @@ class EncodingConfig:
 
     frac_bits: int = DEFAULT_FRAC_BITS
     max_abs_value: float = DEFAULT_MAX_ABS_VALUE
+    #: The ring of the sum, 32 or 64 bits; ``None``: 32 whenever the headroom bound
+    #: n · (⌈max_abs_value·2^frac_bits⌉ + 1) fits it and no DP noise is added, else 64.
+    ring_bits: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -617,12 +620,17 @@ def _hygiene(table: _Table) -> Hygiene:
 def _encoding(table: _Table, n: int) -> EncodingConfig:
     frac_bits = table.integer("frac_bits", low=0, high=52, default=DEFAULT_FRAC_BITS)
     max_abs = table.positive("max_abs_value", what="finite number", default=DEFAULT_MAX_ABS_VALUE)
+    ring_bits = table.optional_integer_in("ring_bits", low=32, high=64)
     table.finish()
+    if ring_bits not in (None, 32, 64):
+        raise table.error("ring_bits", f"must be 32 or 64, got {ring_bits}")
     try:  # the codec's static headroom check: n · max|value| · 2^frac_bits must fit
-        FixedPointCodec(frac_bits=frac_bits, n_peers=n, max_abs_value=max_abs)
+        FixedPointCodec(
+            frac_bits=frac_bits, n_peers=n, max_abs_value=max_abs, ring_bits=ring_bits or 64
+        )
     except EncodingError as exc:
-        raise table.error("max_abs_value", str(exc)) from None
-    return EncodingConfig(frac_bits=frac_bits, max_abs_value=max_abs)
+        raise table.error("ring_bits" if ring_bits else "max_abs_value", str(exc)) from None
+    return EncodingConfig(frac_bits=frac_bits, max_abs_value=max_abs, ring_bits=ring_bits)
 
 
 def _limits(table: _Table) -> Limits:

@@ -121,6 +121,34 @@ _SYSTEM_RANDOM = random.SystemRandom()
 _UNTIMED_PHASES = frozenset({"IDLE", "DONE", "ABORTED"})
 
 
+def site_transport(site: SiteConfig, *, client_id: str | None = None) -> MqttTransport:
+    """The MQTT transport of ``site`` as its config describes it.
+
+    Broker, TLS, account, chunking and limits; ``client_id`` defaults to one per
+    federation, site and process.
+    """
+    federation = site.federation
+    broker = site.broker
+    # The largest message: a masked input (secagg); a dispute revealing up to n share
+    # vectors (robust, only when a peer deviates).
+    largest = (federation.n + 2) if federation.protocol == "robust" else 1
+    return MqttTransport(
+        host=broker.host,
+        port=broker.port,
+        client_id=client_id or f"{federation.id}-{site.name}-{os.getpid()}",
+        username=broker.username,
+        password=broker.password,
+        ca_file=broker.ca_file if broker.tls else None,
+        presence_topic=presence_topic(federation.id, site.name),
+        chunk_size=federation.limits.chunk_size,
+        max_message_bytes=largest * 8 * federation.limits.max_vector_length + (1 << 22),
+        # every other site's masked input may be in flight at once (4 per site)
+        max_pending_total=max(64, 4 * federation.n),
+        mqtt_version=broker.mqtt_version,
+        pad_frames=federation.hygiene.pad_frames,
+    )
+
+
 def _privacy_history(audit: AuditLog, federation: str) -> tuple[dp.RoundCost, ...]:
     """The privacy cost of every round this site's audit log records for ``federation``.
 
@@ -159,9 +187,9 @@ def _privacy_record(dp_round: dp.DpRound, report: PrivacyReport) -> dict[str, ob
     }
 
 
-def _byte_budget(vector_length: int) -> int:
-    """Bytes accepted per site and round: two masked inputs (8 bytes a coordinate) + 1 MiB."""
-    return 2 * 8 * vector_length + (1 << 20)
+def _byte_budget(vector_length: int, ring_bits: int = 64) -> int:
+    """Bytes accepted per site and round: two masked inputs and 1 MiB (4 or 8 bytes an entry)."""
+    return 2 * (ring_bits // 8) * vector_length + (1 << 20)
 
 
 def _note_ignored(ignored: Counter[str], reason: str, count: int = 1) -> None:
@@ -316,6 +344,7 @@ class PeerNode:
         threshold: int | None = None,
         frac_bits: int = 20,
         max_abs_value: float = 1.0,
+        ring_bits: int | None = None,
         max_vector_length: int = 100_000_000,
         randomness: RandomSource | None = None,
         audit: AuditLog | None = None,
@@ -369,9 +398,17 @@ class PeerNode:
             chooser = robust_threshold if protocol == "robust" else default_threshold
             threshold = chooser(len(roster))
         self.threshold = threshold
-        self.codec = FixedPointCodec(
+        codec = FixedPointCodec(
             frac_bits=frac_bits, n_peers=len(roster), max_abs_value=max_abs_value
         )
+        # secagg sums in Z_2^32 (4 bytes an entry on the wire) whenever the headroom bound
+        # allows and no noise needs the wider ring (SPEC §2.1); robust has its own field.
+        if ring_bits is None:
+            small = protocol == "secagg" and privacy is None and codec.fits_ring(32)
+            ring_bits = 32 if small else 64
+        elif ring_bits == 32 and (protocol != "secagg" or privacy is not None):
+            raise ProtocolMisuseError("ring_bits = 32 is for secagg without [dp] only")
+        self.codec = replace(codec, ring_bits=ring_bits)
         self.max_vector_length = max_vector_length
         self._rng = randomness or SystemRandomSource()
         self.audit = audit
@@ -398,7 +435,6 @@ class PeerNode:
         Raises :class:`~peers.config.ConfigError` for a protocol the runtime cannot run yet.
         """
         federation = site.federation
-        broker = site.broker
         if federation.protocol not in RUNTIME_PROTOCOLS:
             raise ConfigError(
                 federation.path,
@@ -407,28 +443,11 @@ class PeerNode:
                 f"(available: {', '.join(RUNTIME_PROTOCOLS)})",
             )
         robust = federation.protocol == "robust"
-        # The largest message: a masked input (secagg); a dispute revealing up to n share
-        # vectors (robust, only when a peer deviates).
-        largest = (federation.n + 2) if robust else 1
         # Round ids are never reused (SPEC §2.1): continue after the last one this site
         # recorded, across process restarts too.
         audit = AuditLog(site.audit_log, signing_key=site.signing_key)
         if transport is None:
-            transport = MqttTransport(
-                host=broker.host,
-                port=broker.port,
-                client_id=f"{federation.id}-{site.name}-{os.getpid()}",
-                username=broker.username,
-                password=broker.password,
-                ca_file=broker.ca_file if broker.tls else None,
-                presence_topic=presence_topic(federation.id, site.name),
-                chunk_size=federation.limits.chunk_size,
-                max_message_bytes=largest * 8 * federation.limits.max_vector_length + (1 << 22),
-                # every other site's masked input may be in flight at once (4 per site)
-                max_pending_total=max(64, 4 * federation.n),
-                mqtt_version=broker.mqtt_version,
-                pad_frames=federation.hygiene.pad_frames,
-            )
+            transport = site_transport(site)
         return cls(
             federation=federation.id,
             roster=federation.roster,
@@ -439,6 +458,7 @@ class PeerNode:
             threshold=federation.threshold,
             frac_bits=federation.encoding.frac_bits,
             max_abs_value=federation.encoding.max_abs_value,
+            ring_bits=federation.encoding.ring_bits,
             max_vector_length=federation.limits.max_vector_length,
             audit=audit,
             last_round=audit.last_round(federation.id),
@@ -872,6 +892,7 @@ class PeerNode:
             roster=self.roster,
             threshold=self.threshold,
             vector_length=vector_length,
+            ring_bits=codec.ring_bits,
         )
         machine = SecAggMachine(
             params, me=self.me, signing_key=self._signing_key, randomness=self._rng
@@ -881,9 +902,10 @@ class PeerNode:
             machine=machine,
             threshold=params.threshold,
             vector_length=params.vector_length,
-            byte_budget=_byte_budget(params.vector_length),
+            byte_budget=_byte_budget(params.vector_length, params.ring_bits),
             message_budget=self.messages_per_site or _ROUND_LIMIT_PER_PEER,
             codec=codec,
+            parameters={"ring_bits": params.ring_bits},
         )
 
     def _append_audit(self, protocol: str, round_id: int, fields: Mapping[str, object]) -> None:

@@ -35,7 +35,7 @@ from mpc_agg.crypto import SigningKey
 from mpc_agg.envelope import parse_envelope
 from mpc_agg.errors import DecodeError
 from mpc_agg.randomness import DeterministicRandomSource
-from mpc_agg.ring import RingVector
+from mpc_agg.ring import RingVector, reduce_mod
 from protocols.common import (
     AggregateReady,
     Broadcast,
@@ -168,7 +168,9 @@ def adopt(machine: SecAggMachine, kind: MessageKind, data: bytes) -> None:
     if kind is MessageKind.MASKED_INPUT and machine.me in machine._inputs:
         vector_length = machine.params.vector_length
         record = machine._inputs[machine.me]
-        record.message = MaskedInput.decode(envelope.payload, vector_length=vector_length)
+        record.message = MaskedInput.decode(
+            envelope.payload, vector_length=vector_length, ring_bits=machine.params.ring_bits
+        )
         record.digest = digest
 
 
@@ -208,10 +210,11 @@ class ProtocolOutcome(Generic[ParamsT, MachineT]):
         return {p: o.aborted for p, o in self.peers.items() if o.aborted is not None}
 
     def expected_total(self, included: Iterable[int]) -> RingVector:
-        """Plaintext ring sum of the inputs of ``included``."""
+        """Plaintext ring sum of the inputs of ``included`` (in the round's ring)."""
         total = np.zeros(self.vector_length, dtype=np.uint64)
         for peer in included:
             np.add(total, self.inputs[peer], out=total)
+        reduce_mod(total, getattr(self.params, "ring_bits", 64))
         return total
 
 
@@ -253,6 +256,7 @@ def run_secagg_round(
     round_id: int = 1,
     federation: str = "harness",
     roster: tuple[Roster, list[SigningKey]] | None = None,
+    ring_bits: int = 64,
 ) -> RoundOutcome:
     """Run one round of ``secagg`` among ``n`` in-process machines and return every outcome.
 
@@ -265,6 +269,7 @@ def run_secagg_round(
         roster=roster_obj,
         threshold=threshold if threshold is not None else default_threshold(n),
         vector_length=vector_length,
+        ring_bits=ring_bits,
     )
     data_in = dict(inputs) if inputs is not None else random_inputs(n, vector_length, seed)
     root = DeterministicRandomSource(f"harness/{seed}/{round_id}")

@@ -42,12 +42,19 @@ from mpc_agg.envelope import (
 )
 from mpc_agg.errors import (
     DecodeError,
+    EncodingError,
     ProtocolMisuseError,
     VerificationError,
 )
 from mpc_agg.prg import MaskTerm, apply_masks, mask_info, mask_key
 from mpc_agg.randomness import RandomSource, random_below
-from mpc_agg.ring import RingVector, check_ring_vector
+from mpc_agg.ring import (
+    RING_BITS_CHOICES,
+    RingVector,
+    check_ring_vector,
+    reduce_mod,
+    signed_limit,
+)
 from mpc_agg.vss import (
     Commitments,
     InsufficientSharesError,
@@ -135,9 +142,14 @@ class SecAggParams:
     roster: Roster
     threshold: int
     vector_length: int
+    ring_bits: int = 64
+    """The ring of the sum, Z_2^64 or Z_2^32 (§2.1): with 32 every masked input travels as
+    4 bytes an entry, and every input entry must lie in [−2^31, 2^31)."""
 
     def __post_init__(self) -> None:
         n = len(self.roster)
+        if self.ring_bits not in RING_BITS_CHOICES:
+            raise ValueError(f"ring_bits must be one of {RING_BITS_CHOICES}, got {self.ring_bits}")
         if not 2 <= self.threshold <= n:
             raise ValueError(f"threshold T={self.threshold} must be in [2, n={n}]")
         if not 1 <= self.vector_length <= 1 << 31:
@@ -153,7 +165,8 @@ class SecAggParams:
     @property
     def max_payload(self) -> int:
         """Largest envelope payload accepted: the masked vector or an n×n Unmask, plus slack."""
-        return max(8 * self.vector_length, 48 * self.n * self.n) + _PAYLOAD_SLACK
+        words = self.ring_bits // 8 * self.vector_length
+        return max(words, 48 * self.n * self.n) + _PAYLOAD_SLACK
 
 
 @dataclass(slots=True)
@@ -267,6 +280,15 @@ class SecAggMachine:
         if self.phase != Phase.IDLE:
             raise ProtocolMisuseError(f"begin() called in phase {self.phase.name}; once per round")
         check_ring_vector(update, length=self.params.vector_length, name="update")
+        bits = self.params.ring_bits
+        if bits < 64 and update.size:
+            signed = update.view(np.int64)
+            low, high = int(signed.min()), int(signed.max())
+            if low < -(1 << (bits - 1)) or high > signed_limit(bits):
+                raise EncodingError(
+                    f"update entries span [{low}, {high}], outside the round's ring Z_2^{bits} "
+                    f"([−2^{bits - 1}, 2^{bits - 1})); nothing was wrapped"
+                )
         self._input = update.copy(order="C")
         self._encryption_key = AgreementKey.generate(self._rng)
         self._mask_key = AgreementKey.generate(self._rng)
@@ -613,6 +635,7 @@ class SecAggMachine:
             mask_set=mask_set,
             complaints=tuple(self._complaints[p] for p in sorted(self._complaints)),
             masked=masked,
+            ring_bits=self.params.ring_bits,
         )
         own = _Input(message, b"")
         self._inputs[self.me] = own
@@ -624,7 +647,11 @@ class SecAggMachine:
         if source not in self._dealers:
             effects.append(MessageIgnored(source, "MaskedInput from a peer that dealt no shares"))
             return
-        message = MaskedInput.decode(envelope.payload, vector_length=self.params.vector_length)
+        message = MaskedInput.decode(
+            envelope.payload,
+            vector_length=self.params.vector_length,
+            ring_bits=self.params.ring_bits,
+        )
         named = set(message.mask_set) | {c.accused for c in message.complaints}
         if any(p >= self.params.n or p == source for p in named):
             self._exclude(source, "MaskedInput names a peer outside the roster or itself", effects)
@@ -826,6 +853,7 @@ class SecAggMachine:
         for u in agreement.included:
             np.add(total, self._inputs[u].message.masked, out=total)
         apply_masks(total, terms)
+        reduce_mod(total, self.params.ring_bits)  # Z_2^32: sign-extended, as lift() reads it
         self._total = total
         self._result_digest = result_digest(agreement.included, total, seeds)
         self._peer_digests = {}

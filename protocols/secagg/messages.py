@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mpc_agg.codec import (
     InvalidValueError,
@@ -23,7 +24,7 @@ from mpc_agg.codec import (
     write_u16_set,
 )
 from mpc_agg.crypto import AEAD_TAG_SIZE, DIGEST_SIZE, P256_POINT_SIZE
-from mpc_agg.ring import RingVector
+from mpc_agg.ring import RING_BITS_CHOICES, RingVector
 from mpc_agg.vss import PROOF_SIZE, SCALAR_SIZE, decode_scalar, encode_scalar
 from protocols.common import MAX_PEERS
 
@@ -210,11 +211,16 @@ class Complaint:
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class MaskedInput:
-    """§5.3 — the masked vector, the set of peers it was masked with, and complaints."""
+    """§5.3 — the masked vector, the set of peers it was masked with, and complaints.
+
+    ``ring_bits`` is the round's ring (§2.1): with 32 only the low 32 bits of every word
+    travel, and a decoded ``masked`` is a uint32 view.
+    """
 
     mask_set: tuple[int, ...]
     complaints: tuple[Complaint, ...]
-    masked: RingVector = field(repr=False)
+    masked: RingVector | NDArray[np.uint32] = field(repr=False)
+    ring_bits: int = 64
 
     def __post_init__(self) -> None:
         _check_set(self.mask_set, "mask set")
@@ -222,8 +228,14 @@ class MaskedInput:
         _check_set(accused, "complaints (by accused)")
         if set(accused) & set(self.mask_set):
             raise InvalidValueError("a peer cannot be both accused and masked with")
-        if self.masked.dtype != np.uint64 or self.masked.ndim != 1:
-            raise InvalidValueError("masked input must be a 1-D uint64 vector")
+        if self.ring_bits not in RING_BITS_CHOICES:
+            raise InvalidValueError(f"ring_bits must be 32 or 64, got {self.ring_bits}")
+        allowed = (np.uint64,) if self.ring_bits == 64 else (np.uint64, np.uint32)
+        if self.masked.dtype not in allowed or self.masked.ndim != 1:
+            raise InvalidValueError(
+                f"masked input must be a 1-D {'uint64' if self.ring_bits == 64 else 'uint32'} "
+                "vector"
+            )
 
     def encode(self) -> bytes:
         """Canonical encoding."""
@@ -236,12 +248,19 @@ class MaskedInput:
                 w.u16(c.accused).fixed(c.shared_point, P256_POINT_SIZE).fixed(c.proof, PROOF_SIZE)
             ),
         )
-        w.ring_vector(self.masked, self.masked.shape[0])
+        w.u8(self.ring_bits)
+        masked = self.masked.astype(np.uint64, copy=False)
+        if self.ring_bits == 32:
+            w.ring_vector32(masked, masked.shape[0])
+        else:
+            w.ring_vector(masked, masked.shape[0])
         return w.getvalue()
 
     @classmethod
-    def decode(cls, data: bytes | memoryview, *, vector_length: int) -> MaskedInput:
-        """Strict decoding; the vector must have exactly ``vector_length`` entries."""
+    def decode(
+        cls, data: bytes | memoryview, *, vector_length: int, ring_bits: int = 64
+    ) -> MaskedInput:
+        """Strict decoding: ``vector_length`` entries in the round's ring Z_2^``ring_bits``."""
         r = Reader(data)
         mask_set = read_sorted_unique_u16(r, MAX_PEERS)
         complaints = r.seq(
@@ -252,13 +271,21 @@ class MaskedInput:
                 proof=r.fixed(PROOF_SIZE),
             ),
         )
-        masked = r.ring_vector(1 << 31)  # a zero-copy view: the size check below names both
+        bits = r.u8()
+        if bits != ring_bits:
+            raise InvalidValueError(
+                f"masked input is in Z_2^{bits}, the round's ring is Z_2^{ring_bits}"
+            )
+        # zero-copy views: the size check below names both sizes
+        masked: RingVector | NDArray[np.uint32] = (
+            r.ring_vector32(1 << 31) if bits == 32 else r.ring_vector(1 << 31)
+        )
         r.finish()
         if masked.shape[0] != vector_length:
             raise InvalidValueError(
                 f"masked input has {masked.shape[0]} entries, the round has {vector_length}"
             )
-        return cls(mask_set=mask_set, complaints=tuple(complaints), masked=masked)
+        return cls(mask_set=mask_set, complaints=tuple(complaints), masked=masked, ring_bits=bits)
 
 
 # --------------------------------------------------------------------------- §5.4

@@ -134,12 +134,14 @@ def _windows(words: NDArray[np.generic], width: int = 4) -> list[bytes]:
     return [raw[s : s + width].tobytes() for s in starts]
 
 
-def _masked_vectors(capture: Capture, d: int) -> list[NDArray[np.uint64]]:
-    vectors = []
+def _masked_vectors(capture: Capture, d: int, ring_bits: int) -> list[NDArray[np.generic]]:
+    """The masked inputs on the wire, as the words that travelled (uint32 or uint64)."""
+    vectors: list[NDArray[np.generic]] = []
     for message in capture.messages:
         envelope = parse_envelope(message, max_payload=1 << 30)
         if envelope.kind == MessageKind.MASKED_INPUT:
-            vectors.append(MaskedInput.decode(envelope.payload, vector_length=d).masked)
+            decoded = MaskedInput.decode(envelope.payload, vector_length=d, ring_bits=ring_bits)
+            vectors.append(decoded.masked)
     return vectors
 
 
@@ -187,9 +189,12 @@ async def test_secagg_round_shows_the_broker_no_update_share_or_seed(private: bo
     privacy = dp_settings(noise_multiplier=0.5, clip_norm=200.0) if private else None
     capture, results = await _captured_round(updates, sources, privacy=privacy)
     assert all(isinstance(r, AggregateResult) for r in results), results
+    # Without DP the round sums in Z_2^32: the 32-bit words are looked for too.
+    ring_bits = 64 if private else 32
     encodings = [np.round(u * 2**FRAC_BITS).astype(np.int64) for u in updates]
-    _assert_nothing_in_clear(capture, updates, encodings, sources)
-    assert len(_masked_vectors(capture, d)) == n  # the masked inputs were captured
+    encodings += [e.astype(np.int32) for e in encodings]
+    _assert_nothing_in_clear(capture, updates * 2, encodings, sources)
+    assert len(_masked_vectors(capture, d, ring_bits)) == n  # the masked inputs were captured
 
 
 @pytest.mark.asyncio
@@ -202,18 +207,19 @@ async def test_masked_vectors_are_uniform_and_independent_of_the_inputs() -> Non
         sources = [RecordingSource(f"capture-stats-{name}-{i}") for i in range(n)]
         capture, results = await _captured_round(updates, sources)
         assert all(isinstance(r, AggregateResult) for r in results), results
-        vectors = _masked_vectors(capture, d)
+        vectors = _masked_vectors(capture, d, ring_bits=32)  # no DP: the round is in Z_2^32
         assert len(vectors) == n
         for vector in vectors:
-            as_bytes = vector.view(np.uint8).reshape(d, 8)
-            for position in (0, 3, 7):  # low, middle and top byte of each word
+            assert vector.dtype == np.uint32  # 4 bytes an entry on the wire
+            as_bytes = vector.view(np.uint8).reshape(d, 4)
+            for position in (0, 1, 3):  # low, middle and top byte of each word
                 counts = np.bincount(as_bytes[:, position], minlength=256)
                 assert stats.chisquare(counts).pvalue > 1e-4
-            unit = vector.astype(np.float64) / 2.0**64
+            unit = vector.astype(np.float64) / 2.0**32
             if name == "large":
                 for update in updates:
                     assert abs(np.corrcoef(unit, update)[0, 1]) < 5 / np.sqrt(d)
-        tops[name] = np.concatenate([v.view(np.uint8).reshape(d, 8)[:, 7] for v in vectors])
+        tops[name] = np.concatenate([v.view(np.uint8).reshape(d, 4)[:, 3] for v in vectors])
     assert stats.ks_2samp(tops["zero"], tops["large"]).pvalue > 1e-3
 
 

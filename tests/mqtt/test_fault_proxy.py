@@ -80,7 +80,7 @@ async def test_delay_jitter_and_a_slow_link_give_the_exact_sum() -> None:
         results = await asyncio.wait_for(run_round(nodes, updates), 60)
     assert _check(results, updates) == (N, 0)
     assert all(len(r.included) == N for r in results if isinstance(r, AggregateResult))
-    assert proxies[3].bytes["up"] > 8 * D
+    assert proxies[3].bytes["up"] > 4 * D  # the masked input went through (Z_2^32)
 
 
 @pytest.mark.asyncio

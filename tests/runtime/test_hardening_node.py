@@ -62,10 +62,10 @@ async def test_hardening_a_site_flooding_messages_is_cut_at_the_per_round_count(
 @pytest.mark.asyncio
 async def test_hardening_a_site_resending_its_masked_input_is_cut_at_the_byte_budget() -> None:
     rng = np.random.default_rng(2)
-    d = 50_000  # masked input ≈ 400 kB; budget: two of them and 1 MiB
+    d = 100_000  # masked input ≈ 400 kB (Z_2^32); budget: two of them and 1 MiB
     updates = [on_grid(rng, (d,)) for _ in range(3)]
     broker = MemoryBroker()
-    flooder = _Flooding(broker, copies=15, min_size=8 * d)
+    flooder = _Flooding(broker, copies=15, min_size=4 * d)
     async with running_nodes(3, _with_flooder(broker, flooder), threshold=2, deadline=5.0) as nodes:
         results = await run_round(nodes, updates)
     for result in results:

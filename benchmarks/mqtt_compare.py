@@ -1,0 +1,232 @@
+"""Secure against plaintext aggregation over the same broker and the same peer processes.
+
+For every (n, d): ``mpc-agg init`` a federation (TLS, accounts, ACL), start its Mosquitto
+with ``mpc-agg broker`` and n :mod:`benchmarks.site_worker` processes. Each repetition
+runs one plaintext round (every site publishes its float32 update in the clear and sums
+what it receives) and one ``secagg`` round (``PeerNode.aggregate``), in alternating order,
+on the same processes and broker. Reported per mode: round wall time (from the command
+to the last site's answer), CPU per site process, the broker's CPU, bytes out and in per
+site, peak RSS per site during the round. Run::
+
+    .venv/bin/python -m benchmarks.mqtt_compare --n 3 5 10 --d 100000 1000000 10000000
+
+Results: ``benchmarks/results/mqtt_compare.json`` and ``mqtt_compare.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import RESULTS, write
+from peers.demo import free_port
+
+MODES = ("plain", "secure")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "peers.cli", *args]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Workers:
+    def __init__(self, root: Path, n: int) -> None:
+        self.processes = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.site_worker",
+                    str(root / "sites" / f"site-{k}.toml"),
+                    str(root / f"x{k}.npy"),
+                    str(root),
+                    str(n),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for k in range(n)
+        ]
+
+    def all(self, command: dict[str, Any]) -> list[dict[str, Any]]:
+        line = json.dumps(command) + "\n"
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(line)
+            process.stdin.flush()
+        answers = []
+        for process in self.processes:
+            assert process.stdout is not None
+            answer = process.stdout.readline()
+            if not answer:
+                raise RuntimeError(f"a site worker died (exit {process.wait(10)})")
+            answers.append(json.loads(answer))
+        return answers
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                try:
+                    assert process.stdin is not None
+                    process.stdin.write(json.dumps({"cmd": "exit"}) + "\n")
+                    process.stdin.flush()
+                    process.wait(30)
+                except (OSError, subprocess.TimeoutExpired):
+                    process.kill()
+
+
+def measure(n: int, d: int, repeat: int, ring_bits: int | None = None) -> dict[str, Any]:
+    """``repeat`` plaintext and secure rounds each at (n, d); medians per mode.
+
+    ``ring_bits`` fixes ``[encoding] ring_bits`` (default: the node's own choice).
+    """
+    with tempfile.TemporaryDirectory(prefix="mpc-agg-compare-") as tmp:
+        root = Path(tmp) / "fed"
+        port = free_port()
+        subprocess.run(
+            _cli("init", str(root), "--sites", str(n), "--broker-port", str(port)),
+            check=True,
+            capture_output=True,
+        )
+        toml = root / "federation.toml"
+        text = toml.read_text().replace(
+            "max_vector_length = 100000000", f"max_vector_length = {max(d, 1)}"
+        )
+        if ring_bits is not None:
+            text = text.replace("[encoding]\n", f"[encoding]\nring_bits = {ring_bits}\n")
+        toml.write_text(text)
+        rng = np.random.default_rng(0)
+        for k in range(n):
+            np.save(root / f"x{k}.npy", rng.uniform(-0.5, 0.5, d).astype(np.float32))
+        broker = subprocess.Popen(
+            _cli("broker", str(root)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        workers = _Workers(root, n)
+        rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+        try:
+            time.sleep(0.5)
+            for rep in range(repeat):
+                order = MODES if rep % 2 == 0 else MODES[::-1]
+                for mode in order:
+                    workers.all({"cmd": "open", "mode": mode})
+                    broker_cpu = _cpu_seconds(broker.pid)
+                    started = time.perf_counter()
+                    answers = workers.all({"cmd": "round", "round": rep})
+                    wall = time.perf_counter() - started
+                    broker_cpu = _cpu_seconds(broker.pid) - broker_cpu
+                    workers.all({"cmd": "close"})
+                    rounds[mode].append(
+                        {"wall_s": wall, "broker_cpu_s": broker_cpu, "sites": answers}
+                    )
+        finally:
+            workers.stop()
+            broker.send_signal(signal.SIGTERM)
+            broker.wait(10)
+    row: dict[str, Any] = {
+        "n": n,
+        "d": d,
+        "dtype": "float32",
+        "repeat": repeat,
+        "ring_bits": ring_bits or "auto",
+    }
+    for mode in MODES:
+        runs = rounds[mode]
+        sites = [site for run in runs for site in run["sites"]]
+        assert all(site["count"] == n for site in sites), f"{mode}: a site missed an update"
+        row[mode] = {
+            "round_wall_s_median": statistics.median(run["wall_s"] for run in runs),
+            "round_wall_s_all": [run["wall_s"] for run in runs],
+            "cpu_per_site_s_median": statistics.median(site["cpu_s"] for site in sites),
+            "cpu_all_sites_s_median": statistics.median(
+                sum(site["cpu_s"] for site in run["sites"]) for run in runs
+            ),
+            "broker_cpu_s_median": statistics.median(run["broker_cpu_s"] for run in runs),
+            "bytes_out_per_site": statistics.median(site["bytes_out"] for site in sites),
+            "bytes_in_per_site": statistics.median(site["bytes_in"] for site in sites),
+            "peak_rss_mb_per_site_max": max(site["peak_rss_mb"] for site in sites),
+            "max_abs_error_vs_float64_sum": max(site["max_abs_error"] for site in sites),
+        }
+    row["secure_over_plain_wall"] = (
+        row["secure"]["round_wall_s_median"] / row["plain"]["round_wall_s_median"]
+    )
+    return row
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Bars: median round wall time per (n, d), plaintext vs secure, ratio on top."""
+    import matplotlib as mpl  # noqa: PLC0415 - the demo extra, only when plotting
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    labels = [f"n={r['n']}\nd={r['d']:.0e}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows)), 4.0))
+    plain = [r["plain"]["round_wall_s_median"] for r in rows]
+    secure = [r["secure"]["round_wall_s_median"] for r in rows]
+    ax.bar(x - 0.2, plain, 0.4, label="plaintext (float32 in the clear)")
+    ax.bar(x + 0.2, secure, 0.4, label="secagg")
+    for i, r in enumerate(rows):
+        ax.text(
+            x[i],
+            max(plain[i], secure[i]) * 1.05,
+            f"{r['secure_over_plain_wall']:.2f}×",
+            ha="center",
+            fontsize=8,
+        )
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("round wall time (s, median)")
+    ax.set_title("Same Mosquitto (TLS), same site processes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, nargs="+", default=[10])
+    parser.add_argument("--d", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--name", default="mqtt_compare")
+    parser.add_argument("--ring-bits", type=int, choices=[32, 64], default=None)
+    args = parser.parse_args()
+    rows = []
+    for n in args.n:
+        for d in args.d:
+            row = measure(n, d, args.repeat, args.ring_bits)
+            rows.append(row)
+            p, s = row["plain"], row["secure"]
+            print(
+                f"n={n:3d} d={d:>10,d}  plain {p['round_wall_s_median']:7.3f} s  "
+                f"secure {s['round_wall_s_median']:7.3f} s  "
+                f"ratio {row['secure_over_plain_wall']:.2f}  "
+                f"CPU/site {p['cpu_per_site_s_median']:.3f} / {s['cpu_per_site_s_median']:.3f} s  "
+                f"RSS {p['peak_rss_mb_per_site_max']:.0f} / {s['peak_rss_mb_per_site_max']:.0f} MB",
+                flush=True,
+            )
+    path = write(args.name, {"rows": rows})
+    plot(rows, RESULTS / f"{args.name}.png")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
