@@ -51,8 +51,11 @@ def instrument(*machine_classes: type) -> None:
         _PATCHED.add(cls)
 
 
-def measure(n: int, d: int, repeat: int) -> dict[str, Any]:
-    """Run ``repeat`` rounds; report the best round's per-peer CPU."""
+def measure(n: int, d: int, repeat: int, ring_bits: int = 32) -> dict[str, Any]:
+    """Run ``repeat`` rounds; report the best round's per-peer CPU.
+
+    ``ring_bits`` 32 is what ``PeerNode`` picks with the default encoding (SPEC §2.1).
+    """
     instrument(SecAggMachine)
     inputs = random_inputs(n, d, seed=1)
     best: dict[str, Any] | None = None
@@ -60,7 +63,9 @@ def measure(n: int, d: int, repeat: int) -> dict[str, Any]:
         CPU.clear()
         BY_PHASE.clear()
         wall = time.perf_counter()
-        outcome = run_secagg_round(n=n, vector_length=d, seed=attempt, inputs=inputs)
+        outcome = run_secagg_round(
+            n=n, vector_length=d, seed=attempt, inputs=inputs, ring_bits=ring_bits
+        )
         wall = time.perf_counter() - wall
         results = outcome.results()
         assert len(results) == n, "every peer must finish"
@@ -71,6 +76,7 @@ def measure(n: int, d: int, repeat: int) -> dict[str, Any]:
             "n": n,
             "d": d,
             "threshold": default_threshold(n),
+            "ring_bits": ring_bits,
             "cpu_per_peer_ms_mean": 1e3 * sum(per_peer) / n,
             "cpu_per_peer_ms_max": 1e3 * max(per_peer),
             "cpu_all_peers_s": sum(per_peer),
@@ -88,17 +94,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="*", default=[10])
     parser.add_argument("--d", type=int, nargs="*", default=[1_000_000])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--ring-bits", type=int, nargs="*", choices=[32, 64], default=[32])
     args = parser.parse_args()
-    main_with(args.n, args.d, args.repeat)
+    main_with(args.n, args.d, args.repeat, args.ring_bits)
 
 
-def main_with(ns: list[int], ds: list[int], repeat: int) -> None:
-    """Measure every (n, d) pair and write results/round_inprocess.json."""
-    rows = [measure(n, d, repeat) for n in ns for d in ds]
+def main_with(ns: list[int], ds: list[int], repeat: int, rings: list[int] = [32]) -> None:  # noqa: B006
+    """Measure every (n, d, ring) and write results/round_inprocess.json."""
+    rows = [measure(n, d, repeat, bits) for n in ns for d in ds for bits in rings]
     path = write("round_inprocess", {"rows": rows})
     for row in rows:
         print(
-            f"n={row['n']:3d} d={row['d']:>9,d} T={row['threshold']:2d}  "
+            f"n={row['n']:3d} d={row['d']:>9,d} T={row['threshold']:2d} b={row['ring_bits']}  "
             f"CPU/peer {row['cpu_per_peer_ms_mean']:8.1f} ms (max {row['cpu_per_peer_ms_max']:.1f})"
         )
         for phase, ms in sorted(row["cpu_by_phase_ms_per_peer"].items()):

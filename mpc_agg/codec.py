@@ -130,19 +130,24 @@ class Writer:
         self._append(little.view(np.uint8).data)
         return self
 
-    def ring_vector32(self, values: RingVector, max_len: int) -> Writer:
+    def ring_vector32(self, values: RingVector | NDArray[np.uint32], max_len: int) -> Writer:
         """Append a ring vector reduced mod 2^32 (4 bytes an entry).
 
         A u64 count, zero padding to a 4-byte boundary, and the low 32 bits of every word,
         little-endian.
         """
-        if values.dtype != RING_DTYPE or values.ndim != 1:
-            raise ValueError("ring vectors must be 1-D uint64")
+        if values.dtype not in (RING_DTYPE, np.dtype(np.uint32)) or values.ndim != 1:
+            raise ValueError("ring vectors must be 1-D uint64 (or uint32 words mod 2^32)")
         if values.shape[0] > max_len:
             raise ValueError(f"vector of {values.shape[0]} entries exceeds maximum {max_len}")
         self._append(_U64.pack(values.shape[0]))
         self._append(bytes(-self._length % 4))  # words start 4-byte aligned
-        low = values.astype(_LE_U32)  # unsigned casts keep the low bits: x mod 2^32
+        # unsigned casts keep the low bits (x mod 2^32); uint32 words go as they are
+        low = (
+            np.ascontiguousarray(values, dtype=_LE_U32)
+            if values.dtype == np.uint32
+            else values.astype(_LE_U32)
+        )
         self._append(low.view(np.uint8).data)
         return self
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from numpy.typing import NDArray
 
 from mpc_agg.crypto import derive_key
 from mpc_agg.ring import RING_DTYPE, RingVector
@@ -33,6 +35,7 @@ _ZERO_CHUNK = np.zeros(CHUNK_WORDS, dtype=RING_DTYPE)
 _ZERO_CHUNK.flags.writeable = False
 _ZERO_CHUNK_BYTES = _ZERO_CHUNK.view(np.uint8).data
 _IV = bytes(16)
+_WORD_DTYPES = (np.dtype(np.uint64), np.dtype(np.uint32))
 
 
 def _field(value: bytes) -> bytes:
@@ -79,32 +82,42 @@ class MaskTerm:
         return f"MaskTerm(sign={self.sign:+d})"
 
 
-def expand(key: bytes, length: int) -> RingVector:
-    """The first ``length`` uint64 words of AES-256-CTR(key, iv=0) (for tests and vectors)."""
-    out = np.empty(length, dtype=RING_DTYPE)
+def expand(key: bytes, length: int, dtype: type[np.unsignedinteger[Any]] = np.uint64) -> Any:
+    """The first ``length`` little-endian words (``dtype``) of AES-256-CTR(key, iv=0).
+
+    For tests and vectors.
+    """
+    out = np.empty(length, dtype=dtype)
     apply_masks(out, [MaskTerm(key, +1)], initial_zero=True)
     return out
 
 
 def apply_masks(
-    accumulator: RingVector,
+    accumulator: RingVector | NDArray[np.uint32],
     terms: Sequence[MaskTerm],
     *,
     initial_zero: bool = False,
-    scratch: RingVector | None = None,
+    scratch: RingVector | NDArray[np.uint32] | None = None,
 ) -> None:
-    """``accumulator += Σ sign·PRG(key)`` in Z_2^64, in place, chunk by chunk.
+    """``accumulator += Σ sign·PRG(key)`` in place, chunk by chunk.
+
+    In Z_2^64 for ``uint64`` words, in Z_2^32 for ``uint32`` words (4 keystream bytes an
+    entry: half the AES work).
 
     ``initial_zero`` zeroes the accumulator first (saves a separate pass). ``scratch``
-    is an optional reusable buffer of at least ``CHUNK_WORDS`` words.
+    is an optional reusable buffer of at least ``CHUNK_WORDS`` words of the same dtype.
     """
     length = accumulator.shape[0]
+    dtype = accumulator.dtype
+    if dtype not in _WORD_DTYPES:
+        raise TypeError(f"masks apply to uint64 or uint32 words, not {dtype}")
+    width = dtype.itemsize
     if initial_zero:
         accumulator[:] = 0
     if not terms:
         return
-    if scratch is None or scratch.shape[0] < CHUNK_WORDS:
-        scratch = np.empty(CHUNK_WORDS, dtype=RING_DTYPE)
+    if scratch is None or scratch.shape[0] < CHUNK_WORDS or scratch.dtype != dtype:
+        scratch = np.empty(CHUNK_WORDS, dtype=dtype)
     scratch_bytes = scratch.view(np.uint8).data
     streams = [(Cipher(algorithms.AES(t.key), modes.CTR(_IV)).encryptor(), t.sign) for t in terms]
     for start in range(0, length, CHUNK_WORDS):
@@ -112,9 +125,9 @@ def apply_masks(
         words = stop - start
         target = accumulator[start:stop]
         buf = scratch[:words]
-        buf_bytes = scratch_bytes[: 8 * words]
+        buf_bytes = scratch_bytes[: width * words]
         for stream, sign in streams:
-            stream.update_into(_ZERO_CHUNK_BYTES[: 8 * words], buf_bytes)
+            stream.update_into(_ZERO_CHUNK_BYTES[: width * words], buf_bytes)
             if sign > 0:
                 np.add(target, buf, out=target)
             else:

@@ -79,6 +79,7 @@ class MqttTransport:
         mqtt_version: str = "5",
         max_queued_frames: int | None = None,
         pad_frames: bool = False,
+        verify_digest: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -97,8 +98,12 @@ class MqttTransport:
         self._protocol = _PROTOCOLS[mqtt_version]
         self._client: aiomqtt.Client | None = None
         self._filters: list[str] = []
+        # verify_digest=False: the consumer authenticates every message itself (PeerNode:
+        # envelope signatures), so reassembly skips its SHA-256 pass (peers/chunking.py).
         self._reassembler = Reassembler(
-            max_message_bytes=max_message_bytes, max_pending_total=max_pending_total
+            max_message_bytes=max_message_bytes,
+            max_pending_total=max_pending_total,
+            verify_digest=verify_digest,
         )
         # Frames queued between the socket and messages(): no more than the reassembler
         # may hold as partial messages anyway, so a large round always fits.

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mpc_agg.codec import Writer
 from mpc_agg.crypto import (
@@ -52,7 +53,6 @@ from mpc_agg.ring import (
     RING_BITS_CHOICES,
     RingVector,
     check_ring_vector,
-    reduce_mod,
     signed_limit,
 )
 from mpc_agg.vss import (
@@ -233,7 +233,7 @@ class SecAggMachine:
         self._encryption_key: AgreementKey | None = None
         self._mask_key: AgreementKey | None = None
         self._self_mask_seed = 0
-        self._input: RingVector | None = None
+        self._input: RingVector | NDArray[np.uint32] | None = None
         self._advertised: dict[int, AdvertiseKeys] = {}
         self._channel_secrets: dict[int, bytes] = {}
         # §5.2
@@ -289,7 +289,8 @@ class SecAggMachine:
                     f"update entries span [{low}, {high}], outside the round's ring Z_2^{bits} "
                     f"([−2^{bits - 1}, 2^{bits - 1})); nothing was wrapped"
                 )
-        self._input = update.copy(order="C")
+        # b = 32: the machine works on 32-bit words (x mod 2^32), masks included (§6.3)
+        self._input = update.astype(np.uint32) if bits == 32 else update.copy(order="C")
         self._encryption_key = AgreementKey.generate(self._rng)
         self._mask_key = AgreementKey.generate(self._rng)
         self._self_mask_seed = 1 + random_below(self._rng, Q - 1)
@@ -849,11 +850,21 @@ class SecAggMachine:
                 if owner in self._inputs[u].message.mask_set:
                     secret = key.exchange(self._advertised[u].mask_key)
                     terms.append(MaskTerm(self._pair_mask_key(u, owner, secret), -_gamma(u, owner)))
-        total = np.zeros(self.params.vector_length, dtype=np.uint64)
+        length = self.params.vector_length
+        words: RingVector | NDArray[np.uint32] = (
+            np.zeros(length, dtype=np.uint32)
+            if self.params.ring_bits == 32
+            else np.zeros(length, dtype=np.uint64)
+        )
         for u in agreement.included:
-            np.add(total, self._inputs[u].message.masked, out=total)
-        apply_masks(total, terms)
-        reduce_mod(total, self.params.ring_bits)  # Z_2^32: sign-extended, as lift() reads it
+            np.add(words, self._inputs[u].message.masked, out=words)
+        apply_masks(words, terms)
+        # b = 32: sign-extended to 64-bit words, as lift() reads them (§6.6)
+        total: RingVector = (
+            words.view(np.int32).astype(np.int64).view(np.uint64)
+            if words.dtype == np.uint32
+            else words.view(np.uint64)
+        )
         self._total = total
         self._result_digest = result_digest(agreement.included, total, seeds)
         self._peer_digests = {}

@@ -249,11 +249,10 @@ class MaskedInput:
             ),
         )
         w.u8(self.ring_bits)
-        masked = self.masked.astype(np.uint64, copy=False)
         if self.ring_bits == 32:
-            w.ring_vector32(masked, masked.shape[0])
+            w.ring_vector32(self.masked, self.masked.shape[0])
         else:
-            w.ring_vector(masked, masked.shape[0])
+            w.ring_vector(self.masked.astype(np.uint64, copy=False), self.masked.shape[0])
         return w.getvalue()
 
     @classmethod

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from mpc_agg.envelope import EnvelopeContext, authenticate, parse_envelope, seal_envelope
+from mpc_agg.errors import SignatureError
 from peers.chunking import ChunkError, Reassembler, split
 from peers.config import (
     BrokerConfig,
@@ -93,3 +95,35 @@ def test_review_a_large_federation_reassembles_every_peers_interleaved_message(
             if whole is not None:
                 done[k] = whole
     assert done == messages
+
+
+def test_without_the_digest_pass_a_tampered_envelope_is_still_refused_by_its_signature() -> None:
+    """A node's transport skips reassembly's SHA-256 (peers/chunking.py).
+
+    The envelope's signature, which covers the payload's digest, refuses what the digest
+    would have.
+    """
+    roster, keys = make_roster(2)
+    context = EnvelopeContext(
+        protocol="secagg/1", federation="fed", roster_digest=roster.digest, round_id=1
+    )
+    sealed = seal_envelope(
+        context,
+        phase=3,
+        kind=3,
+        sender=0,
+        recipient=0xFFFF,
+        payload=os.urandom(9_000),
+        signing_key=keys[0],
+    )
+    frames = [bytearray(f) for f in split(sealed, chunk_size=4096, message_id=b"t" * 16)]
+    frames[1][-1] ^= 1  # one bit of the payload, in flight
+    reassembler = Reassembler(max_message_bytes=1 << 20, verify_digest=False)
+    out = None
+    for frame in frames:
+        out = reassembler.feed("fed/site-0", bytes(frame))
+    assert out is not None
+    assert out != sealed
+    envelope = parse_envelope(out, max_payload=1 << 20)
+    with pytest.raises(SignatureError):
+        authenticate(envelope, roster.verify_key(0))
