@@ -9,7 +9,8 @@ key is used for exactly one vector.
 Hot path: :func:`apply_masks` walks the accumulator in cache-sized chunks and, for each
 chunk, adds or subtracts the next slice of every mask's keystream. The accumulator chunk
 stays in cache while all masks touch it; memory traffic is one pass over the accumulator
-no matter how many masks there are. No Python loop runs over coordinates.
+no matter how many masks there are. No Python loop runs over coordinates. Words are
+``uint64`` (Z_2^64) or ``uint32`` (Z_2^32: 4 keystream bytes an entry, secagg SPEC §6.3).
 """
 
 from __future__ import annotations

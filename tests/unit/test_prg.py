@@ -202,3 +202,24 @@ def test_mask_key_accepts_exactly_128_bits() -> None:
 def test_mask_key_rejects_short_secrets(length: int) -> None:
     with pytest.raises(ValueError, match="128 bits"):
         mask_key(bytes(length), InfoFields().info())
+
+
+@pytest.mark.parametrize("length", [1, 5, CHUNK_WORDS + 3])
+def test_32_bit_words_are_4_keystream_bytes_each_and_add_mod_2_32(length: int) -> None:
+    """Z_2^32 rounds (secagg SPEC §6.3): each entry takes 4 keystream bytes, not 8."""
+    key = bytes(range(50, 82))
+    cipher = PYCRYPTODOME_AES.new(key, PYCRYPTODOME_AES.MODE_CTR, nonce=b"", initial_value=0)
+    stream = np.frombuffer(cipher.encrypt(bytes(4 * length)), dtype="<u4")
+    assert np.array_equal(expand(key, length, np.uint32), stream)
+    initial = np.random.default_rng(length).integers(0, 2**32, size=length, dtype=np.uint32)
+    accumulator = initial.copy()
+    apply_masks(accumulator, [MaskTerm(key, +1), MaskTerm(KEYS[0], -1)])
+    other = expand(KEYS[0], length, np.uint32)
+    rows = zip(initial.tolist(), stream.tolist(), other.tolist(), strict=True)
+    expected = [(a + s - o) % 2**32 for a, s, o in rows]
+    assert accumulator.tolist() == expected
+
+
+def test_apply_masks_refuses_other_word_types() -> None:
+    with pytest.raises(TypeError, match="uint64 or uint32"):
+        apply_masks(np.zeros(4, dtype=np.int64), [MaskTerm(KEYS[0], +1)])  # type: ignore[arg-type]
