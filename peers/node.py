@@ -195,6 +195,18 @@ def _byte_budget(vector_length: int, ring_bits: int = 64) -> int:
     return 2 * (ring_bits // 8) * vector_length + (1 << 20)
 
 
+async def _settle(tasks: set[asyncio.Future[None]], *, wait: bool) -> None:
+    """Drop finished publications from ``tasks``, raising the first failure.
+
+    With ``wait``, first wait for all of them.
+    """
+    if wait and tasks:
+        await asyncio.wait(tasks)
+    for task in [t for t in tasks if t.done()]:
+        tasks.discard(task)
+        task.result()
+
+
 def _note_ignored(ignored: Counter[str], reason: str, count: int = 1) -> None:
     """Count ``reason`` (up to its first colon, escaped, capped) in a bounded counter."""
     key = printable(reason.partition(":")[0], 80)
@@ -318,6 +330,11 @@ class _Round:
     received_bytes: Counter[int | None] = field(default_factory=Counter)
     flooding: set[int | None] = field(default_factory=set)
     shuffled: list[tuple[int | None, bytes]] = field(default_factory=list)
+    # the encoded update until the machine has taken its own copy (then freed: d = 10^8)
+    update: NDArray[np.uint64] | None = None
+    # publications in flight: started in the machine's order, awaited together, so a phase
+    # with n − 1 private messages costs one broker round trip, not n − 1
+    publishing: set[asyncio.Future[None]] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -710,7 +727,9 @@ class PeerNode:
             plan.machine,
             byte_limit=plan.byte_budget,
             message_limit=plan.message_budget,
+            update=ring,
         )
+        del ring, privatized  # the state holds the only reference, until begin()
         self._current = state
         self._last_round = round_id
         self._take_early(state)
@@ -719,7 +738,7 @@ class PeerNode:
         bytes_out_before = self._bytes_out_total()
         bytes_in_before = self._bytes_in
         try:
-            ready, ignored, timings = await self._run(state, ring)
+            ready, ignored, timings = await self._run(state)
         except RoundAbortedError as exc:
             self._record(round_id, plan, {"outcome": "aborted", "reason": exc.reason})
             raise
@@ -948,34 +967,59 @@ class PeerNode:
     def _bytes_out_total(self) -> int:
         return int(getattr(self._transport, "bytes_out", 0))
 
-    async def _run(
-        self, state: _Round, ring: NDArray[np.uint64]
-    ) -> tuple[AggregateReady, Counter[str], dict[str, float]]:
+    async def _run(self, state: _Round) -> tuple[AggregateReady, Counter[str], dict[str, float]]:
         loop = asyncio.get_running_loop()
         ignored = state.ignored
         timings: dict[str, float] = {}
         started: dict[str, float | str] = {"at": time.perf_counter(), "phase": "IDLE"}
-        pending = state.machine.begin(ring)
-        while True:
-            for effect in pending:
-                outcome = await self._perform(state, effect, ignored, timings, started)
-                if outcome is not None:
-                    return outcome, ignored, timings
-            pending = []
-            timeout = (
-                None if state.deadline_at is None else max(0.0, state.deadline_at - loop.time())
-            )
-            try:
-                claimed, data = await asyncio.wait_for(self._next(state), timeout)
-            except TimeoutError:
-                phase = state.deadline_phase
-                state.deadline_at = None
-                if phase is not None:
-                    pending = state.machine.deadline(phase)
-                continue
-            if self._reader_error is not None:
-                raise self._reader_error
-            pending = state.machine.receive(claimed, data)
+        assert state.update is not None
+        pending = state.machine.begin(state.update)
+        state.update = None  # the machine keeps its own copy
+        try:
+            while True:
+                for effect in pending:
+                    outcome = await self._perform(state, effect, ignored, timings, started)
+                    if outcome is not None:
+                        # everything this site had to say is out before the round ends
+                        await _settle(state.publishing, wait=True)
+                        return outcome, ignored, timings
+                pending = []
+                await _settle(state.publishing, wait=False)  # a failed publish fails the round
+                pending = await self._next_effects(state, loop)
+        finally:
+            for task in state.publishing:
+                task.cancel()
+
+    async def _next_effects(self, state: _Round, loop: asyncio.AbstractEventLoop) -> list[Effect]:
+        """Wait for the next message or deadline; return what the machine makes of it.
+
+        A publication of this round that fails meanwhile raises its error at once.
+        """
+        getter: asyncio.Future[Any] = asyncio.ensure_future(self._next(state))
+        try:
+            while not getter.done():
+                timeout = (
+                    None if state.deadline_at is None else max(0.0, state.deadline_at - loop.time())
+                )
+                waiting: set[asyncio.Future[Any]] = {getter, *state.publishing}
+                done, _ = await asyncio.wait(
+                    waiting,
+                    timeout=timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:  # the phase's deadline
+                    phase = state.deadline_phase
+                    state.deadline_at = None
+                    if phase is not None:
+                        return state.machine.deadline(phase)
+                await _settle(state.publishing, wait=False)
+        finally:
+            if not getter.done():
+                getter.cancel()  # cancelled inside inbox.get(): no message is lost
+        claimed, data = getter.result()
+        if self._reader_error is not None:
+            raise self._reader_error
+        return state.machine.receive(claimed, data)
 
     async def _next(self, state: _Round) -> tuple[int | None, bytes]:
         """The next message to process: arrival order, or with ``shuffle`` a random one.
@@ -992,6 +1036,12 @@ class PeerNode:
                 state.shuffled.append(state.inbox.get_nowait())
             _SYSTEM_RANDOM.shuffle(state.shuffled)
         return state.shuffled.pop()
+
+    async def _publish(self, topic: str, data: bytes) -> None:
+        if self.publish_jitter > 0:
+            # A random pause before each publish blurs when this site finished each step.
+            await asyncio.sleep(_SYSTEM_RANDOM.uniform(0.0, self.publish_jitter))
+        await self._transport.publish(topic, data)
 
     def _private_topic(self, state: _Round, effect: Send) -> str:
         """Topic of a ``Send``: ``…/{round}/{me}/{recipient}``, readable by the recipient only."""
@@ -1014,14 +1064,13 @@ class PeerNode:
         started: dict[str, float | str],
     ) -> AggregateReady | None:
         loop = asyncio.get_running_loop()
-        if isinstance(effect, Broadcast | Send) and self.publish_jitter > 0:
-            # A random pause before each publish blurs when this site finished each step.
-            await asyncio.sleep(_SYSTEM_RANDOM.uniform(0.0, self.publish_jitter))
-        if isinstance(effect, Broadcast):
-            topic = message_topic(self.federation, state.round_id, self.name)
-            await self._transport.publish(topic, effect.data)
-        elif isinstance(effect, Send):
-            await self._transport.publish(self._private_topic(state, effect), effect.data)
+        if isinstance(effect, Broadcast | Send):
+            topic = (
+                message_topic(self.federation, state.round_id, self.name)
+                if isinstance(effect, Broadcast)
+                else self._private_topic(state, effect)
+            )
+            state.publishing.add(asyncio.ensure_future(self._publish(topic, effect.data)))
         elif isinstance(effect, PhaseStarted):
             now = time.perf_counter()
             previous = str(started["phase"])

@@ -60,8 +60,11 @@ async def test_a_site_with_fast_deadlines_is_exact_or_aborts_with_a_reason(fast:
             else:
                 assert isinstance(result, RoundAbortedError), repr(result)
                 assert result.reason
-        for k in range(3):  # T = 3: the three on time agree, with or without site-3
-            assert isinstance(results[k], AggregateResult), results[k]
+        for k in range(3):
+            # T = 3: the three on time agree, with or without site-3, or abort because
+            # site-3's view, frozen at its early deadline, differs from theirs (SPEC §7)
+            if not isinstance(results[k], AggregateResult):
+                assert "different view" in str(results[k]), results[k]
         nodes[3]._deadline = lambda _phase: 3.0  # the clock is fixed
         after = [on_grid(rng, (20_000,)) for _ in range(4)]
         again = await run_round(nodes, after)
