@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit bench clean
+.PHONY: test demo lint typecheck unit bench bench-flower clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,25 @@ demo: $(STAMP)
 ## make bench: rerun the benchmarks and rewrite benchmarks/results/
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+# Benchmark-only venv for Flower (flwr never goes into .venv). Pinned exactly: flwr and what
+# its SecAgg+ spends CPU in; none of them pulls torch (checked with `pip install --dry-run`).
+FLWR_VENV   := .venv-flwr
+FLWR_STAMP  := $(FLWR_VENV)/.installed
+FLWR_PINS   := 'flwr==1.42.0' 'numpy==2.4.6' 'cryptography==50.0.2' 'pycryptodome==3.24.1' \
+               'protobuf==6.33.6'
+FLOWER_ARGS ?= --n 10 --d 1000000 --repeat 3
+
+$(FLWR_STAMP): Makefile
+	$(PYTHON) -m venv $(FLWR_VENV)
+	$(FLWR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLWR_VENV)/bin/python -m pip install --quiet $(FLWR_PINS)
+	touch $(FLWR_STAMP)
+
+## make bench-flower: total CPU per round, our in-process secagg round against Flower SecAgg+
+## (complete graph); other sizes: make bench-flower FLOWER_ARGS="--n 5 10 --d 100000 --repeat 3"
+bench-flower: $(STAMP) $(FLWR_STAMP)
+	$(BIN)/python -m benchmarks.flower_compare $(FLOWER_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -48,6 +48,29 @@ def best_of(fn: Callable[[], object], repeat: int = 5) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
+def traffic(outcome: Any, n: int, *, broadcast_per_recipient: bool) -> tuple[float, float]:
+    """Mean bytes of sealed envelopes sent and received per peer in a harness round.
+
+    A broadcast counts once per recipient on the sending side with
+    ``broadcast_per_recipient`` (a peer-to-peer network), else once (a publish to a broker).
+    """
+    from protocols.common import Broadcast, Send  # noqa: PLC0415 - keep this module light
+
+    sent = [0] * n
+    received = [0] * n
+    for peer, record in outcome.peers.items():
+        for effect in record.effects:
+            if isinstance(effect, Broadcast):
+                sent[peer] += len(effect.data) * ((n - 1) if broadcast_per_recipient else 1)
+                for other in range(n):
+                    if other != peer:
+                        received[other] += len(effect.data)
+            elif isinstance(effect, Send):
+                sent[peer] += len(effect.data)
+                received[effect.recipient] += len(effect.data)
+    return sum(sent) / n, sum(received) / n
+
+
 def write(name: str, payload: dict[str, Any]) -> Path:
     """Write ``benchmarks/results/{name}.json`` with the machine facts attached."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import mqtt_round
-from benchmarks.common import write
+from benchmarks.common import traffic, write
 from benchmarks.round_inprocess import BY_PHASE, CPU, instrument
-from protocols.common import Broadcast, Send
 from protocols.harness import random_inputs, run_secagg_round
 from protocols.robust.harness import bounded_inputs, default_norm_bound, run_robust_round
 from protocols.robust.machine import RobustMachine
@@ -32,20 +31,8 @@ from protocols.secagg.machine import default_threshold as secagg_threshold
 
 
 def _traffic(outcome: Any, n: int) -> tuple[float, float]:
-    """Mean bytes sent and received per peer."""
-    sent = [0] * n
-    received = [0] * n
-    for peer, record in outcome.peers.items():
-        for effect in record.effects:
-            if isinstance(effect, Broadcast):
-                sent[peer] += len(effect.data) * (n - 1)
-                for other in range(n):
-                    if other != peer:
-                        received[other] += len(effect.data)
-            elif isinstance(effect, Send):
-                sent[peer] += len(effect.data)
-                received[effect.recipient] += len(effect.data)
-    return sum(sent) / n, sum(received) / n
+    """Mean bytes sent and received per peer (a broadcast counted once per recipient)."""
+    return traffic(outcome, n, broadcast_per_recipient=True)
 
 
 def _row(protocol: str, n: int, d: int, outcome: Any, wall: float) -> dict[str, Any]:

@@ -1,32 +1,41 @@
-"""Run every benchmark and print a Markdown summary for the README.
+"""Run every benchmark the README quotes, with the exact commands it names.
 
-Run: ``make bench`` (or ``.venv/bin/python -m benchmarks.run_all``).
+Run: ``make bench`` (or ``.venv/bin/python -m benchmarks.run_all``); each writes its own
+``benchmarks/results/*.json`` (and PNG). The Flower comparison needs its own venv:
+``make bench-flower``. The 200-round soak is ``python -m tests.soak --rounds 200``.
 """
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
 
-from benchmarks import primitives, robust_round, round_inprocess
-from benchmarks.common import RESULTS
+COMMANDS = [
+    ["benchmarks.primitives"],
+    [
+        "benchmarks.round_inprocess",
+        "--n",
+        "10",
+        "--d",
+        "100000",
+        "1000000",
+        "--ring-bits",
+        "64",
+        "32",
+    ],
+    ["benchmarks.scaling"],
+    ["benchmarks.mqtt_compare", "--n", "3", "5", "10", "--d", "100000", "1000000", "10000000"],
+    ["benchmarks.mqtt_round", "--n", "3", "--d", "100000000", "--dtype", "float32"],
+    ["benchmarks.robust_round", "--n", "5", "--d", "100000", "1000000", "--mqtt"],
+    ["benchmarks.dp_noise"],
+]
 
 
 def main() -> None:
-    primitives.main()
-    round_inprocess.main_with([10], [100_000, 1_000_000], repeat=3)
-    robust_round.main_with([5], [100_000, 1_000_000], repeat=2, mqtt=True)
-    prim = json.loads((RESULTS / "primitives.json").read_text())["results"]
-    rounds = json.loads((RESULTS / "round_inprocess.json").read_text())["rows"]
-    print("\n| primitive (d = 10^6 where it applies) | result |\n|---|---|")
-    for key, value in prim.items():
-        print(f"| `{key}` | {value:.3f} |")
-    print("\n| n | d | T | CPU per peer (mean) | max | all peers |\n|---|---|---|---|---|---|")
-    for row in rounds:
-        print(
-            f"| {row['n']} | {row['d']:,} | {row['threshold']} | "
-            f"{row['cpu_per_peer_ms_mean']:.1f} ms | {row['cpu_per_peer_ms_max']:.1f} ms | "
-            f"{row['cpu_all_peers_s']:.2f} s |"
-        )
+    for command in COMMANDS:
+        line = [sys.executable, "-m", *command]
+        print("$ python -m " + " ".join(command), flush=True)
+        subprocess.run(line, check=True)
 
 
 if __name__ == "__main__":

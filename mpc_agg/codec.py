@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import struct
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -228,33 +228,26 @@ class Reader:
 
     def ring_vector(self, max_len: int) -> RingVector:
         """Read a uint64 vector (a read-only view when the input is ``bytes``)."""
-        count = self.u64()
-        if count > max_len:
-            raise OversizeError(f"vector of {count} entries exceeds maximum {max_len}")
-        padding = self._take(-self._pos % 8)
-        if any(padding):
-            raise InvalidValueError("alignment padding before a vector must be zero")
-        nbytes = 8 * count
-        if self._pos + nbytes > len(self._data):
-            raise TruncatedError(f"vector needs {nbytes} bytes, only {self.remaining} left")
-        view = np.frombuffer(self._data, dtype=_LE_U64, count=count, offset=self._pos)
-        self._pos += nbytes
-        return view.astype(RING_DTYPE, copy=False)
+        return self._words(max_len, _LE_U64).astype(RING_DTYPE, copy=False)
 
     def ring_vector32(self, max_len: int) -> NDArray[np.uint32]:
         """Read a vector of :meth:`Writer.ring_vector32` (a read-only uint32 view)."""
+        return self._words(max_len, _LE_U32).astype(np.uint32, copy=False)
+
+    def _words(self, max_len: int, dtype: np.dtype[Any]) -> NDArray[Any]:
+        """A u64 count, zero padding to the word size, then the count words (a view)."""
         count = self.u64()
         if count > max_len:
             raise OversizeError(f"vector of {count} entries exceeds maximum {max_len}")
-        padding = self._take(-self._pos % 4)
+        padding = self._take(-self._pos % dtype.itemsize)
         if any(padding):
             raise InvalidValueError("alignment padding before a vector must be zero")
-        nbytes = 4 * count
+        nbytes = dtype.itemsize * count
         if self._pos + nbytes > len(self._data):
             raise TruncatedError(f"vector needs {nbytes} bytes, only {self.remaining} left")
-        view = np.frombuffer(self._data, dtype=_LE_U32, count=count, offset=self._pos)
+        view = np.frombuffer(self._data, dtype=dtype, count=count, offset=self._pos)
         self._pos += nbytes
-        return view.astype(np.uint32, copy=False)
+        return view
 
     def finish(self) -> None:
         """Raise :class:`TrailingBytesError` unless every byte was consumed."""

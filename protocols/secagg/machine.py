@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -866,6 +866,8 @@ class SecAggMachine:
             else words.view(np.uint64)
         )
         self._total = total
+        for record in self._inputs.values():  # summed: the masked vectors are not needed again
+            record.message = replace(record.message, masked=record.message.masked[:0].copy())
         self._result_digest = result_digest(agreement.included, total, seeds)
         self._peer_digests = {}
         self._enter(
