@@ -86,7 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, nargs="+", default=[3, 5, 10, 20, 30, 50])
     parser.add_argument("--d", type=int, default=100_000)
-    parser.add_argument("--d-curve", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument(
+        "--d-curve", type=int, nargs="+", default=[10_000, 100_000, 1_000_000, 10_000_000]
+    )
     parser.add_argument("--d-curve-n", type=int, default=10)
     args = parser.parse_args()
     by_n = []
