@@ -695,10 +695,17 @@ def load_federation(path: Path | str) -> FederationConfig:
     fed.finish()
     broker = _broker(root.table("broker", required=True))
     deadlines = _deadlines(root.table("deadlines", required=False), protocol)
-    encoding = _encoding(root.table("encoding", required=False), n)
+    encoding_table = root.table("encoding", required=False)
+    encoding = _encoding(encoding_table, n)
     limits = _limits(root.table("limits", required=False))
     max_norm = _max_norm(root, protocol)
     dp = _dp(root, protocol, threshold)
+    if encoding.ring_bits == 32 and (protocol != "secagg" or dp is not None):
+        raise encoding_table.error(
+            "ring_bits",
+            "32 is for secagg without [dp] only (DP noise and robust's field need the "
+            "64-bit ring); remove the key or set 64",
+        )
     hygiene = _hygiene(root.table("hygiene", required=False))
     root.finish()
     return FederationConfig(

@@ -20,7 +20,7 @@ Backpressure: each round accepts at most :attr:`RoundPlan.message_budget` messag
 :attr:`RoundPlan.byte_budget` bytes per sending site, broadcasts and private messages
 together (all topics outside the roster share one allowance); the protocol sets both when
 the round is planned (``secagg``: ``_ROUND_LIMIT_PER_PEER`` messages and
-``_byte_budget(vector_length)`` bytes, two masked inputs and 1 MiB); the excess is dropped
+``_byte_budget(...)`` bytes: two masked inputs, an Unmask and 1 MiB); the excess is dropped
 and counted in ``ignored`` as ``over the per-site limit``. A site flooding its own topics
 therefore holds a bounded amount of memory and queues at most that many messages ahead of
 the others'.
@@ -51,7 +51,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -190,9 +190,13 @@ def _privacy_record(dp_round: dp.DpRound, report: PrivacyReport) -> dict[str, ob
     }
 
 
-def _byte_budget(vector_length: int, ring_bits: int = 64) -> int:
-    """Bytes accepted per site and round: two masked inputs and 1 MiB (4 or 8 bytes an entry)."""
-    return 2 * (ring_bits // 8) * vector_length + (1 << 20)
+def _byte_budget(vector_length: int, ring_bits: int = 64, n: int = 0) -> int:
+    """Bytes accepted per site and round.
+
+    Two masked inputs (4 or 8 bytes an entry), an n × n Unmask (48·n², as secagg's
+    max_payload) and 1 MiB.
+    """
+    return 2 * (ring_bits // 8) * vector_length + 48 * n * n + (1 << 20)
 
 
 async def _settle(tasks: set[asyncio.Future[None]], *, wait: bool) -> None:
@@ -335,6 +339,7 @@ class _Round:
     # publications in flight: started in the machine's order, awaited together, so a phase
     # with n − 1 private messages costs one broker round trip, not n − 1
     publishing: set[asyncio.Future[None]] = field(default_factory=set)
+    broadcasting: set[asyncio.Future[None]] = field(default_factory=set)  # the latest one
 
 
 @dataclass(slots=True)
@@ -617,7 +622,7 @@ class PeerNode:
     def _early_byte_limit(self) -> int:
         # The round's length and plan are not known yet: at most what secagg accepts for
         # the longest update (a round's first messages are far below it in any protocol).
-        return _byte_budget(self.max_vector_length)
+        return _byte_budget(self.max_vector_length, 64, len(self.roster))
 
     def _admit(self, state: _Round, claimed: int | None, data: bytes) -> None:
         """Queue ``data`` for the round unless its sender is over its per-round limit."""
@@ -924,7 +929,7 @@ class PeerNode:
             machine=machine,
             threshold=params.threshold,
             vector_length=params.vector_length,
-            byte_budget=_byte_budget(params.vector_length, params.ring_bits),
+            byte_budget=_byte_budget(params.vector_length, params.ring_bits, params.n),
             message_budget=self.messages_per_site or _ROUND_LIMIT_PER_PEER,
             codec=codec,
             parameters={"ring_bits": params.ring_bits},
@@ -986,9 +991,19 @@ class PeerNode:
                 pending = []
                 await _settle(state.publishing, wait=False)  # a failed publish fails the round
                 pending = await self._next_effects(state, loop)
+        except RoundAbortedError:
+            # What the machine said before aborting (e.g. its view, SPEC §7) still goes out:
+            # the others judge the round by it. Bounded by the phase's deadline.
+            phase = state.deadline_phase
+            flush = self._deadline(phase) if phase is not None else 5.0
+            if state.publishing:
+                await asyncio.wait(state.publishing, timeout=flush)
+            raise
         finally:
             for task in state.publishing:
                 task.cancel()
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: the round already ended with its own error
 
     async def _next_effects(self, state: _Round, loop: asyncio.AbstractEventLoop) -> list[Effect]:
         """Wait for the next message or deadline; return what the machine makes of it.
@@ -1037,7 +1052,12 @@ class PeerNode:
             _SYSTEM_RANDOM.shuffle(state.shuffled)
         return state.shuffled.pop()
 
-    async def _publish(self, topic: str, data: bytes) -> None:
+    async def _publish(
+        self, topic: str, data: bytes, after: Collection[asyncio.Future[None]]
+    ) -> None:
+        """Publish once every publication in ``after`` is out (whatever their outcome)."""
+        if after:
+            await asyncio.wait(after)
         if self.publish_jitter > 0:
             # A random pause before each publish blurs when this site finished each step.
             await asyncio.sleep(_SYSTEM_RANDOM.uniform(0.0, self.publish_jitter))
@@ -1070,7 +1090,18 @@ class PeerNode:
                 if isinstance(effect, Broadcast)
                 else self._private_topic(state, effect)
             )
-            state.publishing.add(asyncio.ensure_future(self._publish(topic, effect.data)))
+            # Order as the machine emitted them, where it matters: a broadcast goes out after
+            # every earlier publication (robust's shares before the broadcast announcing
+            # them), a private message after the earlier broadcasts; private messages of
+            # one batch go out together.
+            if isinstance(effect, Broadcast):
+                after: set[asyncio.Future[None]] = set(state.publishing)
+            else:
+                after = set(state.broadcasting)
+            task = asyncio.ensure_future(self._publish(topic, effect.data, after))
+            state.publishing.add(task)
+            if isinstance(effect, Broadcast):
+                state.broadcasting = {task}
         elif isinstance(effect, PhaseStarted):
             now = time.perf_counter()
             previous = str(started["phase"])

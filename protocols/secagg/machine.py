@@ -97,7 +97,16 @@ from protocols.secagg.messages import (
     encode_share_plaintext,
 )
 
-PROTOCOL = "secagg/1"
+PROTOCOL = "secagg/2"
+
+
+def protocol_id(ring_bits: int, vector_length: int) -> str:
+    """§2.1 — the protocol name bound into every envelope and key derivation of a round.
+
+    The version, the ring and L: a site configured with other values hears nothing (and
+    is dealt nothing) instead of splitting the round.
+    """
+    return f"{PROTOCOL} b{ring_bits} L{vector_length}"
 #: Envelope overhead allowance on top of the masked vector (header, mask set, complaints).
 _PAYLOAD_SLACK = 1 << 20
 
@@ -163,6 +172,11 @@ class SecAggParams:
         return len(self.roster)
 
     @property
+    def protocol_id(self) -> str:
+        """§2.1 — :func:`protocol_id` of this round."""
+        return protocol_id(self.ring_bits, self.vector_length)
+
+    @property
     def max_payload(self) -> int:
         """Largest envelope payload accepted: the masked vector or an n×n Unmask, plus slack."""
         words = self.ring_bits // 8 * self.vector_length
@@ -220,7 +234,7 @@ class SecAggMachine:
         self._signing_key = signing_key
         self._rng = randomness
         self._context = EnvelopeContext(
-            protocol=PROTOCOL,
+            protocol=params.protocol_id,
             federation=params.federation,
             roster_digest=params.roster.digest,
             round_id=params.round_id,
@@ -465,7 +479,7 @@ class SecAggMachine:
 
     def _info(self, label: bytes, *peers: int) -> bytes:
         w = Writer().raw(b"mpc-agg/secagg/" + label + b"\x00")
-        w.text(PROTOCOL, 32).text(self.params.federation, 128)
+        w.text(self.params.protocol_id, 32).text(self.params.federation, 128)
         w.fixed(self.params.roster.digest, 32).u64(self.params.round_id)
         for p in peers:
             w.u16(p)
@@ -485,7 +499,7 @@ class SecAggMachine:
 
     def _pair_mask_key(self, a: int, b: int, secret: bytes) -> bytes:
         info = mask_info(
-            protocol=PROTOCOL,
+            protocol=self.params.protocol_id,
             federation=self.params.federation,
             round_id=self.params.round_id,
             purpose="pairwise-mask",
@@ -495,7 +509,7 @@ class SecAggMachine:
 
     def _self_mask_key(self, owner: int, seed: int) -> bytes:
         info = mask_info(
-            protocol=PROTOCOL,
+            protocol=self.params.protocol_id,
             federation=self.params.federation,
             round_id=self.params.round_id,
             purpose="self-mask",

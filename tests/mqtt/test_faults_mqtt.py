@@ -21,7 +21,7 @@ from peers.mqtt import MqttTransport
 from peers.node import AggregateResult, RoundAbortedError
 from peers.transport import Transport, message_topic, presence_topic
 from protocols.harness import make_roster
-from protocols.secagg.machine import PROTOCOL
+from protocols.secagg.machine import protocol_id
 from protocols.secagg.messages import AdvertiseKeys, MessageKind
 from tests.runtime.nodes import on_grid, run_round, running_nodes
 
@@ -45,7 +45,10 @@ async def test_a_message_forged_by_a_broker_level_client_is_rejected() -> None:
     roster, _ = make_roster(3)
     forger_key = SigningKey.generate(DeterministicRandomSource("forger"))
     context = EnvelopeContext(
-        protocol=PROTOCOL, federation=federation, roster_digest=roster.digest, round_id=1
+        protocol=protocol_id(32, 1000),  # the round's ring and length (SPEC §2.1)
+        federation=federation,
+        roster_digest=roster.digest,
+        round_id=1,
     )
     forged = seal_envelope(
         context,

@@ -36,7 +36,6 @@ from peers.memory import MemoryBroker
 from peers.node import OVER_LIMIT, AggregateResult
 from peers.transport import message_topic
 from protocols.harness import make_roster
-from protocols.secagg.machine import PROTOCOL
 from protocols.secagg.messages import MessageKind
 from tests.dp_support import memory
 from tests.runtime.nodes import on_grid, run_round, running_nodes
@@ -171,7 +170,7 @@ async def test_a_message_signed_by_a_removed_site_is_refused_as_forged() -> None
         first = next(p for t, p in recorded if t.endswith("/1/site-1"))
         original = parse_envelope(first, max_payload=1 << 20)
         context = EnvelopeContext(
-            protocol=PROTOCOL,
+            protocol=original.protocol,
             federation="fed-adv",
             roster_digest=original.roster_digest,
             round_id=round_id,

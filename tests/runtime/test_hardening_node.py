@@ -15,7 +15,7 @@ from peers.memory import MemoryBroker, MemoryTransport
 from peers.node import OVER_LIMIT, AggregateResult, PeerNode
 from peers.transport import Transport, TransportError, message_topic, presence_topic
 from protocols.harness import make_roster
-from protocols.secagg.machine import PROTOCOL
+from protocols.secagg.machine import protocol_id
 from tests.runtime.nodes import FRAC_BITS, on_grid, run_round, running_nodes
 
 
@@ -116,7 +116,7 @@ async def test_hardening_distinct_ignored_reasons_are_capped() -> None:
         MemoryTransport(broker, name="intruder") as intruder,
     ):
         context = EnvelopeContext(
-            protocol=PROTOCOL,
+            protocol=protocol_id(32, 16),  # the round's ring and length (SPEC §2.1)
             federation="fed-test",
             roster_digest=nodes[0].roster.digest,
             round_id=1,

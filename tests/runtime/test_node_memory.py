@@ -116,17 +116,21 @@ async def test_nan_is_refused_before_anything_is_sent() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_site_with_a_different_shape_is_excluded_with_a_clear_reason() -> None:
+async def test_a_site_with_a_different_shape_is_not_heard_and_says_why() -> None:
+    """The length is bound into every envelope (SPEC §2.1): a site with another one is
+    dealt no shares and heard by nobody, so the round cannot split around it."""
     rng = np.random.default_rng(5)
     updates = [on_grid(rng, (20,)) for _ in range(3)] + [on_grid(rng, (21,))]
     async with running_nodes(4, _memory(MemoryBroker()), threshold=3, deadline=0.5) as nodes:
         results = await run_round(nodes, updates)
     for result in results[:3]:
         assert isinstance(result, AggregateResult)
-        assert "site-3" in result.excluded
-        assert "masked input has 21 entries, the round has 20" in result.excluded["site-3"]
+        assert result.dropped == {"site-3": "no AdvertiseKeys before the deadline"}
+        assert result.ignored["not for this federation"] >= 1
         assert np.array_equal(result.total, sum(updates[:3]))
-    assert isinstance(results[3], RoundAbortedError)
+    failed = results[3]
+    assert isinstance(failed, RoundAbortedError)
+    assert "ignored messages: not for this federation" in str(failed)
 
 
 @pytest.mark.asyncio
