@@ -107,6 +107,8 @@ def protocol_id(ring_bits: int, vector_length: int) -> str:
     is dealt nothing) instead of splitting the round.
     """
     return f"{PROTOCOL} b{ring_bits} L{vector_length}"
+
+
 #: Envelope overhead allowance on top of the masked vector (header, mask set, complaints).
 _PAYLOAD_SLACK = 1 << 20
 
