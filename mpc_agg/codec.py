@@ -122,13 +122,7 @@ class Writer:
         """
         if values.dtype != RING_DTYPE or values.ndim != 1:
             raise ValueError("ring vectors must be 1-D uint64")
-        if values.shape[0] > max_len:
-            raise ValueError(f"vector of {values.shape[0]} entries exceeds maximum {max_len}")
-        self._append(_U64.pack(values.shape[0]))
-        self._append(bytes(-self._length % 8))  # words start 8-byte aligned
-        little = np.ascontiguousarray(values, dtype=_LE_U64)
-        self._append(little.view(np.uint8).data)
-        return self
+        return self._words(np.ascontiguousarray(values, dtype=_LE_U64), max_len)
 
     def ring_vector32(self, values: RingVector | NDArray[np.uint32], max_len: int) -> Writer:
         """Append a ring vector reduced mod 2^32 (4 bytes an entry).
@@ -138,17 +132,16 @@ class Writer:
         """
         if values.dtype not in (RING_DTYPE, np.dtype(np.uint32)) or values.ndim != 1:
             raise ValueError("ring vectors must be 1-D uint64 (or uint32 words mod 2^32)")
-        if values.shape[0] > max_len:
-            raise ValueError(f"vector of {values.shape[0]} entries exceeds maximum {max_len}")
-        self._append(_U64.pack(values.shape[0]))
-        self._append(bytes(-self._length % 4))  # words start 4-byte aligned
         # unsigned casts keep the low bits (x mod 2^32); uint32 words go as they are
-        low = (
-            np.ascontiguousarray(values, dtype=_LE_U32)
-            if values.dtype == np.uint32
-            else values.astype(_LE_U32)
-        )
-        self._append(low.view(np.uint8).data)
+        return self._words(np.ascontiguousarray(values.astype(_LE_U32, copy=False)), max_len)
+
+    def _words(self, words: NDArray[Any], max_len: int) -> Writer:
+        """A u64 count, zero padding to the word size, then the (little-endian) words."""
+        if words.shape[0] > max_len:
+            raise ValueError(f"vector of {words.shape[0]} entries exceeds maximum {max_len}")
+        self._append(_U64.pack(words.shape[0]))
+        self._append(bytes(-self._length % words.itemsize))  # words start aligned
+        self._append(words.view(np.uint8).data)
         return self
 
     def raw(self, value: bytes) -> Writer:

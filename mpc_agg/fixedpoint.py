@@ -95,13 +95,19 @@ class FixedPointCodec:
                 f"max_abs_value {self.max_abs_value} × 2^{self.frac_bits} = {scaled:.3e} "
                 f"exceeds 2^53 (exact float range); lower frac_bits"
             )
-        # +1: stochastic rounding may round the largest value up by one unit.
-        check_headroom(math.ceil(scaled) + 1, self.n_peers, self.ring_bits)
+        check_headroom(self._largest_integer, self.n_peers, self.ring_bits)
+
+    @property
+    def _largest_integer(self) -> int:
+        """The static bound on |encoded entry|: ⌈max_abs_value·2^f⌉ + 1.
+
+        +1: stochastic rounding may round the largest value up by one unit.
+        """
+        return math.ceil(self.max_abs_value * self.scale) + 1
 
     def fits_ring(self, ring_bits: int) -> bool:
-        """Whether the static bound (n_peers · (⌈max_abs_value·2^f⌉ + 1)) fits Z_2^ring_bits."""
-        bound = math.ceil(self.max_abs_value * self.scale) + 1
-        return self.n_peers * bound <= signed_limit(ring_bits)
+        """Whether the static bound n_peers · (⌈max_abs_value·2^f⌉ + 1) fits Z_2^ring_bits."""
+        return self.n_peers * self._largest_integer <= signed_limit(ring_bits)
 
     @property
     def scale(self) -> float:

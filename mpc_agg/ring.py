@@ -16,11 +16,9 @@ from mpc_agg.errors import EncodingError
 
 RING_BITS = 64
 RING_DTYPE = np.dtype(np.uint64)
-#: Rings a round may aggregate in: Z_2^64, or Z_2^32 carried in the low bits of the same
-#: uint64 words (the wire then holds 4 bytes an entry; see :func:`reduce_mod`).
+#: Rings a round may aggregate in: Z_2^64, or Z_2^32 (secagg then works on uint32 words,
+#: 4 bytes an entry on the wire, and sign-extends its total; see :func:`reduce_mod`).
 RING_BITS_CHOICES = (32, 64)
-#: Largest magnitude a *sum* may reach and still decode exactly (two's complement).
-SIGNED_LIMIT = (1 << (RING_BITS - 1)) - 1
 
 RingVector = NDArray[np.uint64]
 SignedVector = NDArray[np.int64]
@@ -59,6 +57,10 @@ def lift(values: RingVector) -> SignedVector:
 def signed_limit(bits: int) -> int:
     """Largest magnitude a sum may reach and still decode exactly from Z_2^``bits``."""
     return (1 << (bits - 1)) - 1
+
+
+#: Largest magnitude a *sum* may reach and still decode exactly (two's complement).
+SIGNED_LIMIT = signed_limit(RING_BITS)
 
 
 def reduce_mod(values: RingVector, bits: int) -> None:

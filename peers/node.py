@@ -121,11 +121,11 @@ _SYSTEM_RANDOM = random.SystemRandom()
 _UNTIMED_PHASES = frozenset({"IDLE", "DONE", "ABORTED"})
 
 
-def site_transport(site: SiteConfig, *, client_id: str | None = None) -> MqttTransport:
+def site_transport(site: SiteConfig) -> MqttTransport:
     """The MQTT transport of ``site`` as its config describes it.
 
-    Broker, TLS, account, chunking and limits; ``client_id`` defaults to one per
-    federation, site and process.
+    Broker, TLS, account, chunking and limits; one client id per federation, site and
+    process.
     """
     federation = site.federation
     broker = site.broker
@@ -135,7 +135,7 @@ def site_transport(site: SiteConfig, *, client_id: str | None = None) -> MqttTra
     return MqttTransport(
         host=broker.host,
         port=broker.port,
-        client_id=client_id or f"{federation.id}-{site.name}-{os.getpid()}",
+        client_id=f"{federation.id}-{site.name}-{os.getpid()}",
         username=broker.username,
         password=broker.password,
         ca_file=broker.ca_file if broker.tls else None,
@@ -190,7 +190,7 @@ def _privacy_record(dp_round: dp.DpRound, report: PrivacyReport) -> dict[str, ob
     }
 
 
-def _byte_budget(vector_length: int, ring_bits: int = 64, n: int = 0) -> int:
+def _byte_budget(vector_length: int, ring_bits: int, n: int) -> int:
     """Bytes accepted per site and round.
 
     Two masked inputs (4 or 8 bytes an entry), an n × n Unmask (48·n², as secagg's
@@ -339,7 +339,7 @@ class _Round:
     # publications in flight: started in the machine's order, awaited together, so a phase
     # with n − 1 private messages costs one broker round trip, not n − 1
     publishing: set[asyncio.Future[None]] = field(default_factory=set)
-    broadcasting: set[asyncio.Future[None]] = field(default_factory=set)  # the latest one
+    last_broadcast: asyncio.Future[None] | None = None
 
 
 @dataclass(slots=True)
@@ -1084,24 +1084,20 @@ class PeerNode:
         started: dict[str, float | str],
     ) -> AggregateReady | None:
         loop = asyncio.get_running_loop()
-        if isinstance(effect, Broadcast | Send):
-            topic = (
-                message_topic(self.federation, state.round_id, self.name)
-                if isinstance(effect, Broadcast)
-                else self._private_topic(state, effect)
-            )
-            # Order as the machine emitted them, where it matters: a broadcast goes out after
-            # every earlier publication (robust's shares before the broadcast announcing
-            # them), a private message after the earlier broadcasts; private messages of
-            # one batch go out together.
-            if isinstance(effect, Broadcast):
-                after: set[asyncio.Future[None]] = set(state.publishing)
-            else:
-                after = set(state.broadcasting)
-            task = asyncio.ensure_future(self._publish(topic, effect.data, after))
+        # Order as the machine emitted them, where it matters: a broadcast goes out after
+        # every earlier publication (robust's shares before the broadcast announcing them),
+        # a private message after the latest broadcast; private messages of one batch go
+        # out together.
+        if isinstance(effect, Broadcast):
+            topic = message_topic(self.federation, state.round_id, self.name)
+            task = asyncio.ensure_future(self._publish(topic, effect.data, set(state.publishing)))
             state.publishing.add(task)
-            if isinstance(effect, Broadcast):
-                state.broadcasting = {task}
+            state.last_broadcast = task
+        elif isinstance(effect, Send):
+            latest = state.last_broadcast
+            after = () if latest is None else (latest,)
+            topic = self._private_topic(state, effect)
+            state.publishing.add(asyncio.ensure_future(self._publish(topic, effect.data, after)))
         elif isinstance(effect, PhaseStarted):
             now = time.perf_counter()
             previous = str(started["phase"])
