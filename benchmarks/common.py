@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,49 @@ def best_of(fn: Callable[[], object], repeat: int = 5) -> tuple[float, float]:
         fn()
         times.append(time.perf_counter() - start)
     return min(times), statistics.median(times)
+
+
+def cli(*args: str) -> list[str]:
+    """The command line of ``mpc-agg`` with ``args``, run by this interpreter."""
+    return [sys.executable, "-m", "peers.cli", *args]
+
+
+@contextmanager
+def broker_federation(
+    n: int, d: int, *init_args: str, ring_bits: int | None = None
+) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    """A federation as users make it (``mpc-agg init``: TLS, accounts, ACL) for updates of
+    ``d`` entries, and its Mosquitto (``mpc-agg broker``) until the block ends.
+
+    Yields the federation's folder (temporary) and the broker's process.
+    ``ring_bits`` sets ``[encoding] ring_bits`` (default: the node's own choice).
+    """
+    from peers.demo import free_port  # noqa: PLC0415 - keep this module light
+
+    with tempfile.TemporaryDirectory(prefix="mpc-agg-bench-") as tmp:
+        root = Path(tmp) / "fed"
+        port = free_port()
+        subprocess.run(
+            cli("init", str(root), "--sites", str(n), "--broker-port", str(port), *init_args),
+            check=True,
+            capture_output=True,
+        )
+        toml = root / "federation.toml"
+        text = toml.read_text().replace(
+            "max_vector_length = 100000000", f"max_vector_length = {max(d, 1)}"
+        )
+        if ring_bits is not None:
+            text = text.replace("[encoding]\n", f"[encoding]\nring_bits = {ring_bits}\n")
+        toml.write_text(text)
+        broker = subprocess.Popen(
+            cli("broker", str(root)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            time.sleep(0.5)
+            yield root, broker
+        finally:
+            broker.send_signal(signal.SIGTERM)
+            broker.wait(10)
 
 
 def traffic(outcome: Any, n: int, *, broadcast_per_recipient: bool) -> tuple[float, float]:

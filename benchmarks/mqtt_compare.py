@@ -18,25 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, write
-from peers.demo import free_port
+from benchmarks.common import RESULTS, broker_federation, write
 
 MODES = ("plain", "secure")
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "peers.cli", *args]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -97,31 +90,13 @@ def measure(n: int, d: int, repeat: int, ring_bits: int | None = None) -> dict[s
 
     ``ring_bits`` fixes ``[encoding] ring_bits`` (default: the node's own choice).
     """
-    with tempfile.TemporaryDirectory(prefix="mpc-agg-compare-") as tmp:
-        root = Path(tmp) / "fed"
-        port = free_port()
-        subprocess.run(
-            _cli("init", str(root), "--sites", str(n), "--broker-port", str(port)),
-            check=True,
-            capture_output=True,
-        )
-        toml = root / "federation.toml"
-        text = toml.read_text().replace(
-            "max_vector_length = 100000000", f"max_vector_length = {max(d, 1)}"
-        )
-        if ring_bits is not None:
-            text = text.replace("[encoding]\n", f"[encoding]\nring_bits = {ring_bits}\n")
-        toml.write_text(text)
+    with broker_federation(n, d, ring_bits=ring_bits) as (root, broker):
         rng = np.random.default_rng(0)
         for k in range(n):
             np.save(root / f"x{k}.npy", rng.uniform(-0.5, 0.5, d).astype(np.float32))
-        broker = subprocess.Popen(
-            _cli("broker", str(root)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
         workers = _Workers(root, n)
         rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
         try:
-            time.sleep(0.5)
             for rep in range(repeat):
                 order = MODES if rep % 2 == 0 else MODES[::-1]
                 for mode in order:
@@ -137,8 +112,6 @@ def measure(n: int, d: int, repeat: int, ring_bits: int | None = None) -> dict[s
                     )
         finally:
             workers.stop()
-            broker.send_signal(signal.SIGTERM)
-            broker.wait(10)
     row: dict[str, Any] = {
         "n": n,
         "d": d,

@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import write
-from peers.demo import free_port
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "peers.cli", *args]
+from benchmarks.common import broker_federation, cli, write
 
 
 def measure(n: int, d: int, dtype: str, protocol: str = "secagg") -> dict[str, Any]:
@@ -33,59 +24,38 @@ def measure(n: int, d: int, dtype: str, protocol: str = "secagg") -> dict[str, A
 
     ``robust`` runs with max_norm 1 and every input scaled to L2 norm 0.99.
     """
-    with tempfile.TemporaryDirectory(prefix="mpc-agg-bench-") as tmp:
-        root = Path(tmp) / "fed"
-        port = free_port()
-        extra = ["--protocol", "robust", "--max-norm", "1.0"] if protocol == "robust" else []
-        subprocess.run(
-            _cli("init", str(root), "--sites", str(n), "--broker-port", str(port), *extra),
-            check=True,
-            capture_output=True,
-        )
-        toml = root / "federation.toml"
-        toml.write_text(
-            toml.read_text().replace(
-                "max_vector_length = 100000000", f"max_vector_length = {max(d, 1)}"
-            )
-        )
+    extra = ["--protocol", "robust", "--max-norm", "1.0"] if protocol == "robust" else []
+    with broker_federation(n, d, *extra) as (root, _broker):
         rng = np.random.default_rng(0)
         for k in range(n):
             values = rng.uniform(-0.5, 0.5, d)
             if protocol == "robust":
                 values *= 0.99 / np.linalg.norm(values)
             np.save(root / f"x{k}.npy", values.astype(dtype))
-        broker = subprocess.Popen(
-            _cli("broker", str(root)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            time.sleep(0.5)
-            started = time.perf_counter()
-            sites = [
-                subprocess.Popen(
-                    _cli(
-                        "aggregate",
-                        "--config",
-                        str(root / "sites" / f"site-{k}.toml"),
-                        "--input",
-                        str(root / f"x{k}.npy"),
-                        "--output",
-                        str(root / f"sum{k}.npy"),
-                        "--report",
-                        str(root / f"report{k}.json"),
-                    ),
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-                for k in range(n)
-            ]
-            for site in sites:
-                _, err = site.communicate(timeout=1800)
-                if site.returncode != 0:
-                    raise RuntimeError(err.decode()[-500:])
-            wall = time.perf_counter() - started
-        finally:
-            broker.send_signal(signal.SIGTERM)
-            broker.wait(10)
+        started = time.perf_counter()
+        sites = [
+            subprocess.Popen(
+                cli(
+                    "aggregate",
+                    "--config",
+                    str(root / "sites" / f"site-{k}.toml"),
+                    "--input",
+                    str(root / f"x{k}.npy"),
+                    "--output",
+                    str(root / f"sum{k}.npy"),
+                    "--report",
+                    str(root / f"report{k}.json"),
+                ),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for k in range(n)
+        ]
+        for site in sites:
+            _, err = site.communicate(timeout=1800)
+            if site.returncode != 0:
+                raise RuntimeError(err.decode()[-500:])
+        wall = time.perf_counter() - started
         reports = [json.loads((root / f"report{k}.json").read_text()) for k in range(n)]
         expected = sum(np.load(root / f"x{k}.npy").astype(np.float64) for k in range(n))
         error = max(
