@@ -60,13 +60,14 @@ def cli(*args: str) -> list[str]:
 
 @contextmanager
 def broker_federation(
-    n: int, d: int, *init_args: str, ring_bits: int | None = None
+    n: int, d: int, *init_args: str, ring_bits: int | None = None, reduce_scatter: bool = False
 ) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     """A federation as users make it (``mpc-agg init``: TLS, accounts, ACL) for updates of
     ``d`` entries, and its Mosquitto (``mpc-agg broker``) until the block ends.
 
     Yields the federation's folder (temporary) and the broker's process.
-    ``ring_bits`` sets ``[encoding] ring_bits`` (default: the node's own choice).
+    ``ring_bits`` sets ``[encoding] ring_bits`` (default: the node's own choice);
+    ``reduce_scatter`` sets ``[federation] reduce_scatter`` (secagg SPEC §6.7).
     """
     from peers.demo import free_port  # noqa: PLC0415 - keep this module light
 
@@ -84,6 +85,8 @@ def broker_federation(
         )
         if ring_bits is not None:
             text = text.replace("[encoding]\n", f"[encoding]\nring_bits = {ring_bits}\n")
+        if reduce_scatter:
+            text = text.replace("[federation]\n", "[federation]\nreduce_scatter = true\n")
         toml.write_text(text)
         broker = subprocess.Popen(
             cli("broker", str(root)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -85,12 +85,18 @@ class _Workers:
                     process.kill()
 
 
-def measure(n: int, d: int, repeat: int, ring_bits: int | None = None) -> dict[str, Any]:
+def measure(
+    n: int, d: int, repeat: int, ring_bits: int | None = None, reduce_scatter: bool = False
+) -> dict[str, Any]:
     """``repeat`` plaintext and secure rounds each at (n, d); medians per mode.
 
-    ``ring_bits`` fixes ``[encoding] ring_bits`` (default: the node's own choice).
+    ``ring_bits`` fixes ``[encoding] ring_bits`` (default: the node's own choice);
+    ``reduce_scatter`` runs secagg's chunk-owner data path (SPEC §6.7).
     """
-    with broker_federation(n, d, ring_bits=ring_bits) as (root, broker):
+    with broker_federation(n, d, ring_bits=ring_bits, reduce_scatter=reduce_scatter) as (
+        root,
+        broker,
+    ):
         rng = np.random.default_rng(0)
         for k in range(n):
             np.save(root / f"x{k}.npy", rng.uniform(-0.5, 0.5, d).astype(np.float32))
@@ -118,6 +124,7 @@ def measure(n: int, d: int, repeat: int, ring_bits: int | None = None) -> dict[s
         "dtype": "float32",
         "repeat": repeat,
         "ring_bits": ring_bits or "auto",
+        "data_path": "reduce-scatter" if reduce_scatter else "broadcast",
     }
     for mode in MODES:
         runs = rounds[mode]
@@ -181,11 +188,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--name", default="mqtt_compare")
     parser.add_argument("--ring-bits", type=int, choices=[32, 64], default=None)
+    parser.add_argument(
+        "--reduce-scatter", action="store_true", help="secagg's chunk-owner data path (§6.7)"
+    )
     args = parser.parse_args()
     rows = []
     for n in args.n:
         for d in args.d:
-            row = measure(n, d, args.repeat, args.ring_bits)
+            row = measure(n, d, args.repeat, args.ring_bits, args.reduce_scatter)
             rows.append(row)
             p, s = row["plain"], row["secure"]
             print(

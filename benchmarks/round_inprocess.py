@@ -51,10 +51,13 @@ def instrument(*machine_classes: type) -> None:
         _PATCHED.add(cls)
 
 
-def measure(n: int, d: int, repeat: int, ring_bits: int = 32) -> dict[str, Any]:
+def measure(
+    n: int, d: int, repeat: int, ring_bits: int = 32, reduce_scatter: bool = False
+) -> dict[str, Any]:
     """Run ``repeat`` rounds; report the best round's per-peer CPU.
 
-    ``ring_bits`` 32 is what ``PeerNode`` picks with the default encoding (SPEC §2.1).
+    ``ring_bits`` 32 is what ``PeerNode`` picks with the default encoding (SPEC §2.1);
+    ``reduce_scatter`` runs the chunk-owner data path (SPEC §6.7).
     """
     instrument(SecAggMachine)
     inputs = random_inputs(n, d, seed=1)
@@ -64,7 +67,12 @@ def measure(n: int, d: int, repeat: int, ring_bits: int = 32) -> dict[str, Any]:
         BY_PHASE.clear()
         wall = time.perf_counter()
         outcome = run_secagg_round(
-            n=n, vector_length=d, seed=attempt, inputs=inputs, ring_bits=ring_bits
+            n=n,
+            vector_length=d,
+            seed=attempt,
+            inputs=inputs,
+            ring_bits=ring_bits,
+            reduce_scatter=reduce_scatter,
         )
         wall = time.perf_counter() - wall
         results = outcome.results()
@@ -77,6 +85,7 @@ def measure(n: int, d: int, repeat: int, ring_bits: int = 32) -> dict[str, Any]:
             "d": d,
             "threshold": default_threshold(n),
             "ring_bits": ring_bits,
+            "data_path": "reduce-scatter" if reduce_scatter else "broadcast",
             "cpu_per_peer_ms_mean": 1e3 * sum(per_peer) / n,
             "cpu_per_peer_ms_max": 1e3 * max(per_peer),
             "cpu_all_peers_s": sum(per_peer),

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from peers.allocator import keep_freed_memory
 from peers.config import SiteConfig, load_site
 from peers.node import PeerNode, site_transport
 from peers.transport import Delivery, federation_filter, message_topic, parse_topic
@@ -140,6 +141,7 @@ class _Site:
 
 async def main(argv: list[str]) -> None:
     config, update_path, inputs_dir, n = argv
+    keep_freed_memory()  # as the mpc-agg command does (peers/allocator.py)
     update = np.load(update_path)
     expected = sum(
         (np.load(Path(inputs_dir) / f"x{k}.npy").astype(np.float64) for k in range(int(n))),

@@ -167,7 +167,9 @@ class FixedPointCodec:
 
     def decode(self, total: RingVector) -> FloatVector:
         """Decode a ring vector (e.g. an aggregate) back to floats: lift, then ÷ 2^frac_bits."""
-        return lift(total).astype(np.float64) / self.scale
+        values = lift(total).astype(np.float64)
+        values *= 1.0 / self.scale  # exact: the scale is a power of two; one array, not two
+        return values
 
     def on_grid(self, values: NDArray[np.floating]) -> bool:
         """True when every entry is an exact multiple of 2^-frac_bits (encodes exactly)."""

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 
 from mpc_agg.dp import DpSettings, Mechanism, PrivacyBudgetExceededError, Unit
 from mpc_agg.errors import MpcAggError
+from peers.allocator import keep_freed_memory
 from peers.audit import verify_audit_log
 from peers.config import PROTOCOLS, ConfigError, load_federation, load_site
 from peers.demo import BROKERS, DemoError, run_demo, run_site
@@ -414,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mpc-agg`` console script."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # reuse a round's vector buffers instead of page-faulting them in
     if args.command == "audit" and (args.federation is None) != (args.site is None):
         _err("audit verify: give both --federation and --site, or neither")
         return 2

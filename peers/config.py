@@ -124,6 +124,7 @@ class Deadlines:
     advertise_keys: float = DEFAULT_DEADLINE
     share_keys: float = DEFAULT_DEADLINE
     masked_input: float = DEFAULT_DEADLINE
+    chunk_sum: float = DEFAULT_DEADLINE
     consistency_check: float = DEFAULT_DEADLINE
     unmask: float = DEFAULT_DEADLINE
     confirm_result: float = DEFAULT_DEADLINE
@@ -251,6 +252,8 @@ class FederationConfig:
     """``[dp]``: distributed differential privacy, ``None`` when the table is absent."""
     hygiene: Hygiene = field(default_factory=Hygiene)
     """``[hygiene]``: padding, publish jitter and shuffled processing (all off by default)."""
+    reduce_scatter: bool = False
+    """``[federation] reduce_scatter``: secagg's chunk-owner data path (SPEC §6.7)."""
 
     @property
     def n(self) -> int:
@@ -692,6 +695,7 @@ def load_federation(path: Path | str) -> FederationConfig:
     if protocol not in PROTOCOLS:
         raise fed.error("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     threshold = _threshold(fed, protocol, n)
+    reduce_scatter = fed.boolean("reduce_scatter", default=False)
     fed.finish()
     broker = _broker(root.table("broker", required=True))
     deadlines = _deadlines(root.table("deadlines", required=False), protocol)
@@ -706,6 +710,8 @@ def load_federation(path: Path | str) -> FederationConfig:
             "32 is for secagg without [dp] only (DP noise and robust's field need the "
             "64-bit ring); remove the key or set 64",
         )
+    if reduce_scatter:
+        _check_reduce_scatter(fed, protocol, encoding, dp is not None, n)
     hygiene = _hygiene(root.table("hygiene", required=False))
     root.finish()
     return FederationConfig(
@@ -721,7 +727,30 @@ def load_federation(path: Path | str) -> FederationConfig:
         max_norm=max_norm,
         dp=dp,
         hygiene=hygiene,
+        reduce_scatter=reduce_scatter,
     )
+
+
+def _check_reduce_scatter(
+    fed: _Table, protocol: str, encoding: EncodingConfig, dp: bool, n: int
+) -> None:
+    """Reduce-scatter is secagg's data path in the 32-bit ring (SPEC §6.7)."""
+    if protocol != "secagg" or dp or encoding.ring_bits == 64:
+        raise fed.error(
+            "reduce_scatter",
+            "is for secagg in the 32-bit ring: not with robust, [dp] or ring_bits = 64",
+        )
+    try:
+        FixedPointCodec(
+            frac_bits=encoding.frac_bits,
+            n_peers=n,
+            max_abs_value=encoding.max_abs_value,
+            ring_bits=32,
+        )
+    except EncodingError as exc:
+        raise fed.error(
+            "reduce_scatter", f"needs the 32-bit ring, which is too small: {exc}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- site

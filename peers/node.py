@@ -383,6 +383,7 @@ class PeerNode:
         shuffle: bool = False,
         messages_per_site: int | None = None,
         held_messages_per_site: int = _EARLY_LIMIT_PER_PEER,
+        reduce_scatter: bool = False,
     ) -> None:
         if protocol not in RUNTIME_PROTOCOLS:
             raise ProtocolMisuseError(
@@ -433,6 +434,12 @@ class PeerNode:
             ring_bits = 32 if small else 64
         elif ring_bits == 32 and (protocol != "secagg" or privacy is not None):
             raise ProtocolMisuseError("ring_bits = 32 is for secagg without [dp] only")
+        if reduce_scatter and ring_bits != 32:
+            raise ProtocolMisuseError(
+                "reduce_scatter needs secagg in the 32-bit ring (no [dp], and the encoding's "
+                "headroom bound must fit 32 bits)"
+            )
+        self.reduce_scatter = reduce_scatter
         self.codec = replace(codec, ring_bits=ring_bits)
         self.max_vector_length = max_vector_length
         self._rng = randomness or SystemRandomSource()
@@ -498,6 +505,7 @@ class PeerNode:
             shuffle=federation.hygiene.shuffle,
             messages_per_site=federation.limits.messages_per_site,
             held_messages_per_site=federation.limits.held_messages_per_site,
+            reduce_scatter=federation.reduce_scatter,
         )
 
     async def wait_for_peers(self, timeout: float) -> set[str]:
@@ -920,6 +928,7 @@ class PeerNode:
             threshold=self.threshold,
             vector_length=vector_length,
             ring_bits=codec.ring_bits,
+            reduce_scatter=self.reduce_scatter,
         )
         machine = SecAggMachine(
             params, me=self.me, signing_key=self._signing_key, randomness=self._rng
@@ -932,7 +941,7 @@ class PeerNode:
             byte_budget=_byte_budget(params.vector_length, params.ring_bits, params.n),
             message_budget=self.messages_per_site or _ROUND_LIMIT_PER_PEER,
             codec=codec,
-            parameters={"ring_bits": params.ring_bits},
+            parameters={"ring_bits": params.ring_bits, "reduce_scatter": params.reduce_scatter},
         )
 
     def _append_audit(self, protocol: str, round_id: int, fields: Mapping[str, object]) -> None:

@@ -47,7 +47,7 @@ from protocols.common import (
     Send,
 )
 from protocols.secagg.machine import SecAggMachine, SecAggParams, default_threshold
-from protocols.secagg.messages import MaskedInput, MessageKind, ShareKeys
+from protocols.secagg.messages import MaskedHeader, MaskedInput, MessageKind, ShareKeys
 
 _MAX_STEPS = 100_000
 
@@ -168,10 +168,18 @@ def adopt(machine: SecAggMachine, kind: MessageKind, data: bytes) -> None:
     if kind is MessageKind.MASKED_INPUT and machine.me in machine._inputs:
         vector_length = machine.params.vector_length
         record = machine._inputs[machine.me]
-        record.message = MaskedInput.decode(
-            envelope.payload, vector_length=vector_length, ring_bits=machine.params.ring_bits
+        chunks = machine._chunks
+        record.message = (
+            MaskedHeader.decode(envelope.payload, chunks=len(chunks.owners))
+            if chunks is not None
+            else MaskedInput.decode(
+                envelope.payload, vector_length=vector_length, ring_bits=machine.params.ring_bits
+            )
         )
         record.digest = digest
+    if kind is MessageKind.CHUNK_SUM and machine._chunks is not None:
+        message, _ = machine._chunks.sums[machine.me]
+        machine._chunks.sums[machine.me] = (message, digest)
 
 
 def payload_of(data: bytes) -> bytes:
@@ -257,6 +265,7 @@ def run_secagg_round(
     federation: str = "harness",
     roster: tuple[Roster, list[SigningKey]] | None = None,
     ring_bits: int = 64,
+    reduce_scatter: bool = False,
 ) -> RoundOutcome:
     """Run one round of ``secagg`` among ``n`` in-process machines and return every outcome.
 
@@ -270,6 +279,7 @@ def run_secagg_round(
         threshold=threshold if threshold is not None else default_threshold(n),
         vector_length=vector_length,
         ring_bits=ring_bits,
+        reduce_scatter=reduce_scatter,
     )
     data_in = dict(inputs) if inputs is not None else random_inputs(n, vector_length, seed)
     root = DeterministicRandomSource(f"harness/{seed}/{round_id}")

@@ -47,7 +47,7 @@ from mpc_agg.errors import (
     ProtocolMisuseError,
     VerificationError,
 )
-from mpc_agg.prg import MaskTerm, apply_masks, mask_info, mask_key
+from mpc_agg.prg import MaskTerm, apply_masks, expand, mask_info, mask_key
 from mpc_agg.randomness import RandomSource, random_below
 from mpc_agg.ring import (
     RING_BITS_CHOICES,
@@ -77,12 +77,17 @@ from protocols.common import (
     PhaseStarted,
     Roster,
     RoundAborted,
+    Send,
     format_peers,
 )
 from protocols.secagg.messages import (
+    CHECKS_PER_CHUNK,
     AdvertiseKeys,
+    ChunkSum,
     Complaint,
     ConsistencyCheck,
+    MaskedChunk,
+    MaskedHeader,
     MaskedInput,
     MessageKind,
     Phase,
@@ -91,22 +96,28 @@ from protocols.secagg.messages import (
     ShareKeys,
     ShareKind,
     Unmask,
+    chunk_digest,
     decode_revealed,
     decode_share_plaintext,
     encode_revealed,
     encode_share_plaintext,
 )
 
-PROTOCOL = "secagg/2"
+PROTOCOL = "secagg/3"
 
 
-def protocol_id(ring_bits: int, vector_length: int) -> str:
+def protocol_id(ring_bits: int, vector_length: int, reduce_scatter: bool = False) -> str:
     """§2.1 — the protocol name bound into every envelope and key derivation of a round.
 
-    The version, the ring and L: a site configured with other values hears nothing (and
-    is dealt nothing) instead of splitting the round.
+    The version, the ring, L and the data path: a site configured with other values hears
+    nothing (and is dealt nothing) instead of splitting the round.
     """
-    return f"{PROTOCOL} b{ring_bits} L{vector_length}"
+    return f"{PROTOCOL} b{ring_bits} L{vector_length}" + (" rs" if reduce_scatter else "")
+
+
+def chunk_bounds(vector_length: int, owners: int) -> list[tuple[int, int]]:
+    """§6.7 — [start, stop) of each owner's chunk: L cut into ``owners`` near-equal parts."""
+    return [(k * vector_length // owners, (k + 1) * vector_length // owners) for k in range(owners)]
 
 
 #: Envelope overhead allowance on top of the masked vector (header, mask set, complaints).
@@ -117,6 +128,7 @@ _ACTIVE = (
     Phase.ADVERTISE_KEYS,
     Phase.SHARE_KEYS,
     Phase.MASKED_INPUT,
+    Phase.CHUNK_SUM,
     Phase.CONSISTENCY_CHECK,
     Phase.UNMASK,
     Phase.CONFIRM_RESULT,
@@ -156,11 +168,16 @@ class SecAggParams:
     ring_bits: int = 64
     """The ring of the sum, Z_2^64 or Z_2^32 (§2.1): with 32 every masked input travels as
     4 bytes an entry, and every input entry must lie in [−2^31, 2^31)."""
+    reduce_scatter: bool = False
+    """§6.7 — masked inputs travel as chunks to their owners, who publish verified chunk
+    sums: each peer receives about 3·L words instead of n·L. Needs ``ring_bits = 32``."""
 
     def __post_init__(self) -> None:
         n = len(self.roster)
         if self.ring_bits not in RING_BITS_CHOICES:
             raise ValueError(f"ring_bits must be one of {RING_BITS_CHOICES}, got {self.ring_bits}")
+        if self.reduce_scatter and self.ring_bits != 32:
+            raise ValueError("reduce_scatter needs ring_bits = 32 (exact u64 chunk sums, §6.7)")
         if not 2 <= self.threshold <= n:
             raise ValueError(f"threshold T={self.threshold} must be in [2, n={n}]")
         if not 1 <= self.vector_length <= 1 << 31:
@@ -176,12 +193,15 @@ class SecAggParams:
     @property
     def protocol_id(self) -> str:
         """§2.1 — :func:`protocol_id` of this round."""
-        return protocol_id(self.ring_bits, self.vector_length)
+        return protocol_id(self.ring_bits, self.vector_length, self.reduce_scatter)
 
     @property
     def max_payload(self) -> int:
-        """Largest envelope payload accepted: the masked vector or an n×n Unmask, plus slack."""
-        words = self.ring_bits // 8 * self.vector_length
+        """Largest envelope payload accepted: the masked vector or an n×n Unmask, plus slack.
+
+        Reduce-scatter: a ChunkSum (8-byte sums of one chunk, orphaned chunks) stays under 8·L.
+        """
+        words = (8 if self.reduce_scatter else self.ring_bits // 8) * self.vector_length
         return max(words, 48 * self.n * self.n) + _PAYLOAD_SLACK
 
 
@@ -197,8 +217,30 @@ class _Dealer:
 
 @dataclass(slots=True)
 class _Input:
-    message: MaskedInput
+    message: MaskedInput | MaskedHeader
     digest: bytes
+
+
+@dataclass(slots=True)
+class _Chunks:
+    """§6.7 — this peer's state of a reduce-scatter round."""
+
+    owners: tuple[int, ...]
+    bounds: list[tuple[int, int]]
+    own: NDArray[np.uint32] | None
+    """This peer's whole masked input, until its checks are computed."""
+    received: dict[int, tuple[NDArray[np.uint32], bytes]] = field(default_factory=dict)
+    """Chunks for this owner with their payload digests (verified by admission)."""
+    handled: set[int] = field(default_factory=set)
+    sums: dict[int, tuple[ChunkSum, bytes]] = field(default_factory=dict)
+    masked_total: RingVector | None = None
+    """Σ over the included inputs of every chunk, exact u64 sums (owner order)."""
+    expected: NDArray[np.uint64] | None = None
+    """⟨r, sums⟩ per chunk and check, what the included peers' checks must add up to."""
+    checks: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def index(self, owner: int) -> int:
+        return self.owners.index(owner)
 
 
 @dataclass(slots=True)
@@ -269,10 +311,13 @@ class SecAggMachine:
         self._peer_digests: dict[int, bytes] = {}
         self._not_included: dict[int, str] = {}
         self._revealed: dict[int, ShareKind] = {}
+        self._chunks: _Chunks | None = None
         self._handlers: dict[MessageKind, Callable[[int, Envelope, list[Effect]], None]] = {
             MessageKind.ADVERTISE_KEYS: self._on_advertise_keys,
             MessageKind.SHARE_KEYS: self._on_share_keys,
             MessageKind.MASKED_INPUT: self._on_masked_input,
+            MessageKind.MASKED_CHUNK: self._on_masked_chunk,
+            MessageKind.CHUNK_SUM: self._on_chunk_sum,
             MessageKind.CONSISTENCY_CHECK: self._on_consistency_check,
             MessageKind.UNMASK: self._on_unmask,
             MessageKind.RESULT_DIGEST: self._on_result_digest,
@@ -281,6 +326,7 @@ class SecAggMachine:
             Phase.ADVERTISE_KEYS: self._finish_advertise_keys,
             Phase.SHARE_KEYS: self._finish_share_keys,
             Phase.MASKED_INPUT: self._finish_masked_input,
+            Phase.CHUNK_SUM: self._finish_chunk_sum,
             Phase.CONSISTENCY_CHECK: self._finish_consistency_check,
             Phase.UNMASK: self._finish_unmask,
             Phase.CONFIRM_RESULT: self._finish_confirm_result,
@@ -368,7 +414,7 @@ class SecAggMachine:
             context=self._context,
             max_payload=self.params.max_payload,
             kinds=MessageKind,
-            recipient_of=lambda _kind: BROADCAST,
+            recipient_of=lambda kind: self.me if kind.private else BROADCAST,
             seen=self._seen,
             effects=effects,
         )
@@ -385,22 +431,36 @@ class SecAggMachine:
     ) -> None:
         # A peer this machine excluded is still heard: a private blame (§6.3) must not
         # change this machine's view, which has to match every other honest peer's.
-        self._handled.add(source)
+        if kind is MessageKind.MASKED_CHUNK:
+            if self._chunks is None:
+                effects.append(MessageIgnored(source, "MaskedChunk in a broadcast round"))
+                return
+            self._chunks.handled.add(source)
+        else:
+            self._handled.add(source)
         try:
             self._handlers[kind](source, envelope, effects)
         except DecodeError as exc:
             self._exclude(source, f"malformed {kind.name}: {exc}", effects)
 
-    def _enter(self, phase: Phase, effects: list[Effect], payload: bytes | None = None) -> bytes:
-        """Enter ``phase``; broadcast its message (if any) *before* replaying buffered ones.
+    def _enter(
+        self,
+        phase: Phase,
+        effects: list[Effect],
+        payload: bytes | None = None,
+        sends: Sequence[Send] = (),
+    ) -> bytes:
+        """Enter ``phase``; send its messages (if any) *before* replaying buffered ones.
 
-        Returns the digest of the broadcast message (b"" when there is none). Replaying
-        after sending guarantees that a machine which aborts on a buffered message has
-        sent nothing after its RoundAborted.
+        ``sends`` (a reduce-scatter round's chunks) go before the broadcast, so a peer that
+        stops while sending them has broadcast nothing. Returns the digest of the broadcast
+        message (b"" when there is none). Replaying after sending guarantees that a machine
+        which aborts on a buffered message has sent nothing after its RoundAborted.
         """
         self.phase = phase
         self._handled = set()
         effects.append(PhaseStarted(phase))
+        effects.extend(sends)
         digest = b""
         if payload is not None:
             broadcast, digest = self._broadcast(MessageKind(phase.value), payload)
@@ -409,18 +469,29 @@ class SecAggMachine:
         return digest
 
     def _replay_buffer(self, phase: Phase, effects: list[Effect]) -> None:
-        if phase in _ACTIVE:
-            buffered = self._buffer[MessageKind(phase.value)]
+        if phase not in _ACTIVE:
+            return
+        kinds = [MessageKind(phase.value)]
+        if phase == Phase.MASKED_INPUT:
+            kinds.append(MessageKind.MASKED_CHUNK)
+        for kind in kinds:
+            buffered = self._buffer[kind]
             pending = sorted(buffered.items())
             buffered.clear()
             for source, envelope in pending:
-                self._dispatch(MessageKind(phase.value), source, envelope, effects)
+                self._dispatch(kind, source, envelope, effects)
                 if self.finished:
                     return
 
     def _drive(self, effects: list[Effect]) -> None:
         """Close every phase whose expected messages have all been handled."""
         while self.phase in _ACTIVE and self._expected() <= self._handled:
+            if (
+                self.phase == Phase.MASKED_INPUT
+                and self._chunks is not None
+                and not self._expected() <= self._chunks.handled
+            ):
+                return  # reduce-scatter: the header and the chunk of every dealer (§6.7)
             self._finishers[self.phase](effects)
 
     def _expected(self) -> set[int]:
@@ -431,20 +502,20 @@ class SecAggMachine:
             peers = set(self._advertised)
         elif self.phase == Phase.MASKED_INPUT:
             peers = set(self._dealers)
-        elif self.phase == Phase.CONSISTENCY_CHECK:
+        elif self.phase in (Phase.CHUNK_SUM, Phase.CONSISTENCY_CHECK):
             peers = set(self._inputs)
         else:
             peers = set(self._confirmed)
         return peers - {self.me}
 
-    def _seal(self, kind: MessageKind, payload: bytes) -> bytes:
-        """Sign ``payload`` as this peer's broadcast of ``kind`` in this round."""
+    def _seal(self, kind: MessageKind, payload: bytes, recipient: int = BROADCAST) -> bytes:
+        """Sign ``payload`` as this peer's message of ``kind`` in this round."""
         return seal_envelope(
             self._context,
             phase=kind.phase,
             kind=kind,
             sender=self.me,
-            recipient=BROADCAST,
+            recipient=recipient,
             payload=payload,
             signing_key=self._signing_key,
         )
@@ -476,6 +547,7 @@ class SecAggMachine:
         effects.append(RoundAborted(reason, self.phase))
         self.phase = Phase.ABORTED
         self._input = None
+        self._chunks = None
 
     # ------------------------------------------------------------------ keys & channels
 
@@ -648,6 +720,9 @@ class SecAggMachine:
         masked = self._input
         self._input = None
         apply_masks(masked, terms)
+        if self.params.reduce_scatter:
+            self._send_chunks(mask_set, masked, dealers, effects)
+            return
         message = MaskedInput(
             mask_set=mask_set,
             complaints=tuple(self._complaints[p] for p in sorted(self._complaints)),
@@ -658,22 +733,69 @@ class SecAggMachine:
         self._inputs[self.me] = own
         own.digest = self._enter(Phase.MASKED_INPUT, effects, message.encode())
 
+    def _send_chunks(
+        self,
+        mask_set: tuple[int, ...],
+        masked: RingVector | NDArray[np.uint32],
+        owners: list[int],
+        effects: list[Effect],
+    ) -> None:
+        """§6.7 — send chunk k of the masked input to owner k, then broadcast the header."""
+        assert masked.dtype == np.uint32
+        words: NDArray[np.uint32] = masked.view(np.uint32)
+        bounds = chunk_bounds(self.params.vector_length, len(owners))
+        self._chunks = chunks = _Chunks(owners=tuple(owners), bounds=bounds, own=words)
+        digests = []
+        sends = []
+        for owner, (start, stop) in zip(owners, bounds, strict=True):
+            part = words[start:stop]
+            if owner == self.me:
+                digests.append(chunk_digest(part))
+                chunks.received[self.me] = (part, digests[-1])
+                continue
+            data = self._seal(MessageKind.MASKED_CHUNK, MaskedChunk(words=part).encode(), owner)
+            # the header lists H(payload), which the envelope signs: no second hash
+            digests.append(parse_envelope(data, max_payload=len(data)).payload_digest)
+            sends.append(Send(owner, data, Phase.MASKED_INPUT))
+        header = MaskedHeader(
+            mask_set=mask_set,
+            complaints=tuple(self._complaints[p] for p in sorted(self._complaints)),
+            chunk_digests=tuple(digests),
+        )
+        own = _Input(header, b"")
+        self._inputs[self.me] = own
+        own.digest = self._enter(Phase.MASKED_INPUT, effects, header.encode(), sends)
+
     # ------------------------------------------------------------------ §6.3 MaskedInput
 
     def _on_masked_input(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
         if source not in self._dealers:
             effects.append(MessageIgnored(source, "MaskedInput from a peer that dealt no shares"))
             return
-        message = MaskedInput.decode(
-            envelope.payload,
-            vector_length=self.params.vector_length,
-            ring_bits=self.params.ring_bits,
-        )
+        message: MaskedInput | MaskedHeader
+        if self._chunks is not None:
+            message = MaskedHeader.decode(envelope.payload, chunks=len(self._chunks.owners))
+        else:
+            message = MaskedInput.decode(
+                envelope.payload,
+                vector_length=self.params.vector_length,
+                ring_bits=self.params.ring_bits,
+            )
         named = set(message.mask_set) | {c.accused for c in message.complaints}
         if any(p >= self.params.n or p == source for p in named):
             self._exclude(source, "MaskedInput names a peer outside the roster or itself", effects)
             return
         self._inputs[source] = _Input(message, envelope.message_digest)
+
+    def _on_masked_chunk(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
+        chunks = self._chunks
+        assert chunks is not None  # _dispatch ignores chunks in a broadcast round
+        if source not in self._dealers:
+            effects.append(MessageIgnored(source, "MaskedChunk from a peer that dealt no shares"))
+            return
+        start, stop = chunks.bounds[chunks.index(self.me)]
+        words = MaskedChunk.decode(envelope.payload, length=stop - start).words
+        chunks.received[source] = (words, envelope.payload_digest)
 
     def _finish_masked_input(self, effects: list[Effect]) -> None:
         survivors = sorted(self._inputs)
@@ -688,7 +810,127 @@ class SecAggMachine:
         )
         self._view = view
         self._confirmed = {self.me}
+        if self._chunks is not None:
+            message = self._chunk_sum(effects)
+            digest = self._enter(Phase.CHUNK_SUM, effects, message.encode())
+            self._chunks.sums[self.me] = (message, digest)
+            return
         self._enter(Phase.CONSISTENCY_CHECK, effects, view.encode())
+
+    # ------------------------------------------------------------------ §6.7 ChunkSum
+
+    def _chunk_sum(self, effects: list[Effect]) -> ChunkSum:
+        """§6.7 — sum this peer's chunk over the included inputs its view determines."""
+        chunks = self._chunks
+        assert chunks is not None
+        included = self._agree(effects).included
+        mine = chunks.index(self.me)
+        start, stop = chunks.bounds[mine]
+        missing = []
+        for p in included:
+            received = chunks.received.get(p)
+            header = self._inputs[p].message
+            assert isinstance(header, MaskedHeader)
+            if received is None or not digests_equal(received[1], header.chunk_digests[mine]):
+                missing.append(p)
+        sums = np.zeros(0 if missing else stop - start, dtype=np.uint64)
+        if not missing:
+            for p in included:
+                np.add(sums, chunks.received[p][0], out=sums)
+        orphans = []
+        if self.me in included and chunks.own is not None:
+            for k, owner in enumerate(chunks.owners):
+                if owner not in self._inputs:
+                    a, b = chunks.bounds[k]
+                    orphans.append((owner, chunks.own[a:b]))
+        chunks.received = {}  # summed: only the orphans' chunks are needed again
+        return ChunkSum(missing=tuple(missing), sums=sums, orphans=tuple(orphans))
+
+    def _on_chunk_sum(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
+        chunks = self._chunks
+        if chunks is None or source not in self._inputs:
+            effects.append(MessageIgnored(source, "ChunkSum from a peer outside my survivor set"))
+            return
+        start, stop = chunks.bounds[chunks.index(source)]
+        orphans = {
+            owner: b - a
+            for owner, (a, b) in zip(chunks.owners, chunks.bounds, strict=True)
+            if owner not in self._inputs
+        }
+        message = ChunkSum.decode(envelope.payload, length=stop - start, orphans=orphans)
+        chunks.sums[source] = (message, envelope.message_digest)
+
+    def _finish_chunk_sum(self, effects: list[Effect]) -> None:
+        """§6.7 — assemble the masked total from the owners' sums; compute this peer's checks."""
+        chunks = self._chunks
+        assert chunks is not None
+        included = self._agree(effects).included
+        own = chunks.own
+        assert own is not None
+        limit = len(included) * 0xFFFFFFFF
+        total = np.zeros(self.params.vector_length, dtype=np.uint64)
+        digests = []
+        for k, owner in enumerate(chunks.owners):
+            start, stop = chunks.bounds[k]
+            target = total[start:stop]
+            if owner in self._inputs:
+                record = chunks.sums.get(owner)
+                if record is None:
+                    self._abort(f"chunk owner {owner} sent no ChunkSum", effects)
+                    return
+                message, digest = record
+                if message.missing:
+                    self._abort(
+                        f"chunk owner {owner} lacks the chunks of {format_peers(message.missing)}",
+                        effects,
+                    )
+                    return
+                if message.sums.size and int(message.sums.max()) > limit:
+                    self._exclude(owner, "ChunkSum above |I|·(2^32 − 1)", effects)
+                    self._abort(f"chunk owner {owner} published impossible sums", effects)
+                    return
+                target[:] = message.sums
+                digests.append((owner, digest))
+                continue
+            for p in included:  # an orphaned chunk: every included peer sent its part
+                part = self._orphan_part(p, owner, k)
+                if part is None:
+                    self._abort(
+                        f"peer {p} did not publish its part of orphaned chunk {owner}", effects
+                    )
+                    return
+                np.add(target, part, out=target)
+        chunks.masked_total = total
+        chunks.sums = {}
+        key = sha256(
+            b"mpc-agg/secagg/chunk-checks/v1",
+            self._info(b"chunk-checks"),
+            *(u16 + d for u16, d in ((o.to_bytes(2, "big"), d) for o, d in digests)),
+        )
+        mine, expected = _chunk_checks(key, chunks.bounds, own, total)
+        chunks.expected = expected
+        chunks.own = None
+        chunks.checks[self.me] = mine
+        assert self._view is not None
+        self._view = replace(self._view, chunk_sums=tuple(digests))
+        self._enter(Phase.CONSISTENCY_CHECK, effects, replace(self._view, checks=mine).encode())
+
+    def _orphan_part(self, peer: int, owner: int, k: int) -> NDArray[np.uint32] | None:
+        """``peer``'s part of the orphaned chunk k (owner ``owner``), checked against its header."""
+        chunks = self._chunks
+        assert chunks is not None
+        if peer == self.me:
+            a, b = chunks.bounds[k]
+            return None if chunks.own is None else chunks.own[a:b]
+        sent = chunks.sums.get(peer)
+        if sent is None:
+            return None
+        part = dict(sent[0].orphans).get(owner)
+        header = self._inputs[peer].message
+        assert isinstance(header, MaskedHeader)
+        if part is None or not digests_equal(chunk_digest(part), header.chunk_digests[k]):
+            return None
+        return part
 
     # ------------------------------------------------------------------ §6.4 ConsistencyCheck
 
@@ -698,8 +940,15 @@ class SecAggMachine:
             effects.append(MessageIgnored(source, "view from a peer outside my survivor set"))
             return
         assert self._view is not None
-        if view == self._view:
+        chunks = self._chunks
+        if chunks is None and view.checks:
+            raise DecodeError("chunk checks in a broadcast round")
+        if chunks is not None and len(view.checks) != CHECKS_PER_CHUNK * len(chunks.owners):
+            raise DecodeError(f"{len(view.checks)} chunk checks, expected 3 per chunk")
+        if view.same_view(self._view):
             self._confirmed.add(source)
+            if chunks is not None:
+                chunks.checks[source] = view.checks
             return
         self._abort(
             f"peer {source} reports a different view ({_describe_difference(self._view, view)}); "
@@ -715,6 +964,8 @@ class SecAggMachine:
         if self._short_of_threshold(
             len(agreement.included), "inputs can be included", agreement.included, effects
         ):
+            return
+        if self._chunks is not None and not self._chunks_verified(agreement.included, effects):
             return
         self._agreement = agreement
         reveals: list[RevealedShare] = []
@@ -739,6 +990,31 @@ class SecAggMachine:
             key = self._channel_key(b"unmask", self.me, peer, self._channel_secret(peer))
             ciphertexts.append((peer, aead_encrypt(key, plaintext, info)))
         self._enter(Phase.UNMASK, effects, Unmask(ciphertexts=tuple(ciphertexts)).encode())
+
+    def _chunks_verified(self, included: tuple[int, ...], effects: list[Effect]) -> bool:
+        """§6.7 — every owner's sum must match the included peers' checks before any reveal."""
+        chunks = self._chunks
+        assert chunks is not None
+        assert chunks.expected is not None
+        acc = np.zeros_like(chunks.expected)
+        for p in included:
+            checks = chunks.checks.get(p)
+            if checks is None:
+                self._abort(
+                    f"peer {p}'s chunk checks are missing (it did not confirm the view); "
+                    "the chunk sums cannot be verified",
+                    effects,
+                )
+                return False
+            np.add(acc, np.array(checks, dtype=np.uint64).reshape(acc.shape), out=acc)
+        for k, owner in enumerate(chunks.owners):
+            if owner in self._inputs and not np.array_equal(acc[k], chunks.expected[k]):
+                self._abort(
+                    f"the chunk sum of owner {owner} does not match the included peers' checks",
+                    effects,
+                )
+                return False
+        return True
 
     def _agree(self, effects: list[Effect]) -> _Agreement:
         """§6.4 — derive the included set deterministically from the agreed view."""
@@ -867,13 +1143,21 @@ class SecAggMachine:
                     secret = key.exchange(self._advertised[u].mask_key)
                     terms.append(MaskTerm(self._pair_mask_key(u, owner, secret), -_gamma(u, owner)))
         length = self.params.vector_length
-        words: RingVector | NDArray[np.uint32] = (
-            np.zeros(length, dtype=np.uint32)
-            if self.params.ring_bits == 32
-            else np.zeros(length, dtype=np.uint64)
-        )
-        for u in agreement.included:
-            np.add(words, self._inputs[u].message.masked, out=words)
+        words: RingVector | NDArray[np.uint32]
+        if self._chunks is not None:  # §6.7: the verified chunk sums, mod 2^32
+            assert self._chunks.masked_total is not None
+            words = self._chunks.masked_total.astype(np.uint32)
+            self._chunks = None
+        else:
+            words = (
+                np.zeros(length, dtype=np.uint32)
+                if self.params.ring_bits == 32
+                else np.zeros(length, dtype=np.uint64)
+            )
+            for u in agreement.included:
+                message = self._inputs[u].message
+                assert isinstance(message, MaskedInput)
+                np.add(words, message.masked, out=words)
         apply_masks(words, terms)
         # b = 32: sign-extended to 64-bit words, as lift() reads them (§6.6)
         total: RingVector = (
@@ -883,7 +1167,8 @@ class SecAggMachine:
         )
         self._total = total
         for record in self._inputs.values():  # summed: the masked vectors are not needed again
-            record.message = replace(record.message, masked=record.message.masked[:0].copy())
+            if isinstance(record.message, MaskedInput):
+                record.message = replace(record.message, masked=record.message.masked[:0].copy())
         self._result_digest = result_digest(agreement.included, total, seeds)
         self._peer_digests = {}
         self._enter(
@@ -959,6 +1244,31 @@ class SecAggMachine:
         if peer not in self._inputs:
             return "no MaskedInput before the deadline"
         return self._not_included.get(peer, "not included")
+
+
+def _chunk_checks(
+    key: bytes,
+    bounds: Sequence[tuple[int, int]],
+    own: NDArray[np.uint32],
+    total: RingVector,
+) -> tuple[tuple[int, ...], NDArray[np.uint64]]:
+    """§6.7 — this peer's checks ⟨r_kj, y_k⟩ and the expected ⟨r_kj, S_k⟩, mod 2^64.
+
+    r_kj = the first |chunk k| u64 words of AES-256-CTR(KDF(key, u16(k) ‖ u8(j))), for every
+    chunk k and check j < 3. Returns (own checks, chunk-major; expected, shape (m, 3)).
+    """
+    m = len(bounds)
+    mine = np.zeros((m, CHECKS_PER_CHUNK), dtype=np.uint64)
+    expected = np.zeros((m, CHECKS_PER_CHUNK), dtype=np.uint64)
+    for k, (start, stop) in enumerate(bounds):
+        y = own[start:stop].astype(np.uint64)
+        sums = total[start:stop]
+        for j in range(CHECKS_PER_CHUNK):
+            info = b"mpc-agg/secagg/chunk-check/v1" + k.to_bytes(2, "big") + bytes([j])
+            r = expand(derive_key(key, info=info), stop - start)
+            mine[k, j] = np.dot(r, y)
+            expected[k, j] = np.dot(r, sums)
+    return tuple(int(v) for v in mine.ravel()), expected
 
 
 def _gamma(u: int, v: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,40 +23,68 @@ from mpc_agg.codec import (
     read_sorted_unique_u16,
     write_u16_set,
 )
-from mpc_agg.crypto import AEAD_TAG_SIZE, DIGEST_SIZE, P256_POINT_SIZE
+from mpc_agg.crypto import AEAD_TAG_SIZE, DIGEST_SIZE, P256_POINT_SIZE, sha256
 from mpc_agg.ring import RING_BITS_CHOICES, RingVector
 from mpc_agg.vss import PROOF_SIZE, SCALAR_SIZE, decode_scalar, encode_scalar
 from protocols.common import MAX_PEERS
 
+#: §6.7 — independent random linear checks per chunk (soundness 2^-23 each, 2^-69 together).
+CHECKS_PER_CHUNK = 3
+
 
 class Phase(enum.IntEnum):
-    """Machine phases (SPEC §4). Message kind k is sent and processed in phase k."""
+    """Machine phases (SPEC §4). Message kind k ≤ 7 is sent and processed in phase k.
+
+    CHUNK_SUM is entered by reduce-scatter rounds only (§6.7); a broadcast round goes from
+    MASKED_INPUT straight to CONSISTENCY_CHECK.
+    """
 
     IDLE = 0
     ADVERTISE_KEYS = 1
     SHARE_KEYS = 2
     MASKED_INPUT = 3
-    CONSISTENCY_CHECK = 4
-    UNMASK = 5
-    CONFIRM_RESULT = 6
-    DONE = 7
-    ABORTED = 8
+    CHUNK_SUM = 4
+    CONSISTENCY_CHECK = 5
+    UNMASK = 6
+    CONFIRM_RESULT = 7
+    DONE = 8
+    ABORTED = 9
 
 
 class MessageKind(enum.IntEnum):
-    """Message kinds (SPEC §5); the value is the phase the message belongs to."""
+    """Message kinds (SPEC §5); kinds 1–7 belong to the phase of their number."""
 
     ADVERTISE_KEYS = 1
     SHARE_KEYS = 2
     MASKED_INPUT = 3
-    CONSISTENCY_CHECK = 4
-    UNMASK = 5
-    RESULT_DIGEST = 6
+    CHUNK_SUM = 4
+    CONSISTENCY_CHECK = 5
+    UNMASK = 6
+    RESULT_DIGEST = 7
+    MASKED_CHUNK = 8
+    """Reduce-scatter rounds: one chunk of a masked input, sent to its owner only (§5.7)."""
 
     @property
     def phase(self) -> Phase:
         """The phase in which this kind is sent."""
+        if self is MessageKind.MASKED_CHUNK:
+            return Phase.MASKED_INPUT
         return Phase(self.value)
+
+    @property
+    def private(self) -> bool:
+        """True for the one kind addressed to a single peer (its recipient field is that peer)."""
+        return self is MessageKind.MASKED_CHUNK
+
+
+#: The kinds of a broadcast (not reduce-scatter) round, one per phase 1–7 but CHUNK_SUM.
+BROADCAST_ROUND_KINDS = tuple(
+    k for k in MessageKind if k not in (MessageKind.CHUNK_SUM, MessageKind.MASKED_CHUNK)
+)
+
+
+#: The phases a broadcast round goes through (all but CHUNK_SUM).
+BROADCAST_ROUND_PHASES = tuple(p for p in Phase if p is not Phase.CHUNK_SUM)
 
 
 class ShareKind(enum.IntEnum):
@@ -223,11 +251,7 @@ class MaskedInput:
     ring_bits: int = 64
 
     def __post_init__(self) -> None:
-        _check_set(self.mask_set, "mask set")
-        accused = [c.accused for c in self.complaints]
-        _check_set(accused, "complaints (by accused)")
-        if set(accused) & set(self.mask_set):
-            raise InvalidValueError("a peer cannot be both accused and masked with")
+        _check_masking(self.mask_set, self.complaints)
         if self.ring_bits not in RING_BITS_CHOICES:
             raise InvalidValueError(f"ring_bits must be 32 or 64, got {self.ring_bits}")
         allowed = (np.uint64,) if self.ring_bits == 64 else (np.uint64, np.uint32)
@@ -239,16 +263,7 @@ class MaskedInput:
 
     def encode(self) -> bytes:
         """Canonical encoding."""
-        w = Writer()
-        write_u16_set(w, self.mask_set, MAX_PEERS)
-        w.seq(
-            self.complaints,
-            MAX_PEERS,
-            lambda w, c: (
-                w.u16(c.accused).fixed(c.shared_point, P256_POINT_SIZE).fixed(c.proof, PROOF_SIZE)
-            ),
-        )
-        w.u8(self.ring_bits)
+        w = _write_masking(self.mask_set, self.complaints, self.ring_bits)
         if self.ring_bits == 32:
             w.ring_vector32(self.masked, self.masked.shape[0])
         else:
@@ -261,20 +276,7 @@ class MaskedInput:
     ) -> MaskedInput:
         """Strict decoding: ``vector_length`` entries in the round's ring Z_2^``ring_bits``."""
         r = Reader(data)
-        mask_set = read_sorted_unique_u16(r, MAX_PEERS)
-        complaints = r.seq(
-            MAX_PEERS,
-            lambda r: Complaint(
-                accused=r.u16(),
-                shared_point=r.fixed(P256_POINT_SIZE),
-                proof=r.fixed(PROOF_SIZE),
-            ),
-        )
-        bits = r.u8()
-        if bits != ring_bits:
-            raise InvalidValueError(
-                f"masked input is in Z_2^{bits}, the round's ring is Z_2^{ring_bits}"
-            )
+        mask_set, complaints, bits = _read_masking(r, ring_bits)
         # zero-copy views: the size check below names both sizes
         masked: RingVector | NDArray[np.uint32] = (
             r.ring_vector32(1 << 31) if bits == 32 else r.ring_vector(1 << 31)
@@ -284,7 +286,189 @@ class MaskedInput:
             raise InvalidValueError(
                 f"masked input has {masked.shape[0]} entries, the round has {vector_length}"
             )
-        return cls(mask_set=mask_set, complaints=tuple(complaints), masked=masked, ring_bits=bits)
+        return cls(mask_set=mask_set, complaints=complaints, masked=masked, ring_bits=bits)
+
+
+def _check_masking(mask_set: tuple[int, ...], complaints: tuple[Complaint, ...]) -> None:
+    _check_set(mask_set, "mask set")
+    accused = [c.accused for c in complaints]
+    _check_set(accused, "complaints (by accused)")
+    if set(accused) & set(mask_set):
+        raise InvalidValueError("a peer cannot be both accused and masked with")
+
+
+def _write_masking(
+    mask_set: tuple[int, ...], complaints: tuple[Complaint, ...], ring_bits: int
+) -> Writer:
+    """The fields MaskedInput and MaskedHeader share: mask set, complaints, ring."""
+    w = Writer()
+    write_u16_set(w, mask_set, MAX_PEERS)
+    w.seq(
+        complaints,
+        MAX_PEERS,
+        lambda w, c: (
+            w.u16(c.accused).fixed(c.shared_point, P256_POINT_SIZE).fixed(c.proof, PROOF_SIZE)
+        ),
+    )
+    return w.u8(ring_bits)
+
+
+def _read_masking(r: Reader, ring_bits: int) -> tuple[tuple[int, ...], tuple[Complaint, ...], int]:
+    mask_set = read_sorted_unique_u16(r, MAX_PEERS)
+    complaints = r.seq(
+        MAX_PEERS,
+        lambda r: Complaint(
+            accused=r.u16(),
+            shared_point=r.fixed(P256_POINT_SIZE),
+            proof=r.fixed(PROOF_SIZE),
+        ),
+    )
+    bits = r.u8()
+    if bits != ring_bits:
+        raise InvalidValueError(
+            f"masked input is in Z_2^{bits}, the round's ring is Z_2^{ring_bits}"
+        )
+    return tuple(mask_set), tuple(complaints), bits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MaskedHeader:
+    """§5.3 (reduce-scatter rounds) — a MaskedInput whose vector travels as chunks.
+
+    Broadcast instead of the masked vector: the digest of each chunk (owner order, §6.7),
+    which pins every chunk in the view without anyone but its owner receiving it.
+    """
+
+    mask_set: tuple[int, ...]
+    complaints: tuple[Complaint, ...]
+    chunk_digests: tuple[bytes, ...] = field(repr=False)
+    ring_bits: int = 32
+
+    def __post_init__(self) -> None:
+        _check_masking(self.mask_set, self.complaints)
+        if self.ring_bits != 32:
+            raise InvalidValueError("reduce-scatter rounds use the ring Z_2^32")
+        if not 1 <= len(self.chunk_digests) <= MAX_PEERS:
+            raise InvalidValueError("a masked header names 1 to 1024 chunk digests")
+        if any(len(d) != DIGEST_SIZE for d in self.chunk_digests):
+            raise InvalidValueError("chunk digests must be 32 bytes")
+
+    def encode(self) -> bytes:
+        """Canonical encoding."""
+        w = _write_masking(self.mask_set, self.complaints, self.ring_bits)
+        w.seq(self.chunk_digests, MAX_PEERS, lambda w, d: w.fixed(d, DIGEST_SIZE))
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview, *, chunks: int) -> MaskedHeader:
+        """Strict decoding: exactly ``chunks`` digests (one per owner of this round)."""
+        r = Reader(data)
+        mask_set, complaints, bits = _read_masking(r, 32)
+        digests = r.seq(MAX_PEERS, lambda r: r.fixed(DIGEST_SIZE))
+        r.finish()
+        if len(digests) != chunks:
+            raise InvalidValueError(
+                f"masked input cut into {len(digests)} chunks, the round has {chunks} owners"
+            )
+        return cls(
+            mask_set=mask_set, complaints=complaints, chunk_digests=tuple(digests), ring_bits=bits
+        )
+
+
+def chunk_digest(words: NDArray[np.uint32]) -> bytes:
+    """§6.7 — H(MaskedChunk payload) of a chunk: the digest its envelope signs.
+
+    So an owner compares the header's digest with the payload digest its admission already
+    verified, and a sender takes it from the envelope it sealed: no second hash of a chunk.
+    """
+    return sha256(MaskedChunk(words=words).encode())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class MaskedChunk:
+    """§5.7 — one chunk of the sender's masked input, for the chunk's owner only."""
+
+    words: NDArray[np.uint32] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.words.dtype != np.uint32 or self.words.ndim != 1:
+            raise InvalidValueError("a masked chunk is a 1-D uint32 vector")
+
+    def encode(self) -> bytes:
+        """Canonical encoding."""
+        return Writer().ring_vector32(self.words, 1 << 31).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview, *, length: int) -> MaskedChunk:
+        """Strict decoding: exactly ``length`` words."""
+        r = Reader(data)
+        words = r.ring_vector32(1 << 31)
+        r.finish()
+        if words.shape[0] != length:
+            raise InvalidValueError(f"chunk has {words.shape[0]} words, this owner's has {length}")
+        return cls(words=words)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class ChunkSum:
+    """§5.8 — an owner's sum of its chunk over the included inputs, and orphaned chunks.
+
+    ``sums``: exact integer sums (u64) of the 32-bit words of every included input's chunk,
+    empty when ``missing`` (included peers whose chunk the owner lacks) is not.
+    ``orphans``: (owner, the sender's own chunk) for each chunk whose owner sent no
+    MaskedHeader, so that every peer can sum it itself.
+    """
+
+    missing: tuple[int, ...]
+    sums: RingVector = field(repr=False)
+    orphans: tuple[tuple[int, NDArray[np.uint32]], ...] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_set(self.missing, "missing chunks")
+        _check_set([o for o, _ in self.orphans], "orphaned chunks")
+        if self.sums.dtype != np.uint64 or self.sums.ndim != 1:
+            raise InvalidValueError("chunk sums are a 1-D uint64 vector")
+        if self.missing and self.sums.size:
+            raise InvalidValueError("an owner that lacks chunks sends no sums")
+        if any(w.dtype != np.uint32 or w.ndim != 1 for _, w in self.orphans):
+            raise InvalidValueError("orphaned chunks are 1-D uint32 vectors")
+
+    def encode(self) -> bytes:
+        """Canonical encoding."""
+        w = Writer()
+        write_u16_set(w, self.missing, MAX_PEERS)
+        w.ring_vector(self.sums, 1 << 31)
+        w.u32(len(self.orphans))
+        for owner, words in self.orphans:
+            w.u16(owner).ring_vector32(words, 1 << 31)
+        return w.getvalue()
+
+    @classmethod
+    def decode(
+        cls, data: bytes | memoryview, *, length: int, orphans: Mapping[int, int]
+    ) -> ChunkSum:
+        """Strict decoding: ``length`` sums (or none), orphans of the given lengths by owner."""
+        r = Reader(data)
+        missing = read_sorted_unique_u16(r, MAX_PEERS)
+        sums = r.ring_vector(1 << 31)
+        count = r.u32()
+        if count > len(orphans):
+            raise InvalidValueError(f"{count} orphaned chunks, the round has {len(orphans)}")
+        items = []
+        for _ in range(count):
+            owner = r.u16()
+            if owner not in orphans:
+                raise InvalidValueError(f"chunk of {owner} is not orphaned")
+            words = r.ring_vector32(1 << 31)
+            if words.shape[0] != orphans[owner]:
+                raise InvalidValueError(f"orphaned chunk of {owner} has the wrong length")
+            items.append((owner, words))
+        r.finish()
+        if sums.shape[0] not in (0, length):
+            raise InvalidValueError(f"{sums.shape[0]} chunk sums, the chunk has {length} words")
+        if not missing and sums.shape[0] != length:
+            raise InvalidValueError("no chunk sums and no missing chunks")
+        return cls(missing=tuple(missing), sums=sums, orphans=tuple(items))
 
 
 # --------------------------------------------------------------------------- §5.4
@@ -301,20 +485,40 @@ class ConsistencyCheck:
     advertised: tuple[tuple[int, bytes], ...]
     dealers: tuple[tuple[int, bytes], ...]
     inputs: tuple[tuple[int, bytes], ...]
+    chunk_sums: tuple[tuple[int, bytes], ...] = ()
+    """Reduce-scatter rounds: the digest of every owner's ChunkSum (§6.7); part of the view."""
+    checks: tuple[int, ...] = ()
+    """Reduce-scatter rounds: the sender's chunk checks (§6.7), 3 per chunk; not part of
+    the view (every peer's differ)."""
 
     def __post_init__(self) -> None:
         _check_set([p for p, _ in self.advertised], "view advertised keys")
         _check_set([p for p, _ in self.dealers], "view dealers")
         _check_set([p for p, _ in self.inputs], "view inputs")
-        digests = (*self.advertised, *self.dealers, *self.inputs)
+        _check_set([p for p, _ in self.chunk_sums], "view chunk sums")
+        digests = (*self.advertised, *self.dealers, *self.inputs, *self.chunk_sums)
         if any(len(d) != DIGEST_SIZE for _, d in digests):
             raise InvalidValueError("view digests must be 32 bytes")
+        if len(self.checks) > CHECKS_PER_CHUNK * MAX_PEERS or any(
+            not 0 <= c < 1 << 64 for c in self.checks
+        ):
+            raise InvalidValueError("chunk checks are at most 3 per chunk, each a u64")
+
+    def same_view(self, other: ConsistencyCheck) -> bool:
+        """True when ``other`` names the same messages (its checks may differ)."""
+        return (self.advertised, self.dealers, self.inputs, self.chunk_sums) == (
+            other.advertised,
+            other.dealers,
+            other.inputs,
+            other.chunk_sums,
+        )
 
     def encode(self) -> bytes:
         """Canonical encoding."""
         w = Writer()
-        for items in (self.advertised, self.dealers, self.inputs):
+        for items in (self.advertised, self.dealers, self.inputs, self.chunk_sums):
             w.seq(items, MAX_PEERS, lambda w, pd: w.u16(pd[0]).fixed(pd[1], DIGEST_SIZE))
+        w.seq(self.checks, CHECKS_PER_CHUNK * MAX_PEERS, Writer.u64)
         return w.getvalue()
 
     @classmethod
@@ -324,8 +528,16 @@ class ConsistencyCheck:
         advertised = r.seq(MAX_PEERS, lambda r: (r.u16(), r.fixed(DIGEST_SIZE)))
         dealers = r.seq(MAX_PEERS, lambda r: (r.u16(), r.fixed(DIGEST_SIZE)))
         inputs = r.seq(MAX_PEERS, lambda r: (r.u16(), r.fixed(DIGEST_SIZE)))
+        chunk_sums = r.seq(MAX_PEERS, lambda r: (r.u16(), r.fixed(DIGEST_SIZE)))
+        checks = r.seq(CHECKS_PER_CHUNK * MAX_PEERS, Reader.u64)
         r.finish()
-        return cls(advertised=tuple(advertised), dealers=tuple(dealers), inputs=tuple(inputs))
+        return cls(
+            advertised=tuple(advertised),
+            dealers=tuple(dealers),
+            inputs=tuple(inputs),
+            chunk_sums=tuple(chunk_sums),
+            checks=tuple(checks),
+        )
 
 
 # --------------------------------------------------------------------------- §5.5

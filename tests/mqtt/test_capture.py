@@ -198,6 +198,29 @@ async def test_secagg_round_shows_the_broker_no_update_share_or_seed(private: bo
 
 
 @pytest.mark.asyncio
+async def test_reduce_scatter_round_shows_the_broker_no_update_or_seed() -> None:
+    """SPEC §6.7 over the real broker: chunks to owners, chunk sums, checks — exact sums,
+    and nothing of an update or a secret in the capture (chunks and sums are masked)."""
+    n, d = 4, 20_001
+    rng = np.random.default_rng(82)
+    updates = [on_grid(rng, (d,)) for _ in range(n)]
+    sources = [RecordingSource(f"capture-rs-{i}") for i in range(n)]
+    capture, results = await _captured_round(updates, sources, reduce_scatter=True)
+    assert all(isinstance(r, AggregateResult) for r in results), results
+    expected = np.sum(updates, axis=0)
+    for result in results:
+        assert isinstance(result, AggregateResult)
+        assert np.array_equal(result.total, expected)
+    encodings = [np.round(u * 2**FRAC_BITS).astype(np.int64) for u in updates]
+    encodings += [e.astype(np.int32) for e in encodings]
+    _assert_nothing_in_clear(capture, updates * 2, encodings, sources)
+    kinds = [parse_envelope(m, max_payload=1 << 30).kind for m in capture.messages]
+    assert kinds.count(MessageKind.MASKED_CHUNK) == n * (n - 1)  # one per (sender, owner)
+    assert kinds.count(MessageKind.CHUNK_SUM) == n
+    assert kinds.count(MessageKind.MASKED_INPUT) == n  # headers: digests, no vector
+
+
+@pytest.mark.asyncio
 async def test_masked_vectors_are_uniform_and_independent_of_the_inputs() -> None:
     n, d = 3, 40_000
     ramp = np.linspace(-0.25, 0.25, d)

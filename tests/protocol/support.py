@@ -39,6 +39,7 @@ from protocols.harness import (
 )
 from protocols.secagg.machine import SecAggMachine, SecAggParams
 from protocols.secagg.messages import (
+    BROADCAST_ROUND_KINDS,
     MessageKind,
     Phase,
     RevealedShare,
@@ -365,7 +366,7 @@ SCHEDULE: tuple[Step, ...] = (
     ("begin",),
     *(
         step
-        for kind in MessageKind
+        for kind in BROADCAST_ROUND_KINDS
         for step in (
             (("msg", 2, kind), ("msg", 1, kind), ("deadline", Phase.ADVERTISE_KEYS))
             if kind is MessageKind.ADVERTISE_KEYS
@@ -408,7 +409,7 @@ def record_transcript(seed: int = 11, vector_length: int = 16) -> Transcript:
         for peer, machine in machines.items():
             handle(peer, machine.deadline(machine.phase))
     assert all(m.phase is Phase.DONE for m in machines.values())
-    assert len(transcript.messages) == 3 * len(MessageKind)
+    assert len(transcript.messages) == 3 * len(BROADCAST_ROUND_KINDS)
     return transcript
 
 

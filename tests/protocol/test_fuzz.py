@@ -32,6 +32,8 @@ from protocols.common import (
 )
 from protocols.harness import payload_of, resign
 from protocols.secagg.messages import (
+    BROADCAST_ROUND_KINDS,
+    BROADCAST_ROUND_PHASES,
     SHARE_CIPHERTEXT_SIZE,
     ConsistencyCheck,
     MaskedInput,
@@ -86,8 +88,8 @@ def _feed(phase: Phase, sender: int | None, data: bytes) -> None:
         assert np.array_equal(result.total, plaintext_sum(transcript.inputs, result.included))
 
 
-PHASES = st.sampled_from(list(Phase))
-KINDS = st.sampled_from(list(MessageKind))
+PHASES = st.sampled_from(list(BROADCAST_ROUND_PHASES))
+KINDS = st.sampled_from(list(BROADCAST_ROUND_KINDS))
 
 
 @st.composite

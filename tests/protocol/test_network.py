@@ -15,7 +15,7 @@ from protocols.harness import (
     make_roster,
     run_secagg_round,
 )
-from protocols.secagg.messages import MessageKind, Phase
+from protocols.secagg.messages import BROADCAST_ROUND_KINDS, MessageKind, Phase
 from tests.protocol.support import (
     assert_correct_or_aborted,
     assert_exact,
@@ -74,7 +74,7 @@ def test_replayed_messages_are_ignored(
     )
     assert len(source.results()) == N
     captured = _captured(source)
-    assert len(captured) == N * len(MessageKind)
+    assert len(captured) == N * len(BROADCAST_ROUND_KINDS)
     replay = [(r, data) for sender, data in captured for r in range(N) if r != sender]
     outcome = run_secagg_round(
         n=N, vector_length=32, seed=6, round_id=2, federation="harness", inject=replay
@@ -82,7 +82,7 @@ def test_replayed_messages_are_ignored(
     _assert_all_exact(outcome, N)
     for peer in range(N):
         notes = ignored(outcome, peer)
-        assert len(notes) == len(captured) - len(MessageKind)  # all but its own six
+        assert len(notes) == len(captured) - len(BROADCAST_ROUND_KINDS)  # all but its own six
         assert all(note == MessageIgnored(None, reason) for note in notes)
         assert exclusions(outcome, peer) == []
 
@@ -95,8 +95,8 @@ def test_duplicates_are_ignored() -> None:
     for peer in range(N):
         notes = ignored(outcome, peer)
         # one duplicate per message from each of the other peers
-        assert len(notes) == (N - 1) * len(MessageKind)
-        assert {n.reason for n in notes} == {f"duplicate {k.name}" for k in MessageKind}
+        assert len(notes) == (N - 1) * len(BROADCAST_ROUND_KINDS)
+        assert {n.reason for n in notes} == {f"duplicate {k.name}" for k in BROADCAST_ROUND_KINDS}
         assert exclusions(outcome, peer) == []
 
 
@@ -124,7 +124,7 @@ TAMPER_REASONS = re.compile(
 )
 
 
-@pytest.mark.parametrize("kind", list(MessageKind), ids=lambda k: k.name)
+@pytest.mark.parametrize("kind", list(BROADCAST_ROUND_KINDS), ids=lambda k: k.name)
 def test_one_tampered_message_is_ignored_and_the_round_ends_correct_or_aborted(
     kind: MessageKind,
 ) -> None:
@@ -195,7 +195,7 @@ LOST_MESSAGE_INCLUDED = {
 }
 
 
-@pytest.mark.parametrize("kind", list(MessageKind), ids=lambda k: k.name)
+@pytest.mark.parametrize("kind", list(BROADCAST_ROUND_KINDS), ids=lambda k: k.name)
 def test_a_message_lost_to_one_peer_gives_correct_or_abort(kind: MessageKind) -> None:
     outcome = run_secagg_round(
         n=N,

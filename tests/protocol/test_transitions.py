@@ -33,11 +33,23 @@ from protocols.common import (
     RoundAborted,
 )
 from protocols.secagg.machine import TRANSITIONS
-from protocols.secagg.messages import MessageKind, Phase
+from protocols.secagg.messages import (
+    BROADCAST_ROUND_KINDS,
+    BROADCAST_ROUND_PHASES,
+    MessageKind,
+    Phase,
+)
 from tests.protocol.support import Transcript, drive_to, record_transcript, run_steps
 
 PAIRS = list(itertools.product(Phase, MessageKind))
-ACTIVE = [p for p in Phase if p not in (Phase.IDLE, Phase.DONE, Phase.ABORTED)]
+#: The pairs a broadcast round can meet (its transcript drives the machine into each phase).
+ROUND_PAIRS = list(itertools.product(BROADCAST_ROUND_PHASES, BROADCAST_ROUND_KINDS))
+ACTIVE = [p for p in BROADCAST_ROUND_PHASES if p not in (Phase.IDLE, Phase.DONE, Phase.ABORTED)]
+
+
+def _next(phase: Phase) -> Phase:
+    """The phase a broadcast round enters after ``phase`` (it skips CHUNK_SUM)."""
+    return BROADCAST_ROUND_PHASES[BROADCAST_ROUND_PHASES.index(phase) + 1]
 
 
 @cache
@@ -49,7 +61,7 @@ def test_the_table_is_total_and_matches_the_phase_order() -> None:
     assert set(TRANSITIONS) == set(PAIRS)
     assert len(TRANSITIONS) == len(Phase) * len(MessageKind)
     for (phase, kind), action in TRANSITIONS.items():
-        assert kind.phase.value == kind.value
+        assert kind.phase.value == kind.value or kind is MessageKind.MASKED_CHUNK
         if phase in (Phase.DONE, Phase.ABORTED):
             assert action is Action.FINISHED
         elif phase is Phase.IDLE or kind.phase > phase:
@@ -61,7 +73,8 @@ def test_the_table_is_total_and_matches_the_phase_order() -> None:
     # each active phase processes exactly its own kind
     for phase in ACTIVE:
         processed = [k for k in MessageKind if TRANSITIONS[(phase, k)] is Action.PROCESS]
-        assert processed == [MessageKind(phase.value)]
+        own = [MessageKind(phase.value)]
+        assert processed == own + [MessageKind.MASKED_CHUNK] * (phase is Phase.MASKED_INPUT)
 
 
 def _finish_exactly(transcript: Transcript, effects: Sequence[Effect]) -> None:
@@ -73,7 +86,7 @@ def _finish_exactly(transcript: Transcript, effects: Sequence[Effect]) -> None:
     assert not [e for e in effects if isinstance(e, MessageIgnored | PeerExcluded | RoundAborted)]
 
 
-@pytest.mark.parametrize(("phase", "kind"), PAIRS, ids=lambda v: v.name)
+@pytest.mark.parametrize(("phase", "kind"), ROUND_PAIRS, ids=lambda v: v.name)
 def test_transition(phase: Phase, kind: MessageKind) -> None:
     transcript = _transcript()
     action = TRANSITIONS[(phase, kind)]
@@ -118,17 +131,17 @@ def test_transition(phase: Phase, kind: MessageKind) -> None:
         assert machine.phase is Phase.DONE
         return
     else:
-        assert effects[0] == PhaseStarted(Phase(phase + 1))
+        assert effects[0] == PhaseStarted(_next(phase))
         sent = [e for e in effects if isinstance(e, Broadcast)]
-        assert [e.phase for e in sent] == [Phase(phase + 1)]
-        assert sent[0].data == transcript.messages[(0, MessageKind(phase + 1))]
+        assert [e.phase for e in sent] == [_next(phase)]
+        assert sent[0].data == transcript.messages[(0, MessageKind(_next(phase)))]
     _finish_exactly(transcript, run_steps(transcript, machine, remaining, skip=(1, kind)))
 
 
 def test_idle_machine_buffers_everything_until_begin() -> None:
     transcript = _transcript()
     machine, remaining = drive_to(transcript, Phase.IDLE)
-    for kind in MessageKind:
+    for kind in BROADCAST_ROUND_KINDS:
         for sender in (1, 2):
             assert machine.receive(sender, transcript.messages[(sender, kind)]) == []
     assert machine.phase is Phase.IDLE
@@ -147,9 +160,9 @@ def test_idle_machine_buffers_everything_until_begin() -> None:
 
 def test_own_echo_is_silently_dropped_in_every_phase() -> None:
     transcript = _transcript()
-    for phase in Phase:
+    for phase in BROADCAST_ROUND_PHASES:
         machine, _ = drive_to(transcript, phase)
-        for kind in MessageKind:
+        for kind in BROADCAST_ROUND_KINDS:
             assert machine.receive(0, transcript.messages[(0, kind)]) == []
         assert machine.phase is phase
 

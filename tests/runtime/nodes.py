@@ -41,6 +41,7 @@ async def running_nodes(
     privacy: DpSettings | None = None,
     audit: Callable[[int], AuditLog | None] = lambda _i: None,
     randomness: Callable[[int], RandomSource | None] = lambda _i: None,
+    reduce_scatter: bool = False,
 ) -> AsyncIterator[list[PeerNode]]:
     """Enter ``n`` nodes (site-0 … site-{n-1}) of ``node_class`` and yield them."""
     default_roster, keys = make_roster(n)
@@ -61,6 +62,7 @@ async def running_nodes(
                     privacy=privacy,
                     audit=audit(i),
                     randomness=randomness(i),
+                    reduce_scatter=reduce_scatter,
                 )
             )
             for i in range(n)

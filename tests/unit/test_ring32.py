@@ -109,3 +109,28 @@ def test_ring_bits_in_the_config(tmp_path: Path) -> None:
     toml.write_text(toml.read_text().replace("frac_bits = 20", "frac_bits = 30"))
     with pytest.raises(ConfigError, match="ring_bits"):
         load_federation(toml)
+
+
+def _rs_federation(tmp_path: Path, encoding: str = "") -> Path:
+    toml = _federation(tmp_path, encoding)
+    toml.write_text(
+        toml.read_text().replace("[federation]\n", "[federation]\nreduce_scatter = true\n")
+    )
+    return toml
+
+
+def test_reduce_scatter_in_the_config(tmp_path: Path) -> None:
+    """``[federation] reduce_scatter`` (secagg SPEC §6.7): read, and refused where the 32-bit
+    ring cannot be used, with the key named."""
+    assert load_federation(_federation(tmp_path / "a", "")).reduce_scatter is False
+    assert load_federation(_rs_federation(tmp_path / "b")).reduce_scatter is True
+    with pytest.raises(ConfigError, match=r"reduce_scatter.*32-bit ring"):
+        load_federation(_rs_federation(tmp_path / "c", "ring_bits = 64\n"))
+    toml = _rs_federation(tmp_path / "d")
+    toml.write_text(toml.read_text().replace("frac_bits = 20", "frac_bits = 30"))
+    with pytest.raises(ConfigError, match="reduce_scatter"):
+        load_federation(toml)
+    toml = _rs_federation(tmp_path / "e")
+    toml.write_text(toml.read_text() + "\n[dp]\nnoise_multiplier = 1.0\nclip_norm = 1.0\n")
+    with pytest.raises(ConfigError, match=r"reduce_scatter|dp"):
+        load_federation(toml)

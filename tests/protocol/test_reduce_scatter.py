@@ -1,0 +1,224 @@
+"""SPEC §6.7: the reduce-scatter data path — chunks to owners, verified chunk sums.
+
+Honest rounds are exact at every size (chunks may be empty); dropouts before the masked
+input are absorbed (an orphaned chunk is summed from its parts), dropouts between the
+masked input and the checks abort before anything is revealed, later ones are absorbed;
+a wrong chunk sum, or a chunk that does not match its header, aborts every honest peer
+before any share is revealed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from mpc_agg.envelope import parse_envelope
+from protocols.common import MessageIgnored
+from protocols.harness import (
+    Adversary,
+    Dropout,
+    Outgoing,
+    RoundOutcome,
+    adopt,
+    make_roster,
+    resign,
+    run_secagg_round,
+)
+from protocols.secagg.machine import SecAggMachine, SecAggParams, chunk_bounds
+from protocols.secagg.messages import ChunkSum, MaskedChunk, MessageKind, Phase
+
+N = 7
+
+
+def _run(
+    *,
+    n: int,
+    vector_length: int,
+    seed: int,
+    dropouts: Sequence[Dropout] = (),
+    adversaries: Mapping[int, Adversary] | None = None,
+) -> RoundOutcome:
+    return run_secagg_round(
+        n=n,
+        vector_length=vector_length,
+        seed=seed,
+        dropouts=dropouts,
+        adversaries=adversaries,
+        ring_bits=32,
+        reduce_scatter=True,
+    )
+
+
+def _exact(outcome: RoundOutcome, peers: set[int]) -> None:
+    results = outcome.results()
+    assert set(results) == peers, outcome.aborts()
+    for result in results.values():
+        assert np.array_equal(result.total, outcome.expected_total(result.included))
+
+
+def _nothing_revealed(outcome: RoundOutcome) -> None:
+    for machine in outcome.machines.values():
+        assert machine.revealed == {}
+
+
+@pytest.mark.parametrize(("n", "length"), [(3, 1), (3, 1000), (5, 3), (7, 1001), (10, 64)])
+def test_honest_rounds_are_exact_whatever_the_chunking(n: int, length: int) -> None:
+    outcome = _run(n=n, vector_length=length, seed=n + length)
+    _exact(outcome, set(range(n)))
+
+
+def test_chunks_cover_the_vector_once() -> None:
+    for length in (1, 5, 1000, 1001):
+        for owners in (2, 3, 7):
+            bounds = chunk_bounds(length, owners)
+            assert bounds[0][0] == 0
+            assert bounds[-1][1] == length
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+
+
+@pytest.mark.parametrize(
+    "phase", [Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT], ids=lambda p: p.name
+)
+def test_a_dropout_before_the_masked_input_is_absorbed(phase: Phase) -> None:
+    # from MASKED_INPUT on the dropped peer is an owner without a header: its chunk is
+    # orphaned and summed by everyone from the parts the included peers publish
+    outcome = _run(n=N, vector_length=501, seed=3, dropouts=[Dropout(3, phase)])
+    _exact(outcome, set(range(N)) - {3})
+    assert all(3 not in r.included for r in outcome.results().values())
+
+
+def test_two_orphaned_chunks() -> None:
+    dropouts = [Dropout(1, Phase.MASKED_INPUT), Dropout(5, Phase.MASKED_INPUT)]
+    outcome = _run(n=N, vector_length=77, seed=4, dropouts=dropouts)
+    _exact(outcome, set(range(N)) - {1, 5})
+
+
+@pytest.mark.parametrize("phase", [Phase.CHUNK_SUM, Phase.CONSISTENCY_CHECK], ids=lambda p: p.name)
+def test_a_dropout_between_the_masked_input_and_the_checks_aborts_before_any_reveal(
+    phase: Phase,
+) -> None:
+    outcome = _run(n=N, vector_length=64, seed=5, dropouts=[Dropout(3, phase)])
+    assert not outcome.results()
+    assert set(outcome.aborts()) == set(range(N)) - {3}
+    _nothing_revealed(outcome)
+
+
+@pytest.mark.parametrize("phase", [Phase.UNMASK, Phase.CONFIRM_RESULT], ids=lambda p: p.name)
+def test_a_dropout_after_the_checks_is_absorbed(phase: Phase) -> None:
+    outcome = _run(n=N, vector_length=64, seed=6, dropouts=[Dropout(3, phase)])
+    _exact(outcome, set(range(N)) - {3})
+    assert all(r.included == tuple(range(N)) for r in outcome.results().values())
+
+
+class _WrongSum(Adversary):
+    """An owner that adds ``shift`` to one entry of its chunk sum (and keeps its own view)."""
+
+    def __init__(self, fix_checks: bool = False) -> None:
+        self.fix_checks = fix_checks
+
+    def outgoing(self, machine: SecAggMachine, kind: MessageKind, data: bytes) -> list[Outgoing]:
+        if kind is not MessageKind.CHUNK_SUM:
+            return [Outgoing(data)]
+        chunks = machine._chunks
+        assert chunks is not None
+        start, stop = chunks.bounds[chunks.index(machine.me)]
+        payload = parse_envelope(data, max_payload=1 << 30).payload
+        message = ChunkSum.decode(payload, length=stop - start, orphans={})
+        sums = message.sums.copy()
+        sums[0] += np.uint64(1)
+        forged = resign(machine, kind, replace(message, sums=sums).encode())
+        chunks.sums[machine.me] = (replace(message, sums=sums), b"")
+        adopt(machine, kind, forged)
+        return [Outgoing(forged)]
+
+
+def test_a_wrong_chunk_sum_aborts_every_honest_peer_before_any_reveal() -> None:
+    outcome = _run(n=N, vector_length=100, seed=7, adversaries={2: _WrongSum()})
+    assert not outcome.results()
+    for peer, aborted in outcome.aborts().items():
+        if peer != 2:
+            assert "chunk sum of owner 2 does not match" in aborted.reason
+    _nothing_revealed(outcome)
+
+
+class _BadChunk(Adversary):
+    """Sends owner 0 a chunk that differs from the digest in its broadcast header."""
+
+    def outgoing_private(
+        self, machine: SecAggMachine, kind: MessageKind, data: bytes, recipient: int
+    ) -> list[Outgoing]:
+        if kind is not MessageKind.MASKED_CHUNK or recipient != 0:
+            return [Outgoing(data, recipient)]
+        payload = parse_envelope(data, max_payload=1 << 30).payload
+        words = MaskedChunk.decode(payload, length=len(payload) // 4 - 2).words.copy()
+        words[0] ^= np.uint32(1)
+        return [Outgoing(resign_to(machine, MaskedChunk(words=words).encode(), 0), recipient)]
+
+
+def resign_to(machine: SecAggMachine, payload: bytes, recipient: int) -> bytes:
+    return machine._seal(MessageKind.MASKED_CHUNK, payload, recipient)
+
+
+def test_a_chunk_that_does_not_match_its_header_aborts_before_any_reveal() -> None:
+    outcome = _run(n=N, vector_length=140, seed=8, adversaries={4: _BadChunk()})
+    assert not outcome.results()
+    for peer, aborted in outcome.aborts().items():
+        if peer != 4:
+            assert "chunk owner 0 lacks the chunks of {4}" in aborted.reason, aborted.reason
+    _nothing_revealed(outcome)
+
+
+def test_a_masked_chunk_in_a_broadcast_round_is_ignored() -> None:
+    roster, keys = make_roster(3)
+    params = SecAggParams(
+        federation="f", round_id=1, roster=roster, threshold=2, vector_length=4, ring_bits=32
+    )
+    from mpc_agg.randomness import DeterministicRandomSource  # noqa: PLC0415
+
+    machines = [
+        SecAggMachine(params, me=p, signing_key=keys[p], randomness=DeterministicRandomSource(p))
+        for p in range(3)
+    ]
+    machines[0].begin(np.zeros(4, dtype=np.uint64))
+    data = machines[1]._seal(
+        MessageKind.MASKED_CHUNK, MaskedChunk(words=np.zeros(2, np.uint32)).encode(), 0
+    )
+    machines[0].phase = Phase.MASKED_INPUT  # as if there: the chunk is processed now
+    effects = machines[0].receive(1, data)
+    assert effects[0] == MessageIgnored(1, "MaskedChunk in a broadcast round")
+
+
+def test_reduce_scatter_needs_the_32_bit_ring() -> None:
+    roster, _ = make_roster(3)
+    with pytest.raises(ValueError, match="ring_bits = 32"):
+        SecAggParams(
+            federation="f",
+            round_id=1,
+            roster=roster,
+            threshold=2,
+            vector_length=4,
+            reduce_scatter=True,
+        )
+
+
+def test_the_data_path_is_part_of_the_protocol_name() -> None:
+    roster, _ = make_roster(3)
+
+    def params(rs: bool) -> SecAggParams:
+        return SecAggParams(
+            federation="f",
+            round_id=1,
+            roster=roster,
+            threshold=2,
+            vector_length=4,
+            ring_bits=32,
+            reduce_scatter=rs,
+        )
+
+    rs, plain = params(True), params(False)
+    assert rs.protocol_id == "secagg/3 b32 L4 rs"
+    assert plain.protocol_id == "secagg/3 b32 L4"
