@@ -29,7 +29,8 @@ import numpy as np
 
 from benchmarks.common import RESULTS, broker_federation, write
 
-MODES = ("plain", "secure")
+#: plaintext; secagg's broadcast data path; secagg's reduce-scatter data path (SPEC §6.7)
+MODES = ("plain", "secure", "secure-rs")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -86,25 +87,22 @@ class _Workers:
 
 
 def measure(
-    n: int, d: int, repeat: int, ring_bits: int | None = None, reduce_scatter: bool = False
+    n: int, d: int, repeat: int, ring_bits: int | None = None, modes: tuple[str, ...] = MODES
 ) -> dict[str, Any]:
-    """``repeat`` plaintext and secure rounds each at (n, d); medians per mode.
+    """``repeat`` rounds of each mode at (n, d), on the same processes; medians per mode.
 
-    ``ring_bits`` fixes ``[encoding] ring_bits`` (default: the node's own choice);
-    ``reduce_scatter`` runs secagg's chunk-owner data path (SPEC §6.7).
+    ``ring_bits`` fixes ``[encoding] ring_bits`` (default: the node's own choice; the
+    reduce-scatter mode needs 32).
     """
-    with broker_federation(n, d, ring_bits=ring_bits, reduce_scatter=reduce_scatter) as (
-        root,
-        broker,
-    ):
+    with broker_federation(n, d, ring_bits=ring_bits) as (root, broker):
         rng = np.random.default_rng(0)
         for k in range(n):
             np.save(root / f"x{k}.npy", rng.uniform(-0.5, 0.5, d).astype(np.float32))
         workers = _Workers(root, n)
-        rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+        rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
         try:
             for rep in range(repeat):
-                order = MODES if rep % 2 == 0 else MODES[::-1]
+                order = modes if rep % 2 == 0 else modes[::-1]
                 for mode in order:
                     workers.all({"cmd": "open", "mode": mode})
                     broker_cpu = _cpu_seconds(broker.pid)
@@ -124,9 +122,8 @@ def measure(
         "dtype": "float32",
         "repeat": repeat,
         "ring_bits": ring_bits or "auto",
-        "data_path": "reduce-scatter" if reduce_scatter else "broadcast",
     }
-    for mode in MODES:
+    for mode in modes:
         runs = rounds[mode]
         sites = [site for run in runs for site in run["sites"]]
         assert all(site["count"] == n for site in sites), f"{mode}: a site missed an update"
@@ -143,9 +140,9 @@ def measure(
             "peak_rss_mb_per_site_max": max(site["peak_rss_mb"] for site in sites),
             "max_abs_error_vs_float64_sum": max(site["max_abs_error"] for site in sites),
         }
-    row["secure_over_plain_wall"] = (
-        row["secure"]["round_wall_s_median"] / row["plain"]["round_wall_s_median"]
-    )
+    for mode in modes[1:]:
+        key = "secure_over_plain_wall" if mode == "secure" else "secure_rs_over_plain_wall"
+        row[key] = row[mode]["round_wall_s_median"] / row["plain"]["round_wall_s_median"]
     return row
 
 
@@ -159,18 +156,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     labels = [f"n={r['n']}\nd={r['d']:.0e}" for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows)), 4.0))
-    plain = [r["plain"]["round_wall_s_median"] for r in rows]
-    secure = [r["secure"]["round_wall_s_median"] for r in rows]
-    ax.bar(x - 0.2, plain, 0.4, label="plaintext (float32 in the clear)")
-    ax.bar(x + 0.2, secure, 0.4, label="secagg")
-    for i, r in enumerate(rows):
-        ax.text(
-            x[i],
-            max(plain[i], secure[i]) * 1.05,
-            f"{r['secure_over_plain_wall']:.2f}×",
-            ha="center",
-            fontsize=8,
-        )
+    labels_of = {
+        "plain": "plaintext (float32 in the clear)",
+        "secure": "secagg, broadcast",
+        "secure-rs": "secagg, reduce-scatter",
+    }
+    modes = [m for m in MODES if m in rows[0]]
+    width = 0.8 / len(modes)
+    for k, mode in enumerate(modes):
+        values = [r[mode]["round_wall_s_median"] for r in rows]
+        offset = (k - (len(modes) - 1) / 2) * width
+        ax.bar(x + offset, values, width, label=labels_of[mode])
+        if mode != "plain":
+            key = "secure_over_plain_wall" if mode == "secure" else "secure_rs_over_plain_wall"
+            for i, r in enumerate(rows):
+                ax.text(x[i] + offset, values[i] * 1.05, f"{r[key]:.2f}×", ha="center", fontsize=7)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("round wall time (s, median)")
@@ -189,23 +189,26 @@ def main() -> None:
     parser.add_argument("--name", default="mqtt_compare")
     parser.add_argument("--ring-bits", type=int, choices=[32, 64], default=None)
     parser.add_argument(
-        "--reduce-scatter", action="store_true", help="secagg's chunk-owner data path (§6.7)"
+        "--modes", nargs="+", choices=MODES, default=list(MODES), help="plain comes first"
     )
     args = parser.parse_args()
+    modes = ("plain", *(m for m in args.modes if m != "plain"))
     rows = []
     for n in args.n:
         for d in args.d:
-            row = measure(n, d, args.repeat, args.ring_bits, args.reduce_scatter)
+            row = measure(n, d, args.repeat, args.ring_bits, modes)
             rows.append(row)
-            p, s = row["plain"], row["secure"]
-            print(
-                f"n={n:3d} d={d:>10,d}  plain {p['round_wall_s_median']:7.3f} s  "
-                f"secure {s['round_wall_s_median']:7.3f} s  "
-                f"ratio {row['secure_over_plain_wall']:.2f}  "
-                f"CPU/site {p['cpu_per_site_s_median']:.3f} / {s['cpu_per_site_s_median']:.3f} s  "
-                f"RSS {p['peak_rss_mb_per_site_max']:.0f} / {s['peak_rss_mb_per_site_max']:.0f} MB",
-                flush=True,
-            )
+            parts = [f"n={n:3d} d={d:>10,d}"]
+            for mode in modes:
+                m = row[mode]
+                parts.append(
+                    f"{mode} {m['round_wall_s_median']:.3f} s, CPU/site "
+                    f"{m['cpu_per_site_s_median'] * 1e3:.0f} ms, in "
+                    f"{m['bytes_in_per_site'] / 1e6:.1f} MB, "
+                    f"RSS {m['peak_rss_mb_per_site_max']:.0f} MB"
+                )
+            parts += [f"{k} {v:.2f}" for k, v in row.items() if k.endswith("_over_plain_wall")]
+            print("  |  ".join(parts), flush=True)
     path = write(args.name, {"rows": rows})
     plot(rows, RESULTS / f"{args.name}.png")
     print(f"wrote {path}")

@@ -3,8 +3,9 @@
 Started as ``python -m benchmarks.site_worker SITE_TOML INPUT.npy ALL_INPUTS_DIR N``; reads
 one JSON command per line on stdin and answers one JSON line on stdout:
 
-- ``{"cmd": "open", "mode": "secure" | "plain"}`` connects: ``secure`` builds the site's
-  :class:`~peers.node.PeerNode` from its config (TLS, account, ACL, audit log), ``plain``
+- ``{"cmd": "open", "mode": "secure" | "secure-rs" | "plain"}`` connects: ``secure``
+  builds the site's :class:`~peers.node.PeerNode` from its config (TLS, account, ACL,
+  audit log), ``secure-rs`` the same with ``reduce_scatter`` (secagg SPEC §6.7), ``plain``
   opens the same kind of MQTT connection (:func:`peers.node.site_transport`) and
   subscribes to the federation's broadcasts. Answers once every other site is online.
 - ``{"cmd": "round", "round": K}`` runs one round and answers with its wall time, CPU
@@ -28,6 +29,7 @@ import resource
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +75,11 @@ class _Site:
 
     async def open(self, mode: str) -> dict[str, Any]:
         timeout = 60.0
-        if mode == "secure":
-            self.node = await PeerNode.from_config(self.site).__aenter__()
+        if mode in ("secure", "secure-rs"):
+            site = self.site
+            if mode == "secure-rs":  # secagg's reduce-scatter data path (SPEC §6.7)
+                site = replace(site, federation=replace(site.federation, reduce_scatter=True))
+            self.node = await PeerNode.from_config(site).__aenter__()
             online = await self.node.wait_for_peers(timeout)
         else:
             transport = site_transport(self.site)

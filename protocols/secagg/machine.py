@@ -238,6 +238,10 @@ class _Chunks:
     expected: NDArray[np.uint64] | None = None
     """⟨r, sums⟩ per chunk and check, what the included peers' checks must add up to."""
     checks: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    included: tuple[int, ...] = ()
+    """I as this peer's frozen view determines it (§6.4), from MASKED_INPUT close on."""
+    orphans: tuple[int, ...] = ()
+    """Owners outside S: their chunks are summed from the included peers' parts."""
 
     def index(self, owner: int) -> int:
         return self.owners.index(owner)
@@ -721,7 +725,7 @@ class SecAggMachine:
         self._input = None
         apply_masks(masked, terms)
         if self.params.reduce_scatter:
-            self._send_chunks(mask_set, masked, dealers, effects)
+            self._send_chunks(mask_set, masked, effects)
             return
         message = MaskedInput(
             mask_set=mask_set,
@@ -737,21 +741,28 @@ class SecAggMachine:
         self,
         mask_set: tuple[int, ...],
         masked: RingVector | NDArray[np.uint32],
-        owners: list[int],
         effects: list[Effect],
     ) -> None:
-        """§6.7 — send chunk k of the masked input to owner k, then broadcast the header."""
+        """§6.7 — send chunk k of the masked input to peer k, then broadcast the header.
+
+        One chunk per roster entry, whatever this peer's view: every peer cuts the vector
+        alike, so a header or a chunk never fails to decode because views differ (views
+        that differ make the consistency check abort, as in a broadcast round). Chunks of
+        peers that are not dealers here are not sent: they are orphans (§6.7).
+        """
         assert masked.dtype == np.uint32
         words: NDArray[np.uint32] = masked.view(np.uint32)
+        owners = tuple(range(self.params.n))
         bounds = chunk_bounds(self.params.vector_length, len(owners))
-        self._chunks = chunks = _Chunks(owners=tuple(owners), bounds=bounds, own=words)
+        self._chunks = chunks = _Chunks(owners=owners, bounds=bounds, own=words)
         digests = []
         sends = []
         for owner, (start, stop) in zip(owners, bounds, strict=True):
             part = words[start:stop]
-            if owner == self.me:
+            if owner == self.me or owner not in self._dealers:
                 digests.append(chunk_digest(part))
-                chunks.received[self.me] = (part, digests[-1])
+                if owner == self.me:
+                    chunks.received[self.me] = (part, digests[-1])
                 continue
             data = self._seal(MessageKind.MASKED_CHUNK, MaskedChunk(words=part).encode(), owner)
             # the header lists H(payload), which the envelope signs: no second hash
@@ -774,7 +785,7 @@ class SecAggMachine:
             return
         message: MaskedInput | MaskedHeader
         if self._chunks is not None:
-            message = MaskedHeader.decode(envelope.payload, chunks=len(self._chunks.owners))
+            message = MaskedHeader.decode(envelope.payload, chunks=self.params.n)
         else:
             message = MaskedInput.decode(
                 envelope.payload,
@@ -810,10 +821,14 @@ class SecAggMachine:
         )
         self._view = view
         self._confirmed = {self.me}
-        if self._chunks is not None:
+        chunks = self._chunks
+        if chunks is not None:
             message = self._chunk_sum(effects)
-            digest = self._enter(Phase.CHUNK_SUM, effects, message.encode())
-            self._chunks.sums[self.me] = (message, digest)
+            # the replay inside _enter may abort (and drop the chunk state): keep a reference
+            chunks.sums[self.me] = (
+                message,
+                self._enter(Phase.CHUNK_SUM, effects, message.encode()),
+            )
             return
         self._enter(Phase.CONSISTENCY_CHECK, effects, view.encode())
 
@@ -824,6 +839,8 @@ class SecAggMachine:
         chunks = self._chunks
         assert chunks is not None
         included = self._agree(effects).included
+        chunks.included = included
+        chunks.orphans = tuple(o for o in chunks.owners if o not in self._inputs)
         mine = chunks.index(self.me)
         start, stop = chunks.bounds[mine]
         missing = []
@@ -839,10 +856,9 @@ class SecAggMachine:
                 np.add(sums, chunks.received[p][0], out=sums)
         orphans = []
         if self.me in included and chunks.own is not None:
-            for k, owner in enumerate(chunks.owners):
-                if owner not in self._inputs:
-                    a, b = chunks.bounds[k]
-                    orphans.append((owner, chunks.own[a:b]))
+            for owner in chunks.orphans:
+                a, b = chunks.bounds[chunks.index(owner)]
+                orphans.append((owner, chunks.own[a:b]))
         chunks.received = {}  # summed: only the orphans' chunks are needed again
         return ChunkSum(missing=tuple(missing), sums=sums, orphans=tuple(orphans))
 
@@ -852,12 +868,23 @@ class SecAggMachine:
             effects.append(MessageIgnored(source, "ChunkSum from a peer outside my survivor set"))
             return
         start, stop = chunks.bounds[chunks.index(source)]
-        orphans = {
+        lengths = {
             owner: b - a
             for owner, (a, b) in zip(chunks.owners, chunks.bounds, strict=True)
-            if owner not in self._inputs
+            if owner != source
         }
-        message = ChunkSum.decode(envelope.payload, length=stop - start, orphans=orphans)
+        message = ChunkSum.decode(envelope.payload, length=stop - start, orphans=lengths)
+        theirs = tuple(o for o, _ in message.orphans)
+        mine = chunks.orphans if source in chunks.included else ()
+        if theirs != mine:
+            # its survivor set (or included set) differs from mine: its view will too, and
+            # a differing view means no agreement — no blame, the network may have split
+            self._abort(
+                f"peer {source} published parts of orphaned chunks {format_peers(theirs)}, "
+                f"I expected {format_peers(mine)}: our survivor sets differ",
+                effects,
+            )
+            return
         chunks.sums[source] = (message, envelope.message_digest)
 
     def _finish_chunk_sum(self, effects: list[Effect]) -> None:

@@ -28,7 +28,8 @@ from mpc_agg.ring import RING_BITS_CHOICES, RingVector
 from mpc_agg.vss import PROOF_SIZE, SCALAR_SIZE, decode_scalar, encode_scalar
 from protocols.common import MAX_PEERS
 
-#: §6.7 — independent random linear checks per chunk (soundness 2^-23 each, 2^-69 together).
+#: §6.7 — independent random linear checks per chunk: an error that changes the output
+#: escapes each with probability ≤ 2^-33, all three ≤ 2^-99.
 CHECKS_PER_CHUNK = 3
 
 
@@ -447,7 +448,12 @@ class ChunkSum:
     def decode(
         cls, data: bytes | memoryview, *, length: int, orphans: Mapping[int, int]
     ) -> ChunkSum:
-        """Strict decoding: ``length`` sums (or none), orphans of the given lengths by owner."""
+        """Strict decoding: ``length`` sums (or none), then the listed orphaned chunks.
+
+        ``orphans`` maps each owner whose chunk may be listed to that chunk's length;
+        whether it *is* orphaned is the machine's comparison with its own survivor set
+        (§6.7).
+        """
         r = Reader(data)
         missing = read_sorted_unique_u16(r, MAX_PEERS)
         sums = r.ring_vector(1 << 31)
@@ -458,7 +464,7 @@ class ChunkSum:
         for _ in range(count):
             owner = r.u16()
             if owner not in orphans:
-                raise InvalidValueError(f"chunk of {owner} is not orphaned")
+                raise InvalidValueError(f"chunk of {owner} cannot be listed as orphaned")
             words = r.ring_vector32(1 << 31)
             if words.shape[0] != orphans[owner]:
                 raise InvalidValueError(f"orphaned chunk of {owner} has the wrong length")

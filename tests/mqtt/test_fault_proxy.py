@@ -87,8 +87,14 @@ async def test_delay_jitter_and_a_slow_link_give_the_exact_sum() -> None:
 async def test_a_connection_reset_mid_round_then_the_next_round_succeeds() -> None:
     async with _federation() as (nodes, proxies):
         updates = _updates(2)
+        before = proxies[3].bytes["up"]
         round_task = asyncio.ensure_future(run_round(nodes, updates))
-        await asyncio.sleep(0.15)
+        # reset once site-3 has published its first message of the round (its keys):
+        # mid-round by construction, however fast the round runs (a fixed sleep let a
+        # 20k-entry round finish first, and the reset then hit the start of the next one)
+        async with asyncio.timeout(10):
+            while proxies[3].bytes["up"] < before + 200:
+                await asyncio.sleep(0.001)
         proxies[3].reset()
         results = await asyncio.wait_for(round_task, 60)
         _check(results, updates)

@@ -1,7 +1,9 @@
 """Security review of the reduce-scatter data path (SPEC §6.7): attacks and regressions.
 
-Every test names the attack it mounts. Tests marked ``xfail(strict=True)`` demonstrate a
-real defect: they assert the property the SPEC promises, and currently fail.
+Every test names the attack it mounts. Findings 1 and 2 of the review (camps from
+differing dealer sets; an honest sender blamed for a ChunkSum built on another survivor
+set) failed here first; one chunk per roster entry and a no-blame abort on differing
+orphan sets fixed them (SPEC §6.7).
 """
 
 from __future__ import annotations
@@ -205,12 +207,6 @@ def _coalition_recovers(
     return y
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 1: a header with another chunk count is 'malformed', so honest "
-    "peers with different dealer sets drop each other from S, never compare views, and "
-    "form two camps that reveal both share kinds of every honest peer",
-)
 def test_camps_from_one_late_share_keys_reveal_no_honest_input() -> None:
     """Attack: split honest peers' *dealer sets* with one late ShareKeys (no broker help).
 
@@ -241,11 +237,6 @@ def test_camps_from_one_late_share_keys_abort_in_a_broadcast_round() -> None:
     _exact_or_aborted(outcome, [0, 1, 2, 3])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 1: with all peers honest, one straggling ShareKeys makes two "
-    "groups of honest peers output two different (I, total)",
-)
 def test_one_straggling_share_keys_cannot_split_honest_peers_into_two_results() -> None:
     """Integrity/agreement: same schedule, everybody honest (peer 5 merely straggles).
 
@@ -328,11 +319,6 @@ class _Net:
 # --------------------------------------------------------------------------- 2. false blame
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 2: a ChunkSum built on another survivor set is 'malformed': the "
-    "honest sender is excluded (PeerExcluded) instead of the views being reported as different",
-)
 def test_a_chunk_sum_from_another_survivor_set_blames_nobody() -> None:
     """False blame: peer 6's header reaches everyone but peer 5 (in time).
 
