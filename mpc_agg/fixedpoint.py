@@ -30,6 +30,22 @@ _EXACT_FLOAT_LIMIT = float(1 << 53)
 _BLOCK = 1 << 18
 
 
+def _sum_of_squares(flat: NDArray[np.floating] | NDArray[np.integer]) -> float:
+    """Σ x² in float64, block by block (no float64 copy of the whole vector)."""
+    total = 0.0
+    for start in range(0, flat.shape[0], _BLOCK):
+        block = flat[start : start + _BLOCK].astype(np.float64)
+        total += float(np.dot(block, block))
+    return total
+
+
+def _finite_norm(squares: float) -> float:
+    norm = math.sqrt(squares)
+    if not math.isfinite(norm):
+        raise EncodingError("the update's L2 norm overflows float64; refusing to encode")
+    return norm
+
+
 def check_headroom(max_abs: int, n_peers: int, ring_bits: int = 64) -> None:
     """Raise :class:`HeadroomError` unless ``n_peers · max_abs`` fits the signed ring.
 
@@ -134,14 +150,13 @@ class FixedPointCodec:
         if not np.isfinite(flat).all():
             bad = int(np.count_nonzero(~np.isfinite(flat)))
             raise EncodingError(f"update contains {bad} NaN/inf entries; refusing to encode")
-        norm = float(np.linalg.norm(flat.astype(np.float64, copy=False)))
-        if not math.isfinite(norm):
-            raise EncodingError("the update's L2 norm overflows float64; refusing to encode")
         factor = 1.0
         clipped = False
+        norm: float | None = None  # without clipping: summed in the encoding pass below
         if clip_norm is not None:
             if not (math.isfinite(clip_norm) and clip_norm > 0):
                 raise EncodingError(f"clip_norm must be finite and > 0, got {clip_norm}")
+            norm = _finite_norm(_sum_of_squares(flat))
             if norm > clip_norm:
                 factor = clip_norm / norm
                 clipped = True
@@ -153,13 +168,20 @@ class FixedPointCodec:
             )
         integers = np.empty(flat.shape[0], dtype=np.int64)
         scale = self.scale * factor
-        # Block by block: temporaries stay O(block), not O(d) (a 10^8-entry update must fit).
+        squares = 0.0
+        # Block by block: temporaries stay O(block), not O(d) (a 10^8-entry update must fit),
+        # and a block is read from memory once for its norm and its encoding.
         for start in range(0, flat.shape[0], _BLOCK):
-            block = flat[start : start + _BLOCK].astype(np.float64) * scale
+            block = flat[start : start + _BLOCK].astype(np.float64)
+            if norm is None:
+                squares += float(np.dot(block, block))
+            block *= scale
             floor = np.floor(block)
             block -= floor  # fractional part in [0, 1)
             floor += rng.random(block.shape[0]) < block  # round up with probability = fraction
             integers[start : start + _BLOCK] = floor
+        if norm is None:
+            norm = _finite_norm(squares)
         max_abs = max(int(integers.max()), -int(integers.min())) if integers.size else 0
         check_headroom(max_abs, self.n_peers, self.ring_bits)
         ring = integers.view(np.uint64)
