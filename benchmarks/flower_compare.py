@@ -5,7 +5,8 @@ complete graph (num_shares = n) at n = 10, d = 10^6. For each (n, d) this measur
 one run:
 
 * ours: :func:`benchmarks.round_inprocess.measure` (CPU of every peer's machine calls,
-  best of ``--repeat``), plus, for a float-in / float-out comparison, the fixed-point
+  best of ``--repeat``), for the broadcast and the reduce-scatter data path (secagg SPEC
+  §6.7), plus, for a float-in / float-out comparison, the fixed-point
   encode of the n float32 inputs and the n decodes of the result (which the harness round
   skips: it starts from ring vectors);
 * Flower: ``benchmarks/flower_secaggplus.py`` in the benchmark-only venv ``.venv-flwr``
@@ -102,6 +103,7 @@ def run_flower(python: Path, n: int, d: int, repeat: int, transport: str) -> dic
 def compare(n: int, d: int, repeat: int, transports: list[str], python: Path) -> dict[str, Any]:
     """Both sides at one (n, d), with the ratios."""
     ours = measure(n, d, repeat)
+    ours_rs = measure(n, d, repeat, reduce_scatter=True)  # SPEC §6.7
     codec = encode_decode_cpu(n, d, repeat)
     ours_total = ours["cpu_all_peers_s"]
     ours_float = ours_total + codec["encode_all_s"] + codec["decode_all_s"]
@@ -114,6 +116,8 @@ def compare(n: int, d: int, repeat: int, transports: list[str], python: Path) ->
             # identical copies of the result and without the legacy NumPyClient handler.
             "flower_secagg_only_over_ours_with_encode_decode": f["cpu_total_secagg_only_s"]
             / ours_float,
+            "flower_total_over_ours_reduce_scatter_total": f["cpu_total_s"]
+            / ours_rs["cpu_all_peers_s"],
         }
         for t, f in flower.items()
     }
@@ -121,6 +125,7 @@ def compare(n: int, d: int, repeat: int, transports: list[str], python: Path) ->
         "n": n,
         "d": d,
         "ours": {**ours, **codec, "cpu_all_peers_with_encode_decode_s": ours_float},
+        "ours_reduce_scatter": ours_rs,
         "flower": flower,
         "ratio": ratios,
     }
@@ -212,6 +217,12 @@ def main() -> None:
                 f"{ratio['flower_total_over_ours_total']:.2f}× "
                 f"({ratio['flower_secagg_only_over_ours_with_encode_decode']:.2f}×) |"
             )
+        rs = row["ours_reduce_scatter"]["cpu_all_peers_s"]
+        ratios = ", ".join(
+            f"{t} {r['flower_total_over_ours_reduce_scatter_total']:.2f}×"
+            for t, r in row["ratio"].items()
+        )
+        print(f"  reduce-scatter: ours {rs:.2f} s for all peers; Flower / ours: {ratios}")
     print(f"wrote {path} and {png}")
 
 

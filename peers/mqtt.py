@@ -71,6 +71,10 @@ def _no_delay(client: aiomqtt.Client) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+#: Pending publishes above which aiomqtt logs a warning (its default is 10).
+_PENDING_PUBLISHES_WARNING = 4096
+
+
 class MqttTransport:
     """A :class:`~peers.transport.Transport` over an MQTT 5 (or 3.1.1) broker."""
 
@@ -158,7 +162,7 @@ class MqttTransport:
             if self._presence is not None
             else None
         )
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.host,
             self.port,
             username=self._username,
@@ -171,6 +175,11 @@ class MqttTransport:
             timeout=10.0,
             max_queued_incoming_messages=self.max_queued_frames,
         )
+        # A round publishes its messages concurrently, each with up to ``window`` frames in
+        # flight (a reduce-scatter round: one chunk per peer): aiomqtt's warning above 10
+        # pending publishes would fire on every large round and say nothing useful.
+        client.pending_calls_threshold = _PENDING_PUBLISHES_WARNING
+        return client
 
     def _presence_payload(self, status: bytes) -> bytes:
         return status + b" " + self.session

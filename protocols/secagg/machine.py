@@ -1196,7 +1196,7 @@ class SecAggMachine:
         for record in self._inputs.values():  # summed: the masked vectors are not needed again
             if isinstance(record.message, MaskedInput):
                 record.message = replace(record.message, masked=record.message.masked[:0].copy())
-        self._result_digest = result_digest(agreement.included, total, seeds)
+        self._result_digest = result_digest(agreement.included, words, seeds)
         self._peer_digests = {}
         self._enter(
             Phase.CONFIRM_RESULT, effects, ResultDigest(digest=self._result_digest).encode()
@@ -1303,18 +1303,23 @@ def _gamma(u: int, v: int) -> int:
     return 1 if u < v else -1
 
 
-def result_digest(included: tuple[int, ...], total: RingVector, seeds: list[int]) -> bytes:
-    """§6.6 — keyed digest of the included set and the aggregate (little-endian words).
+def result_digest(
+    included: tuple[int, ...], words: RingVector | NDArray[np.uint32], seeds: list[int]
+) -> bytes:
+    """§6.6 — keyed digest of the included set and the aggregate, in the round's b-bit words.
 
     The key is derived from the reconstructed self-mask seeds of the included peers, which
     only peers learn (they travel encrypted), so the broker cannot test guesses of a
-    low-entropy aggregate against the published digest.
+    low-entropy aggregate against the published digest. ``words`` are uint32 in a Z_2^32
+    round (half the bytes to MAC), uint64 otherwise.
     """
+    if words.dtype not in (np.uint32, np.uint64) or words.ndim != 1:
+        raise ValueError("the total must be a 1-D vector of uint32 or uint64 words")
     key = sha256(b"mpc-agg/secagg/result-key/v1", *(encode_scalar(s) for s in seeds))
-    header = Writer().raw(b"mpc-agg/secagg/result/v1")
-    header.seq(included, len(included), Writer.u16).u64(total.shape[0])
+    header = Writer().raw(b"mpc-agg/secagg/result/v2")
+    header.seq(included, len(included), Writer.u16).u8(8 * words.itemsize).u64(words.shape[0])
     mac = hmac.new(key, header.getvalue(), hashlib.sha256)
-    mac.update(total.astype("<u8", copy=False).view(np.uint8).data)
+    mac.update(words.astype(words.dtype.newbyteorder("<"), copy=False).view(np.uint8).data)
     return mac.digest()
 
 
