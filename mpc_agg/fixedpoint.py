@@ -31,11 +31,16 @@ _BLOCK = 1 << 18
 
 
 def _sum_of_squares(flat: NDArray[np.floating] | NDArray[np.integer]) -> float:
-    """Σ x² in float64, block by block (no float64 copy of the whole vector)."""
+    """Σ x² in float64, block by block (no float64 copy of the whole vector).
+
+    ``einsum``, not ``dot``: numpy's float ``dot`` goes to a multithreaded BLAS whose
+    threads spin after every call — measured over Mosquitto (ten site processes on two
+    cores), the norm alone cost a secagg site ≈ 20 ms of CPU per round at d = 10⁶.
+    """
     total = 0.0
     for start in range(0, flat.shape[0], _BLOCK):
         block = flat[start : start + _BLOCK].astype(np.float64)
-        total += float(np.dot(block, block))
+        total += float(np.einsum("i,i->", block, block))
     return total
 
 
@@ -174,7 +179,7 @@ class FixedPointCodec:
         for start in range(0, flat.shape[0], _BLOCK):
             block = flat[start : start + _BLOCK].astype(np.float64)
             if norm is None:
-                squares += float(np.dot(block, block))
+                squares += float(np.einsum("i,i->", block, block))
             block *= scale
             floor = np.floor(block)
             block -= floor  # fractional part in [0, 1)
