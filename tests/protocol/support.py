@@ -30,12 +30,15 @@ from protocols.common import (
 )
 from protocols.harness import (
     Adversary,
+    Dropout,
+    Fault,
     Outgoing,
     RoundOutcome,
     make_roster,
     payload_of,
     random_inputs,
     resign,
+    run_secagg_round,
 )
 from protocols.secagg.machine import SecAggMachine, SecAggParams
 from protocols.secagg.messages import (
@@ -473,3 +476,30 @@ def finish(machine: SecAggMachine) -> list[Effect]:
 def parsed_kind(data: bytes) -> MessageKind:
     """The message kind in a sealed envelope's header."""
     return MessageKind(parse_envelope(data, max_payload=len(data)).kind)
+
+
+def run_rs_round(
+    *,
+    n: int,
+    vector_length: int,
+    seed: int,
+    threshold: int | None = None,
+    dropouts: Sequence[Dropout] = (),
+    faults: Sequence[Fault] = (),
+    adversaries: Mapping[int, Adversary] | None = None,
+    inputs: Mapping[int, RingVector] | None = None,
+    reduce_scatter: bool = True,
+) -> RoundOutcome:
+    """A ``secagg`` harness round in Z_2^32 on the reduce-scatter data path (SPEC §6.7)."""
+    return run_secagg_round(
+        n=n,
+        vector_length=vector_length,
+        seed=seed,
+        threshold=threshold,
+        dropouts=dropouts,
+        faults=faults,
+        adversaries=adversaries,
+        inputs=inputs,
+        ring_bits=32,
+        reduce_scatter=reduce_scatter,
+    )

@@ -10,7 +10,6 @@ before any share is revealed.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -26,31 +25,12 @@ from protocols.harness import (
     adopt,
     make_roster,
     resign,
-    run_secagg_round,
 )
 from protocols.secagg.machine import SecAggMachine, SecAggParams, chunk_bounds
 from protocols.secagg.messages import ChunkSum, MaskedChunk, MessageKind, Phase
+from tests.protocol.support import run_rs_round
 
 N = 7
-
-
-def _run(
-    *,
-    n: int,
-    vector_length: int,
-    seed: int,
-    dropouts: Sequence[Dropout] = (),
-    adversaries: Mapping[int, Adversary] | None = None,
-) -> RoundOutcome:
-    return run_secagg_round(
-        n=n,
-        vector_length=vector_length,
-        seed=seed,
-        dropouts=dropouts,
-        adversaries=adversaries,
-        ring_bits=32,
-        reduce_scatter=True,
-    )
 
 
 def _exact(outcome: RoundOutcome, peers: set[int]) -> None:
@@ -67,7 +47,7 @@ def _nothing_revealed(outcome: RoundOutcome) -> None:
 
 @pytest.mark.parametrize(("n", "length"), [(3, 1), (3, 1000), (5, 3), (7, 1001), (10, 64)])
 def test_honest_rounds_are_exact_whatever_the_chunking(n: int, length: int) -> None:
-    outcome = _run(n=n, vector_length=length, seed=n + length)
+    outcome = run_rs_round(n=n, vector_length=length, seed=n + length)
     _exact(outcome, set(range(n)))
 
 
@@ -86,14 +66,14 @@ def test_chunks_cover_the_vector_once() -> None:
 def test_a_dropout_before_the_masked_input_is_absorbed(phase: Phase) -> None:
     # from MASKED_INPUT on the dropped peer is an owner without a header: its chunk is
     # orphaned and summed by everyone from the parts the included peers publish
-    outcome = _run(n=N, vector_length=501, seed=3, dropouts=[Dropout(3, phase)])
+    outcome = run_rs_round(n=N, vector_length=501, seed=3, dropouts=[Dropout(3, phase)])
     _exact(outcome, set(range(N)) - {3})
     assert all(3 not in r.included for r in outcome.results().values())
 
 
 def test_two_orphaned_chunks() -> None:
     dropouts = [Dropout(1, Phase.MASKED_INPUT), Dropout(5, Phase.MASKED_INPUT)]
-    outcome = _run(n=N, vector_length=77, seed=4, dropouts=dropouts)
+    outcome = run_rs_round(n=N, vector_length=77, seed=4, dropouts=dropouts)
     _exact(outcome, set(range(N)) - {1, 5})
 
 
@@ -101,7 +81,7 @@ def test_two_orphaned_chunks() -> None:
 def test_a_dropout_between_the_masked_input_and_the_checks_aborts_before_any_reveal(
     phase: Phase,
 ) -> None:
-    outcome = _run(n=N, vector_length=64, seed=5, dropouts=[Dropout(3, phase)])
+    outcome = run_rs_round(n=N, vector_length=64, seed=5, dropouts=[Dropout(3, phase)])
     assert not outcome.results()
     assert set(outcome.aborts()) == set(range(N)) - {3}
     _nothing_revealed(outcome)
@@ -109,7 +89,7 @@ def test_a_dropout_between_the_masked_input_and_the_checks_aborts_before_any_rev
 
 @pytest.mark.parametrize("phase", [Phase.UNMASK, Phase.CONFIRM_RESULT], ids=lambda p: p.name)
 def test_a_dropout_after_the_checks_is_absorbed(phase: Phase) -> None:
-    outcome = _run(n=N, vector_length=64, seed=6, dropouts=[Dropout(3, phase)])
+    outcome = run_rs_round(n=N, vector_length=64, seed=6, dropouts=[Dropout(3, phase)])
     _exact(outcome, set(range(N)) - {3})
     assert all(r.included == tuple(range(N)) for r in outcome.results().values())
 
@@ -137,7 +117,7 @@ class _WrongSum(Adversary):
 
 
 def test_a_wrong_chunk_sum_aborts_every_honest_peer_before_any_reveal() -> None:
-    outcome = _run(n=N, vector_length=100, seed=7, adversaries={2: _WrongSum()})
+    outcome = run_rs_round(n=N, vector_length=100, seed=7, adversaries={2: _WrongSum()})
     assert not outcome.results()
     for peer, aborted in outcome.aborts().items():
         if peer != 2:
@@ -164,7 +144,7 @@ def resign_to(machine: SecAggMachine, payload: bytes, recipient: int) -> bytes:
 
 
 def test_a_chunk_that_does_not_match_its_header_aborts_before_any_reveal() -> None:
-    outcome = _run(n=N, vector_length=140, seed=8, adversaries={4: _BadChunk()})
+    outcome = run_rs_round(n=N, vector_length=140, seed=8, adversaries={4: _BadChunk()})
     assert not outcome.results()
     for peer, aborted in outcome.aborts().items():
         if peer != 4:

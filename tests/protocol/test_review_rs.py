@@ -39,7 +39,6 @@ from protocols.harness import (
     make_roster,
     random_inputs,
     resign,
-    run_secagg_round,
 )
 from protocols.secagg.machine import SecAggMachine, SecAggParams
 from protocols.secagg.messages import (
@@ -51,34 +50,9 @@ from protocols.secagg.messages import (
     Phase,
     ShareKind,
 )
+from tests.protocol.support import run_rs_round
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _run(
-    *,
-    n: int,
-    vector_length: int,
-    seed: int,
-    threshold: int | None = None,
-    dropouts: Sequence[Dropout] = (),
-    faults: Sequence[Fault] = (),
-    adversaries: Mapping[int, Adversary] | None = None,
-    inputs: Mapping[int, RingVector] | None = None,
-    reduce_scatter: bool = True,
-) -> RoundOutcome:
-    return run_secagg_round(
-        n=n,
-        vector_length=vector_length,
-        seed=seed,
-        threshold=threshold,
-        dropouts=dropouts,
-        faults=faults,
-        adversaries=adversaries,
-        inputs=inputs,
-        ring_bits=32,
-        reduce_scatter=reduce_scatter,
-    )
 
 
 def _payload(data: bytes) -> bytes:
@@ -147,7 +121,7 @@ def _camp_round(reduce_scatter: bool, threshold: int = 3) -> tuple[RoundOutcome,
         Fault(kind=FaultKind.DELAY, sender=5, recipient=r, message=MessageKind.SHARE_KEYS)
         for r in (2, 3, 4)
     ]
-    outcome = _run(
+    outcome = run_rs_round(
         n=6,
         vector_length=60,
         seed=21,
@@ -549,7 +523,7 @@ def _over_limit(sums: RingVector, included: int) -> None:
 def test_a_wrong_sum_from_a_survivor_outside_i_aborts_before_any_reveal() -> None:
     """Integrity: the owner of a chunk is a survivor but not included (it omitted a pairwise
     mask): its wrong sum is still checked, by the included peers' honest checks."""
-    outcome = _run(
+    outcome = run_rs_round(
         n=7, vector_length=70, seed=51, adversaries={6: _Owner(asymmetric=True, sums=_add_one)}
     )
     honest = range(6)
@@ -564,7 +538,9 @@ def test_a_wrong_sum_from_a_survivor_outside_i_aborts_before_any_reveal() -> Non
 def test_chunk_sums_above_the_bound_exclude_the_owner_and_abort() -> None:
     """Integrity: sums above |I|·(2^32 − 1) would let e exceed 2^42 and weaken the checks;
     they are refused outright (§6.7), before any reveal."""
-    outcome = _run(n=5, vector_length=50, seed=52, adversaries={1: _Owner(sums=_over_limit)})
+    outcome = run_rs_round(
+        n=5, vector_length=50, seed=52, adversaries={1: _Owner(sums=_over_limit)}
+    )
     honest = [0, 2, 3, 4]
     for peer in honest:
         aborted = outcome.peers[peer].aborted
@@ -577,7 +553,7 @@ def test_chunk_sums_above_the_bound_exclude_the_owner_and_abort() -> None:
 def test_a_forged_orphan_part_aborts_before_any_reveal() -> None:
     """Integrity: an included peer publishes a wrong part of an orphaned chunk (its owner
     5 sent no header); the part is checked against the sender's header digest."""
-    outcome = _run(
+    outcome = run_rs_round(
         n=7,
         vector_length=70,
         seed=53,
@@ -612,7 +588,7 @@ class _SplitChecks(Adversary):
 def test_equivocated_checks_split_outcomes_but_never_totals() -> None:
     """Equivocation of the unsigned-by-view part: peers shown wrong checks abort before
     revealing anything; the others finish with the exact sum (same view, same sums)."""
-    outcome = _run(n=7, vector_length=70, seed=54, adversaries={4: _SplitChecks([0, 1])})
+    outcome = run_rs_round(n=7, vector_length=70, seed=54, adversaries={4: _SplitChecks([0, 1])})
     for peer in (0, 1):
         aborted = outcome.peers[peer].aborted
         assert aborted is not None
@@ -638,7 +614,7 @@ class _ReplayChunk(Adversary):
 def test_a_chunk_replayed_to_another_owner_is_ignored() -> None:
     """Admission: a MaskedChunk names its owner; a copy delivered to another owner is
     ignored (not equivocation, not a chunk of the wrong length), and the round is exact."""
-    outcome = _run(n=5, vector_length=50, seed=55, adversaries={4: _ReplayChunk()})
+    outcome = run_rs_round(n=5, vector_length=50, seed=55, adversaries={4: _ReplayChunk()})
     assert set(outcome.results()) == set(range(5))
     _exact_or_aborted(outcome, range(5))
     assert not any(isinstance(e, PeerExcluded) for e in outcome.peers[1].effects)
@@ -648,7 +624,7 @@ def test_a_survivor_outside_i_that_stops_before_its_check_does_not_abort() -> No
     """SPEC §6.7 mismatch: 'a survivor that stops before sending … its ConsistencyCheck
     aborts the round' holds only for survivors in I. Peer 6 is a survivor outside I
     (asymmetric mask set); it sends its ChunkSum, stops, and the others finish exactly."""
-    outcome = _run(
+    outcome = run_rs_round(
         n=7,
         vector_length=70,
         seed=56,
