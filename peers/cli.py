@@ -81,6 +81,7 @@ def _init(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             max_norm=args.max_norm,
             dp=privacy,
+            reduce_scatter=args.reduce_scatter,
         )
     except ConfigError:
         raise  # reported by main()
@@ -304,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="robust only (required): the L2 bound on each site's update, in float units",
+    )
+    init.add_argument(
+        "--reduce-scatter",
+        action="store_true",
+        help="secagg: chunk owners with verified sums, ≈ 3·d words in per site instead of "
+        "(n−1)·d; a site stopping mid-round aborts it (SPEC §6.7)",
     )
     dp = init.add_argument_group("differential privacy (secagg; writes [dp], mpc_agg/DP.md)")
     dp.add_argument("--noise-multiplier", type=float, default=None, help="z: noise σ = z·clip")

@@ -94,6 +94,7 @@ def init_federation(
     max_norm: float | None = None,
     dp: DpSettings | None = None,
     max_abs_value: float = 1.0,
+    reduce_scatter: bool = False,
 ) -> Path:
     """Create a federation of ``sites`` sites in ``directory``; return its federation.toml.
 
@@ -104,7 +105,8 @@ def init_federation(
     ``secagg``, t for ``robust``) and defaults to the protocol's default. ``max_norm``
     (the L2 bound on each site's update) is required with ``protocol="robust"`` and
     refused otherwise. ``dp`` writes a ``[dp]`` table (``secagg`` only); ``max_abs_value``
-    is the encoding's bound on each entry of an update. Raises
+    is the encoding's bound on each entry of an update; ``reduce_scatter`` selects
+    secagg's chunk-owner data path (secagg SPEC §6.7; not with ``dp``). Raises
     :class:`ConfigError` for a directory that already holds a federation, ``ValueError``
     for invalid arguments.
     """
@@ -116,6 +118,10 @@ def init_federation(
     if dp is not None and protocol != "secagg":
         raise ValueError(
             f"differential privacy ([dp]) is available with secagg only, not {protocol}"
+        )
+    if reduce_scatter and (protocol != "secagg" or dp is not None):
+        raise ValueError(
+            "reduce_scatter is secagg's data path in the 32-bit ring: not with robust or [dp]"
         )
     if not 1 <= broker_port <= 65535:
         raise ValueError(f"broker_port must be in [1, 65535], got {broker_port}")
@@ -170,6 +176,7 @@ def init_federation(
             max_norm=max_norm,
             dp=dp,
             max_abs_value=max_abs_value,
+            reduce_scatter=reduce_scatter,
         ),
     )
     load_federation(federation_file)  # what we wrote must load
@@ -240,6 +247,7 @@ def _federation_toml(
     max_norm: float | None,
     dp: DpSettings | None = None,
     max_abs_value: float = 1.0,
+    reduce_scatter: bool = False,
 ) -> str:
     if protocol == "secagg":
         deadlines = [
@@ -263,6 +271,11 @@ def _federation_toml(
         f"id = {_toml_string(fed_id)}",
         f"protocol = {_toml_string(protocol)}",
         f"threshold = {threshold}",
+        *(
+            ["reduce_scatter = true  # chunk owners, verified sums (secagg SPEC §6.7)"]
+            if reduce_scatter
+            else []
+        ),
         "",
         "[broker]",
         f"host = {_toml_string(host)}",

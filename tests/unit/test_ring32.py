@@ -134,3 +134,18 @@ def test_reduce_scatter_in_the_config(tmp_path: Path) -> None:
     toml.write_text(toml.read_text() + "\n[dp]\nnoise_multiplier = 1.0\nclip_norm = 1.0\n")
     with pytest.raises(ConfigError, match=r"reduce_scatter|dp"):
         load_federation(toml)
+
+
+def test_init_writes_reduce_scatter(tmp_path: Path) -> None:
+    """``mpc-agg init --reduce-scatter`` writes the key, and refuses it with robust or DP."""
+    toml = init_federation(tmp_path / "a", sites=5, broker_port=1883, reduce_scatter=True)
+    assert load_federation(toml).reduce_scatter is True
+    with pytest.raises(ValueError, match="reduce_scatter"):
+        init_federation(
+            tmp_path / "b",
+            sites=5,
+            broker_port=1883,
+            protocol="robust",
+            max_norm=1.0,
+            reduce_scatter=True,
+        )
