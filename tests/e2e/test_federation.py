@@ -46,18 +46,25 @@ def _start_sites(root: Path) -> list[subprocess.Popen[str]]:
     return start_sites(root, SITES)
 
 
-def test_four_site_processes_produce_the_identical_exact_sum(federation: Path) -> None:
-    updates = _inputs(federation, 20_000, seed=1)
-    sites = _start_sites(federation)
+def _one_exact_round(root: Path, dim: int, seed: int) -> list[dict[str, object]]:
+    """Every site's ``aggregate`` exits 0 with the exact sum and one result digest; reports."""
+    updates = _inputs(root, dim, seed=seed)
+    sites = _start_sites(root)
     outputs = [site.communicate(timeout=60) for site in sites]
     for site, (stdout, stderr) in zip(sites, outputs, strict=True):
         assert site.returncode == 0, stderr
         assert "sum of 4 sites" in stdout
-    sums = [np.load(federation / f"sum{k}.npy") for k in range(SITES)]
-    for total in sums:
-        assert np.array_equal(total, sum(updates))
-    reports = [json.loads((federation / f"report{k}.json").read_text()) for k in range(SITES)]
+    for k in range(SITES):
+        assert np.array_equal(np.load(root / f"sum{k}.npy"), sum(updates))
+    reports: list[dict[str, object]] = [
+        json.loads((root / f"report{k}.json").read_text()) for k in range(SITES)
+    ]
     assert len({r["result_digest"] for r in reports}) == 1
+    return reports
+
+
+def test_four_site_processes_produce_the_identical_exact_sum(federation: Path) -> None:
+    reports = _one_exact_round(federation, 20_000, seed=1)
     assert all(r["included"] == [f"site-{k}" for k in range(SITES)] for r in reports)
     fed = str(federation / "federation.toml")
     for k in range(SITES):
@@ -176,16 +183,7 @@ def test_a_reduce_scatter_federation_gives_the_identical_exact_sum(tmp_path: Pat
         tmp_path / "fed", "--sites", str(SITES), "--reduce-scatter", deadline=2.0
     ) as (root, _output):
         assert "reduce_scatter = true" in (root / "federation.toml").read_text()
-        updates = _inputs(root, 20_001, seed=5)
-        sites = _start_sites(root)
-        outputs = [site.communicate(timeout=60) for site in sites]
-        for site, (stdout, stderr) in zip(sites, outputs, strict=True):
-            assert site.returncode == 0, stderr
-            assert "sum of 4 sites" in stdout
-        for k in range(SITES):
-            assert np.array_equal(np.load(root / f"sum{k}.npy"), sum(updates))
-        reports = [json.loads((root / f"report{k}.json").read_text()) for k in range(SITES)]
-        assert len({r["result_digest"] for r in reports}) == 1
+        _one_exact_round(root, 20_001, seed=5)
         lines = (root / "sites" / "site-0.audit.jsonl").read_text().splitlines()
         records = [json.loads(line)["record"] for line in lines]
         assert [r["parameters"]["reduce_scatter"] for r in records] == [True, True]
