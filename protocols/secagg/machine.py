@@ -1185,6 +1185,12 @@ class SecAggMachine:
                 message = self._inputs[u].message
                 assert isinstance(message, MaskedInput)
                 np.add(words, message.masked, out=words)
+            # summed: release the masked vectors before the masks and the 64-bit total are
+            # built, so they are never alive together (peak memory at large L)
+            for record in self._inputs.values():
+                if isinstance(record.message, MaskedInput):
+                    masked = record.message.masked[:0].copy()
+                    record.message = replace(record.message, masked=masked)
         apply_masks(words, terms)
         # b = 32: sign-extended to 64-bit words, as lift() reads them (§6.6)
         total: RingVector = (
@@ -1193,9 +1199,6 @@ class SecAggMachine:
             else words.view(np.uint64)
         )
         self._total = total
-        for record in self._inputs.values():  # summed: the masked vectors are not needed again
-            if isinstance(record.message, MaskedInput):
-                record.message = replace(record.message, masked=record.message.masked[:0].copy())
         self._result_digest = result_digest(agreement.included, words, seeds)
         self._peer_digests = {}
         self._enter(
