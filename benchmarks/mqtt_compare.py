@@ -86,6 +86,11 @@ class _Workers:
                     process.kill()
 
 
+def _ratio_key(mode: str) -> str:
+    """The row key of a secure mode's wall time over plaintext's."""
+    return "secure_over_plain_wall" if mode == "secure" else "secure_rs_over_plain_wall"
+
+
 def measure(
     n: int, d: int, repeat: int, ring_bits: int | None = None, modes: tuple[str, ...] = MODES
 ) -> dict[str, Any]:
@@ -141,8 +146,9 @@ def measure(
             "max_abs_error_vs_float64_sum": max(site["max_abs_error"] for site in sites),
         }
     for mode in modes[1:]:
-        key = "secure_over_plain_wall" if mode == "secure" else "secure_rs_over_plain_wall"
-        row[key] = row[mode]["round_wall_s_median"] / row["plain"]["round_wall_s_median"]
+        row[_ratio_key(mode)] = (
+            row[mode]["round_wall_s_median"] / row["plain"]["round_wall_s_median"]
+        )
     return row
 
 
@@ -168,9 +174,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         offset = (k - (len(modes) - 1) / 2) * width
         ax.bar(x + offset, values, width, label=labels_of[mode])
         if mode != "plain":
-            key = "secure_over_plain_wall" if mode == "secure" else "secure_rs_over_plain_wall"
             for i, r in enumerate(rows):
-                ax.text(x[i] + offset, values[i] * 1.05, f"{r[key]:.2f}×", ha="center", fontsize=7)
+                ratio = r[_ratio_key(mode)]
+                ax.text(x[i] + offset, values[i] * 1.05, f"{ratio:.2f}×", ha="center", fontsize=7)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("round wall time (s, median)")

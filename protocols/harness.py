@@ -170,7 +170,7 @@ def adopt(machine: SecAggMachine, kind: MessageKind, data: bytes) -> None:
         record = machine._inputs[machine.me]
         chunks = machine._chunks
         record.message = (
-            MaskedHeader.decode(envelope.payload, chunks=len(chunks.owners))
+            MaskedHeader.decode(envelope.payload, chunks=machine.params.n)
             if chunks is not None
             else MaskedInput.decode(
                 envelope.payload, vector_length=vector_length, ring_bits=machine.params.ring_bits

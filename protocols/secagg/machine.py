@@ -223,9 +223,11 @@ class _Input:
 
 @dataclass(slots=True)
 class _Chunks:
-    """§6.7 — this peer's state of a reduce-scatter round."""
+    """§6.7 — this peer's state of a reduce-scatter round.
 
-    owners: tuple[int, ...]
+    Peer k owns chunk k, [bounds[k][0], bounds[k][1]): one chunk per roster entry.
+    """
+
     bounds: list[tuple[int, int]]
     own: NDArray[np.uint32] | None
     """This peer's whole masked input, until its checks are computed."""
@@ -242,9 +244,6 @@ class _Chunks:
     """I as this peer's frozen view determines it (§6.4), from MASKED_INPUT close on."""
     orphans: tuple[int, ...] = ()
     """Owners outside S: their chunks are summed from the included peers' parts."""
-
-    def index(self, owner: int) -> int:
-        return self.owners.index(owner)
 
 
 @dataclass(slots=True)
@@ -752,12 +751,11 @@ class SecAggMachine:
         """
         assert masked.dtype == np.uint32
         words: NDArray[np.uint32] = masked.view(np.uint32)
-        owners = tuple(range(self.params.n))
-        bounds = chunk_bounds(self.params.vector_length, len(owners))
-        self._chunks = chunks = _Chunks(owners=owners, bounds=bounds, own=words)
+        bounds = chunk_bounds(self.params.vector_length, self.params.n)
+        self._chunks = chunks = _Chunks(bounds=bounds, own=words)
         digests = []
         sends = []
-        for owner, (start, stop) in zip(owners, bounds, strict=True):
+        for owner, (start, stop) in enumerate(bounds):
             part = words[start:stop]
             if owner == self.me or owner not in self._dealers:
                 digests.append(chunk_digest(part))
@@ -804,7 +802,7 @@ class SecAggMachine:
         if source not in self._dealers:
             effects.append(MessageIgnored(source, "MaskedChunk from a peer that dealt no shares"))
             return
-        start, stop = chunks.bounds[chunks.index(self.me)]
+        start, stop = chunks.bounds[self.me]
         words = MaskedChunk.decode(envelope.payload, length=stop - start).words
         chunks.received[source] = (words, envelope.payload_digest)
 
@@ -840,15 +838,14 @@ class SecAggMachine:
         assert chunks is not None
         included = self._agree(effects).included
         chunks.included = included
-        chunks.orphans = tuple(o for o in chunks.owners if o not in self._inputs)
-        mine = chunks.index(self.me)
-        start, stop = chunks.bounds[mine]
+        chunks.orphans = tuple(o for o in range(self.params.n) if o not in self._inputs)
+        start, stop = chunks.bounds[self.me]
         missing = []
         for p in included:
             received = chunks.received.get(p)
             header = self._inputs[p].message
             assert isinstance(header, MaskedHeader)
-            if received is None or not digests_equal(received[1], header.chunk_digests[mine]):
+            if received is None or not digests_equal(received[1], header.chunk_digests[self.me]):
                 missing.append(p)
         sums = np.zeros(0 if missing else stop - start, dtype=np.uint64)
         if not missing:
@@ -857,7 +854,7 @@ class SecAggMachine:
         orphans = []
         if self.me in included and chunks.own is not None:
             for owner in chunks.orphans:
-                a, b = chunks.bounds[chunks.index(owner)]
+                a, b = chunks.bounds[owner]
                 orphans.append((owner, chunks.own[a:b]))
         chunks.received = {}  # summed: only the orphans' chunks are needed again
         return ChunkSum(missing=tuple(missing), sums=sums, orphans=tuple(orphans))
@@ -867,12 +864,8 @@ class SecAggMachine:
         if chunks is None or source not in self._inputs:
             effects.append(MessageIgnored(source, "ChunkSum from a peer outside my survivor set"))
             return
-        start, stop = chunks.bounds[chunks.index(source)]
-        lengths = {
-            owner: b - a
-            for owner, (a, b) in zip(chunks.owners, chunks.bounds, strict=True)
-            if owner != source
-        }
+        start, stop = chunks.bounds[source]
+        lengths = {owner: b - a for owner, (a, b) in enumerate(chunks.bounds) if owner != source}
         message = ChunkSum.decode(envelope.payload, length=stop - start, orphans=lengths)
         theirs = tuple(o for o, _ in message.orphans)
         mine = chunks.orphans if source in chunks.included else ()
@@ -891,14 +884,13 @@ class SecAggMachine:
         """§6.7 — assemble the masked total from the owners' sums; compute this peer's checks."""
         chunks = self._chunks
         assert chunks is not None
-        included = self._agree(effects).included
+        included = chunks.included  # fixed with the view at MASKED_INPUT close
         own = chunks.own
         assert own is not None
         limit = len(included) * 0xFFFFFFFF
         total = np.zeros(self.params.vector_length, dtype=np.uint64)
         digests = []
-        for k, owner in enumerate(chunks.owners):
-            start, stop = chunks.bounds[k]
+        for owner, (start, stop) in enumerate(chunks.bounds):
             target = total[start:stop]
             if owner in self._inputs:
                 record = chunks.sums.get(owner)
@@ -920,7 +912,7 @@ class SecAggMachine:
                 digests.append((owner, digest))
                 continue
             for p in included:  # an orphaned chunk: every included peer sent its part
-                part = self._orphan_part(p, owner, k)
+                part = self._orphan_part(p, owner)
                 if part is None:
                     self._abort(
                         f"peer {p} did not publish its part of orphaned chunk {owner}", effects
@@ -932,7 +924,7 @@ class SecAggMachine:
         key = sha256(
             b"mpc-agg/secagg/chunk-checks/v1",
             self._info(b"chunk-checks"),
-            *(u16 + d for u16, d in ((o.to_bytes(2, "big"), d) for o, d in digests)),
+            *(o.to_bytes(2, "big") + d for o, d in digests),
         )
         mine, expected = _chunk_checks(key, chunks.bounds, own, total)
         chunks.expected = expected
@@ -942,12 +934,12 @@ class SecAggMachine:
         self._view = replace(self._view, chunk_sums=tuple(digests))
         self._enter(Phase.CONSISTENCY_CHECK, effects, replace(self._view, checks=mine).encode())
 
-    def _orphan_part(self, peer: int, owner: int, k: int) -> NDArray[np.uint32] | None:
-        """``peer``'s part of the orphaned chunk k (owner ``owner``), checked against its header."""
+    def _orphan_part(self, peer: int, owner: int) -> NDArray[np.uint32] | None:
+        """``peer``'s part of the orphaned chunk of ``owner``, checked against its header."""
         chunks = self._chunks
         assert chunks is not None
         if peer == self.me:
-            a, b = chunks.bounds[k]
+            a, b = chunks.bounds[owner]
             return None if chunks.own is None else chunks.own[a:b]
         sent = chunks.sums.get(peer)
         if sent is None:
@@ -955,7 +947,7 @@ class SecAggMachine:
         part = dict(sent[0].orphans).get(owner)
         header = self._inputs[peer].message
         assert isinstance(header, MaskedHeader)
-        if part is None or not digests_equal(chunk_digest(part), header.chunk_digests[k]):
+        if part is None or not digests_equal(chunk_digest(part), header.chunk_digests[owner]):
             return None
         return part
 
@@ -970,7 +962,7 @@ class SecAggMachine:
         chunks = self._chunks
         if chunks is None and view.checks:
             raise DecodeError("chunk checks in a broadcast round")
-        if chunks is not None and len(view.checks) != CHECKS_PER_CHUNK * len(chunks.owners):
+        if chunks is not None and len(view.checks) != CHECKS_PER_CHUNK * len(chunks.bounds):
             raise DecodeError(f"{len(view.checks)} chunk checks, expected 3 per chunk")
         if view.same_view(self._view):
             self._confirmed.add(source)
@@ -1034,8 +1026,8 @@ class SecAggMachine:
                 )
                 return False
             np.add(acc, np.array(checks, dtype=np.uint64).reshape(acc.shape), out=acc)
-        for k, owner in enumerate(chunks.owners):
-            if owner in self._inputs and not np.array_equal(acc[k], chunks.expected[k]):
+        for owner in range(self.params.n):
+            if owner in self._inputs and not np.array_equal(acc[owner], chunks.expected[owner]):
                 self._abort(
                     f"the chunk sum of owner {owner} does not match the included peers' checks",
                     effects,

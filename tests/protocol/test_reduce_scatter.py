@@ -105,7 +105,7 @@ class _WrongSum(Adversary):
             return [Outgoing(data)]
         chunks = machine._chunks
         assert chunks is not None
-        start, stop = chunks.bounds[chunks.index(machine.me)]
+        start, stop = chunks.bounds[machine.me]
         payload = parse_envelope(data, max_payload=1 << 30).payload
         message = ChunkSum.decode(payload, length=stop - start, orphans={})
         sums = message.sums.copy()

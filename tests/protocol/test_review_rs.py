@@ -491,11 +491,11 @@ class _Owner(Adversary):
         if chunks is None:
             return [Outgoing(data)]
         if kind is MessageKind.MASKED_INPUT and self.asymmetric:
-            header = MaskedHeader.decode(_payload(data), chunks=len(chunks.owners))
+            header = MaskedHeader.decode(_payload(data), chunks=machine.params.n)
             header = replace(header, mask_set=tuple(p for p in header.mask_set if p != 0))
             return [Outgoing(_rewrite(machine, kind, header.encode()))]
         if kind is MessageKind.CHUNK_SUM and (self.sums is not None or self.orphan_flip):
-            start, stop = chunks.bounds[chunks.index(machine.me)]
+            start, stop = chunks.bounds[machine.me]
             message = ChunkSum.decode(_payload(data), length=stop - start, orphans=self.orphans)
             sums = message.sums.copy()
             if self.sums is not None:
