@@ -136,7 +136,7 @@ def _header(
     return header + bytes(-len(header) % 8)  # payload starts 8-byte aligned
 
 
-def parse_envelope(data: bytes, *, max_payload: int) -> Envelope:
+def parse_envelope(data: bytes | memoryview, *, max_payload: int) -> Envelope:
     """Decode a message without authenticating it."""
     reader = Reader(data)
     if reader.fixed(len(MAGIC)) != MAGIC:

@@ -9,8 +9,18 @@ the same bytes as 1 MB messages ≈ 1.5 GB/s (DESIGN §6). Frame layout::
 The reassembler bounds memory: a message larger than ``max_message_bytes`` is refused at
 its first frame, each source may have ``max_pending_per_source`` partial messages (the
 oldest is evicted), and partial messages older than ``max_pending_total`` in count are
-dropped first. A partial message holds only the chunks received so far (never the size its
-frames announce). A complete message whose SHA-256 differs from the announced one is dropped,
+dropped first.
+
+A message of several frames is reassembled in one buffer of its announced size, reserved
+at its first frame (``numpy.empty``: the pages of a large fresh allocation become resident
+only when written; with transparent huge pages set to ``always``, a 2 MB page at a time)
+and filled as frames arrive, each frame released once copied. So a partial message holds
+in memory only the chunks received so far, and a complete one is
+never in memory twice (its frames and their join): at d = 10^8 that was one more copy of a
+masked input at every site's peak (README, Benchmarks). The buffer is returned as a
+writable ``memoryview``; a one-frame message is returned as ``bytes``.
+
+A complete message whose SHA-256 differs from the announced one is dropped,
 unless the reassembler is told not to hash (``verify_digest=False``): a site's node does
 that, because every message it accepts is an envelope whose signature covers a digest of its
 payload (secagg SPEC §4.3), so a second SHA-256 pass over every received message (≈ 4 ms per
@@ -24,6 +34,9 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
 
 from mpc_agg.crypto import digests_equal, sha256
 from mpc_agg.errors import DecodeError
@@ -69,8 +82,9 @@ class _Partial:
     count: int
     chunk_size: int
     digest: bytes
-    # index -> the chunk's data, a view into the frame as it arrived (no copy until joined)
-    chunks: dict[int, memoryview] = field(default_factory=dict)
+    buffer: NDArray[np.uint8]
+    #: indices of the frames copied into ``buffer``
+    indices: set[int] = field(default_factory=set)
     received: int = 0
 
 
@@ -96,10 +110,12 @@ class Reassembler:
         """Bytes held by incomplete messages (bounded by the limits)."""
         return sum(p.received for p in self._partials.values())
 
-    def feed(self, source: str, frame: bytes) -> bytes | None:
-        """Add one frame; return the whole message when it completes, else None."""
-        if type(frame) is not bytes:  # the chunk is kept as a view: it must not change
-            frame = bytes(frame)
+    def feed(self, source: str, frame: bytes) -> bytes | memoryview | None:
+        """Add one frame; return the whole message when it completes, else None.
+
+        A message of one frame comes back as ``bytes``; a longer one as a writable
+        ``memoryview`` of the buffer it was reassembled in, which the caller owns.
+        """
         if len(frame) < HEADER_SIZE:
             raise ChunkError(f"frame of {len(frame)} bytes is shorter than its header")
         fields = _HEADER.unpack_from(frame)
@@ -112,38 +128,40 @@ class Reassembler:
             raise ChunkError(f"chunk {index} of {count} (size {chunk_size}) does not fit {total}")
         key = (source, message_id)
         partial = self._partials.get(key)
+        try:
+            data = _chunk_data(frame, index, total, chunk_size)
+            if partial is not None and (
+                partial.total,
+                partial.count,
+                partial.chunk_size,
+                partial.digest,
+            ) != (total, count, chunk_size, digest):
+                raise ChunkError("frames of one message disagree on size, count or digest")
+        except ChunkError:
+            self._partials.pop(key, None)
+            raise
+        if count == 1:
+            return self._single(data, digest)
         if partial is None:
             self._make_room(source)
-            partial = _Partial(total, count, chunk_size, digest)
+            partial = _Partial(total, count, chunk_size, digest, np.empty(total, dtype=np.uint8))
             self._partials[key] = partial
-        if (partial.total, partial.count, partial.chunk_size, partial.digest) != (
-            total,
-            count,
-            chunk_size,
-            digest,
-        ):
-            self._partials.pop(key, None)
-            raise ChunkError("frames of one message disagree on size, count or digest")
-        start = index * chunk_size
-        expected = min(chunk_size, total - start)
-        data = memoryview(frame)[HEADER_SIZE:]
-        if len(data) == chunk_size > expected:  # a padded last frame: the filler is zeros
-            if any(data[expected:]):
-                self._partials.pop(key, None)
-                raise ChunkError(f"chunk {index}'s padding is not zero")
-            data = data[:expected]
-        if len(data) != expected:
-            self._partials.pop(key, None)
-            raise ChunkError(f"chunk {index} carries {len(data)} bytes, expected {expected}")
-        if index in partial.chunks:
+        if index in partial.indices:
             return None  # QoS 1 redelivery
-        partial.chunks[index] = data
-        partial.received += expected
-        if len(partial.chunks) < count:
+        start = index * chunk_size
+        partial.buffer[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        partial.indices.add(index)
+        partial.received += len(data)
+        if len(partial.indices) < count:
             return None
         del self._partials[key]
-        message = b"".join([partial.chunks[i] for i in range(count)])  # the one copy
-        partial.chunks.clear()
+        message = partial.buffer.data
+        if self.verify_digest and not digests_equal(sha256(message), digest):
+            raise ChunkError("reassembled message does not match its digest")
+        return message
+
+    def _single(self, data: memoryview, digest: bytes) -> bytes:
+        message = bytes(data)
         if self.verify_digest and not digests_equal(sha256(message), digest):
             raise ChunkError("reassembled message does not match its digest")
         return message
@@ -154,3 +172,16 @@ class Reassembler:
             self._partials.pop(mine.pop(0))
         while len(self._partials) >= self.max_pending_total:
             self._partials.popitem(last=False)
+
+
+def _chunk_data(frame: bytes, index: int, total: int, chunk_size: int) -> memoryview:
+    """Chunk ``index``'s data in ``frame``, padding stripped; ChunkError if malformed."""
+    expected = min(chunk_size, total - index * chunk_size)
+    data = memoryview(frame)[HEADER_SIZE:]
+    if len(data) == chunk_size > expected:  # a padded last frame: the filler is zeros
+        if np.frombuffer(data[expected:], dtype=np.uint8).any():
+            raise ChunkError(f"chunk {index}'s padding is not zero")
+        data = data[:expected]
+    if len(data) != expected:
+        raise ChunkError(f"chunk {index} carries {len(data)} bytes, expected {expected}")
+    return data

@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -393,34 +393,39 @@ class MqttTransport:
                 await self._wait_connected()
                 continue
             try:
-                async for message in client.messages:
-                    payload = message.payload
-                    topic = message.topic.value
-                    self.bytes_in += len(payload)
-                    parsed = parse_topic(topic)
-                    if parsed is not None and parsed.round_id is None:
-                        # presence: small, never chunked
-                        retained = bool(message.retain)
-                        if not retained:
-                            source = f"{parsed.federation}/{parsed.site}"
-                            await self._answer(client, source, bytes(payload))
-                        yield Delivery(topic, bytes(payload), retained=retained)
-                        continue
-                    # Partial messages are counted per sending site (the broker's ACL
-                    # confines a site to its own name), not per topic: the round in the
-                    # topic is the sender's choice.
-                    source = topic if parsed is None else f"{parsed.federation}/{parsed.site}"
-                    try:
-                        whole = self._reassembler.feed(source, bytes(payload))
-                    except ChunkError as exc:
-                        self._dropped_frame(topic, exc)
-                        continue
-                    if whole is not None:
-                        yield Delivery(topic, whole)
+                async for first in client.messages:
+                    for message in _with_queued(client, first):
+                        delivery = await self._take(client, message)
+                        if delivery is not None:
+                            yield delivery
             except aiomqtt.MqttError:
                 if self.closing:
                     return
                 await self._reconnect(generation)
+
+    async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> Delivery | None:
+        """One frame from the broker: a presence, or a frame to reassemble."""
+        payload = message.payload
+        topic = message.topic.value
+        self.bytes_in += len(payload)
+        parsed = parse_topic(topic)
+        if parsed is not None and parsed.round_id is None:
+            # presence: small, never chunked
+            retained = bool(message.retain)
+            if not retained:
+                source = f"{parsed.federation}/{parsed.site}"
+                await self._answer(client, source, bytes(payload))
+            return Delivery(topic, bytes(payload), retained=retained)
+        # Partial messages are counted per sending site (the broker's ACL
+        # confines a site to its own name), not per topic: the round in the
+        # topic is the sender's choice.
+        source = topic if parsed is None else f"{parsed.federation}/{parsed.site}"
+        try:
+            whole = self._reassembler.feed(source, bytes(payload))
+        except ChunkError as exc:
+            self._dropped_frame(topic, exc)
+            return None
+        return None if whole is None else Delivery(topic, whole)
 
     def _dropped_frame(self, topic: str, exc: ChunkError) -> None:
         """Log a dropped frame: sender-chosen text escaped, a flood logged sparsely."""
@@ -434,3 +439,21 @@ class MqttTransport:
             printable(exc),
             count,
         )
+
+
+def _with_queued(client: aiomqtt.Client, first: aiomqtt.Message) -> Iterator[aiomqtt.Message]:
+    """``first``, then every frame already queued behind it, without a wait for each.
+
+    aiomqtt's message iterator takes one frame per turn of the event loop (a task and a
+    wait apiece), while paho reads as many frames per turn as it has publications in
+    flight. While this site publishes a large message, frames it received piled up
+    unread: at d = 10^8 some hundreds of MB of them at the peak (README, Benchmarks).
+    Draining the queue each turn keeps it short. The queue is aiomqtt's own (pinned < 3);
+    ``len(client.messages)`` is its public size.
+    """
+    yield first
+    queue = getattr(client, "_queue", None)
+    if not isinstance(queue, asyncio.Queue):
+        return
+    while len(client.messages):
+        yield queue.get_nowait()

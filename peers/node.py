@@ -285,7 +285,7 @@ class RoundMachine(Protocol):
         """Start the round with this site's encoded update."""
         ...
 
-    def receive(self, sender: int | None, data: bytes) -> list[Effect]:
+    def receive(self, sender: int | None, data: bytes | memoryview) -> list[Effect]:
         """One incoming message; ``sender`` is the topic's (untrusted) claim."""
         ...
 
@@ -325,7 +325,9 @@ class _Round:
     machine: RoundMachine
     byte_limit: int
     message_limit: int = _ROUND_LIMIT_PER_PEER
-    inbox: asyncio.Queue[tuple[int | None, bytes]] = field(default_factory=asyncio.Queue)
+    inbox: asyncio.Queue[tuple[int | None, bytes | memoryview]] = field(
+        default_factory=asyncio.Queue
+    )
     deadline_at: float | None = None
     deadline_phase: enum.IntEnum | None = None
     ignored: Counter[str] = field(default_factory=Counter)
@@ -333,7 +335,7 @@ class _Round:
     received: Counter[int | None] = field(default_factory=Counter)
     received_bytes: Counter[int | None] = field(default_factory=Counter)
     flooding: set[int | None] = field(default_factory=set)
-    shuffled: list[tuple[int | None, bytes]] = field(default_factory=list)
+    shuffled: list[tuple[int | None, bytes | memoryview]] = field(default_factory=list)
     # the encoded update until the machine has taken its own copy (then freed: d = 10^8)
     update: NDArray[np.uint64] | None = None
     # publications in flight: started in the machine's order, awaited together, so a phase
@@ -346,7 +348,9 @@ class _Round:
 class _Held:
     """Messages held for one future round from one site (bounded in count and bytes)."""
 
-    messages: list[tuple[int, bytes]] = field(default_factory=list)  # (arrival, message)
+    messages: list[tuple[int, bytes | memoryview]] = field(
+        default_factory=list
+    )  # (arrival, message)
     size: int = 0
     dropped: int = 0
 
@@ -592,7 +596,7 @@ class PeerNode:
 
     def _on_presence(self, site: str, delivery: Delivery) -> None:
         """Record a roster site's presence (``status`` or ``status session``)."""
-        status, session = split_presence(delivery.payload)
+        status, session = split_presence(bytes(delivery.payload))
         live = self._live.get(site)
         if status != ONLINE and session and live is not None and live != session:
             return  # the Will (or goodbye) of an earlier session of a site that is back
@@ -603,7 +607,7 @@ class PeerNode:
             self._live[site] = session
         self._presence_changed.set()
 
-    def _route(self, round_id: int, claimed: int | None, data: bytes) -> None:
+    def _route(self, round_id: int, claimed: int | None, data: bytes | memoryview) -> None:
         current = self._current
         if current is not None and round_id == current.round_id:
             self._admit(current, claimed, data)
@@ -632,7 +636,7 @@ class PeerNode:
         # the longest update (a round's first messages are far below it in any protocol).
         return _byte_budget(self.max_vector_length, 64, len(self.roster))
 
-    def _admit(self, state: _Round, claimed: int | None, data: bytes) -> None:
+    def _admit(self, state: _Round, claimed: int | None, data: bytes | memoryview) -> None:
         """Queue ``data`` for the round unless its sender is over its per-round limit."""
         count = state.received[claimed] + 1
         size = state.received_bytes[claimed] + len(data)
@@ -654,7 +658,7 @@ class PeerNode:
 
     def _take_early(self, state: _Round) -> None:
         """Admit the held messages of the round in arrival order; drop older rounds'."""
-        taken: list[tuple[int, int, bytes]] = []
+        taken: list[tuple[int, int, bytes | memoryview]] = []
         for key in [k for k in self._early if k[0] <= state.round_id]:
             held = self._early.pop(key)
             if key[0] == state.round_id:
@@ -1045,7 +1049,7 @@ class PeerNode:
             raise self._reader_error
         return state.machine.receive(claimed, data)
 
-    async def _next(self, state: _Round) -> tuple[int | None, bytes]:
+    async def _next(self, state: _Round) -> tuple[int | None, bytes | memoryview]:
         """The next message to process: arrival order, or with ``shuffle`` a random one.
 
         Shuffling takes every message queued at that moment and processes them in a

@@ -80,7 +80,8 @@ class Delivery:
     """
 
     topic: str
-    payload: bytes = field(repr=False)
+    #: a message of several frames arrives as a writable view of its reassembly buffer
+    payload: bytes | memoryview = field(repr=False)
     retained: bool = False
 
 

@@ -46,7 +46,7 @@ class Equivocated:
 
 
 def admit(
-    data: bytes,
+    data: bytes | memoryview,
     claimed: int | None,
     *,
     me: int,

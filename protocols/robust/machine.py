@@ -290,7 +290,7 @@ class RobustMachine:
                 f"the update's L2 norm on the grid exceeds the round's bound B={bound}"
             )
 
-    def receive(self, sender: int | None, data: bytes) -> list[Effect]:
+    def receive(self, sender: int | None, data: bytes | memoryview) -> list[Effect]:
         """Process one incoming message; ``sender`` is the transport's (untrusted) claim."""
         effects: list[Effect] = []
         envelope = self._admit(sender, data, effects)
@@ -329,7 +329,9 @@ class RobustMachine:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _admit(self, sender: int | None, data: bytes, effects: list[Effect]) -> Envelope | None:
+    def _admit(
+        self, sender: int | None, data: bytes | memoryview, effects: list[Effect]
+    ) -> Envelope | None:
         """§4.3 — admission (:func:`protocols.admission.admit`); equivocation aborts."""
         outcome = admit(
             data,

@@ -368,7 +368,7 @@ class SecAggMachine:
         self._drive(effects)
         return effects
 
-    def receive(self, sender: int | None, data: bytes) -> list[Effect]:
+    def receive(self, sender: int | None, data: bytes | memoryview) -> list[Effect]:
         """Process one incoming message; ``sender`` is the transport's (untrusted) claim."""
         effects: list[Effect] = []
         envelope = self._admit(sender, data, effects)
@@ -407,7 +407,9 @@ class SecAggMachine:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _admit(self, sender: int | None, data: bytes, effects: list[Effect]) -> Envelope | None:
+    def _admit(
+        self, sender: int | None, data: bytes | memoryview, effects: list[Effect]
+    ) -> Envelope | None:
         """§4.3 — admission (:func:`protocols.admission.admit`); equivocation aborts."""
         outcome = admit(
             data,

@@ -123,7 +123,7 @@ async def _captured_round(
         if payload.startswith(MAGIC):
             whole = reassembler.feed(topic, payload)
             if whole is not None:
-                capture.messages.append(whole)
+                capture.messages.append(bytes(whole))
     return capture, results
 
 

@@ -47,7 +47,7 @@ async def test_review_one_site_on_many_round_topics_cannot_evict_anothers_messag
 
         async def read() -> None:
             async for delivery in receiver.messages():
-                await got.put((delivery.topic, delivery.payload))
+                await got.put((delivery.topic, bytes(delivery.payload)))
 
         reader = asyncio.ensure_future(read())
         try:
@@ -91,7 +91,7 @@ async def test_review_a_connection_lost_while_resubscribing_is_retried(
 
         async def first() -> bytes:
             async for delivery in transport.messages():
-                return delivery.payload
+                return bytes(delivery.payload)
             raise AssertionError("no message")
 
         reading = asyncio.ensure_future(first())

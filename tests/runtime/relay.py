@@ -62,7 +62,8 @@ class RelayMachine:
             Broadcast(GREETING + bytes([self.me]), phase),
         ]
 
-    def receive(self, sender: int | None, data: bytes) -> list[Effect]:
+    def receive(self, sender: int | None, data: bytes | memoryview) -> list[Effect]:
+        data = bytes(data)
         self.received.append((sender, data[:1]))
         if self.finished:
             return []

@@ -110,7 +110,7 @@ async def test_memory_broker_delivers_a_private_message_to_its_recipient_only() 
         await site.__aexit__(None, None, None)
 
     async def received(site: MemoryTransport) -> list[tuple[str, bytes]]:
-        return [(d.topic, d.payload) async for d in site.messages()]
+        return [(d.topic, bytes(d.payload)) async for d in site.messages()]
 
     got = await asyncio.gather(*(received(site) for site in sites))
     assert got[2] == [(private, b"share for site-2"), (broadcast, b"commitments")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -23,19 +22,43 @@ from peers.node import PeerNode
 from protocols.harness import make_roster
 
 
-def test_review_an_announced_size_is_not_allocated_before_its_bytes_arrive() -> None:
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads Linux's /proc")
+def test_review_an_announced_size_is_not_held_in_memory_before_its_bytes_arrive() -> None:
+    # A partial message's buffer is reserved at its first frame but committed only as its
+    # bytes arrive: 64 first frames (~1 KB each) announcing 16 MB each must not make the
+    # process resident for the 1 GB announced.
     big = bytes(16 << 20)
-    firsts = [next(split(big, chunk_size=1024, message_id=os.urandom(16))) for _ in range(8)]
-    reassembler = Reassembler(max_message_bytes=16 << 20)
-    tracemalloc.start()
-    try:
-        for k, frame in enumerate(firsts):  # ~1 KB each, announcing 16 MB each
-            assert reassembler.feed(f"fed/site-{k}", frame) is None
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 1 << 20, f"{peak} bytes held for {8 * 1024} bytes received"
-    assert reassembler.pending_bytes == 8 * 1024
+    firsts = [next(split(big, chunk_size=1024, message_id=os.urandom(16))) for _ in range(64)]
+    del big
+    reassembler = Reassembler(
+        max_message_bytes=16 << 20, max_pending_per_source=64, max_pending_total=64
+    )
+    before = _resident_bytes()
+    for k, frame in enumerate(firsts):
+        assert reassembler.feed(f"fed/site-{k}", frame) is None
+    grown = _resident_bytes() - before
+    assert grown < 32 << 20, f"{grown} bytes resident for {64 * 1024} bytes received"
+    assert reassembler.pending_bytes == 64 * 1024
+
+
+def test_review_a_reassembled_message_is_one_writable_buffer_and_frames_are_not_kept() -> None:
+    message = os.urandom(50_000)
+    frames = list(split(message, chunk_size=4096, message_id=b"w" * 16))
+    reassembler = Reassembler(max_message_bytes=1 << 20)
+    outs = [reassembler.feed("fed/site-0", bytes(frame)) for frame in frames]
+    whole = outs[-1]
+    assert outs[:-1] == [None] * (len(frames) - 1)
+    assert isinstance(whole, memoryview)
+    assert not whole.readonly
+    assert whole == message
+    # one frame: plain bytes
+    single = next(split(b"small", chunk_size=4096, message_id=b"s" * 16, pad=True))
+    assert reassembler.feed("fed/site-0", single) == b"small"
 
 
 def test_review_reassembly_out_of_order_with_redelivery_and_a_bad_digest() -> None:

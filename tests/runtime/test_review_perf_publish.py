@@ -105,7 +105,7 @@ async def test_review_perf_a_view_broadcast_just_before_an_abort_is_published() 
         while MessageKind.MASKED_INPUT not in from_node:
             delivery = await _next(deliveries, 5.0)
             assert delivery is not None, f"site-0 went quiet after {from_node}"
-            from_node.append(_kind(delivery.payload))
+            from_node.append(_kind(bytes(delivery.payload)))
             for k in (1, 2):
                 await handle(k, machines[k].receive(0, delivery.payload))
         assert withheld, "site-2's MaskedInput should have been held back"
@@ -120,7 +120,7 @@ async def test_review_perf_a_view_broadcast_just_before_an_abort_is_published() 
         with pytest.raises(RoundAbortedError, match="different view"):
             await asyncio.wait_for(round_task, 5.0)
         while (delivery := await _next(deliveries, 0.5)) is not None:
-            from_node.append(_kind(delivery.payload))
+            from_node.append(_kind(bytes(delivery.payload)))
     for transport in (observer, peers):
         with contextlib.suppress(Exception):
             await transport.__aexit__(None, None, None)
