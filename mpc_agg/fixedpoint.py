@@ -192,10 +192,22 @@ class FixedPointCodec:
         ring = integers.view(np.uint64)
         return EncodedUpdate(ring=ring, clipped=clipped, l2_norm=norm, max_abs=max_abs)
 
-    def decode(self, total: RingVector) -> FloatVector:
-        """Decode a ring vector (e.g. an aggregate) back to floats: lift, then ÷ 2^frac_bits."""
-        values = lift(total).astype(np.float64)
-        values *= 1.0 / self.scale  # exact: the scale is a power of two; one array, not two
+    def decode(self, total: RingVector, *, overwrite: bool = False) -> FloatVector:
+        """Decode a ring vector (e.g. an aggregate) back to floats: lift, then ÷ 2^frac_bits.
+
+        ``overwrite``: the floats take ``total``'s own buffer (8 bytes an entry either
+        way), block by block, so the aggregate is never in memory twice (peak memory at
+        large L); ``total`` is destroyed. A read-only ``total`` is decoded into a new array.
+        """
+        signed = lift(total)
+        if not (overwrite and total.flags.writeable and total.flags.c_contiguous):
+            values = signed.astype(np.float64)
+            values *= 1.0 / self.scale  # exact: the scale is a power of two; one array
+            return values
+        values = total.view(np.float64)
+        for start in range(0, values.shape[0], _BLOCK):  # a block's temporary, not d's
+            stop = start + _BLOCK
+            np.multiply(signed[start:stop], 1.0 / self.scale, out=values[start:stop])
         return values
 
     def on_grid(self, values: NDArray[np.floating]) -> bool:

@@ -769,7 +769,8 @@ class PeerNode:
         finally:
             self._current = None
         if dp_round is None:
-            total = plan.codec.decode(ready.total).reshape(array.shape)
+            # the ring total is this round's own array: its buffer becomes the floats
+            total = plan.codec.decode(ready.total, overwrite=True).reshape(array.shape)
         else:
             total = dp.decode(dp_round, ready.total).reshape(array.shape)
         names = self.roster.name

@@ -83,7 +83,7 @@ class Machine(Protocol):
         """Start the round."""
         ...
 
-    def receive(self, sender: int | None, data: bytes) -> list[Effect]:
+    def receive(self, sender: int | None, data: bytes | memoryview) -> list[Effect]:
         """Process one message."""
         ...
 
@@ -266,10 +266,13 @@ def run_secagg_round(
     roster: tuple[Roster, list[SigningKey]] | None = None,
     ring_bits: int = 64,
     reduce_scatter: bool = False,
+    writable: bool = False,
 ) -> RoundOutcome:
     """Run one round of ``secagg`` among ``n`` in-process machines and return every outcome.
 
     ``inject`` lists (recipient, bytes) delivered before anything else (e.g. replays).
+    ``writable`` delivers every message as a writable ``memoryview`` of its own buffer, as
+    the MQTT transport delivers a message of several frames (``peers.chunking``).
     """
     roster_obj, keys = roster if roster is not None else make_roster(n)
     params = SecAggParams(
@@ -299,6 +302,7 @@ def run_secagg_round(
         reorder=reorder,
         inject=inject,
         vector_length=vector_length,
+        writable=writable,
     )
 
 
@@ -315,6 +319,7 @@ def run_network(
     reorder: bool,
     inject: Sequence[tuple[int, bytes]],
     vector_length: int,
+    writable: bool = False,
 ) -> ProtocolOutcome[ParamsT, MachineT]:
     """Wire ``machines`` together, run the round from ``inputs``, collect every outcome."""
     network = Network(
@@ -325,6 +330,7 @@ def run_network(
         adversaries=dict(adversaries or {}),
         rng=random.Random(seed),  # noqa: S311 - schedules faults, not a secret
         reorder=reorder,
+        writable=writable,
     )
     network.start(inputs, inject)
     return ProtocolOutcome(
@@ -348,6 +354,7 @@ class Network:
     adversaries: dict[int, Adversary]
     rng: random.Random
     reorder: bool
+    writable: bool = False
     queue: deque[tuple[int | None, int, bytes]] = field(default_factory=deque)
     delayed: list[tuple[int | None, int, bytes]] = field(default_factory=list)
     held_back: set[tuple[int | None, int, bytes]] = field(default_factory=set)
@@ -474,7 +481,8 @@ class Network:
                 copies = self._apply_faults(sender, recipient, data)
                 for copy in copies or []:
                     self.delivered += 1
-                    self.handle(recipient, self.machines[recipient].receive(sender, copy))
+                    message = memoryview(bytearray(copy)) if self.writable else copy
+                    self.handle(recipient, self.machines[recipient].receive(sender, message))
             waiting = [p for p, m in self.machines.items() if self.alive(p) and not m.finished]
             if not waiting and not self.delayed:
                 return

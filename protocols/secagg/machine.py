@@ -736,7 +736,19 @@ class SecAggMachine:
         )
         own = _Input(message, b"")
         self._inputs[self.me] = own
-        own.digest = self._enter(Phase.MASKED_INPUT, effects, message.encode())
+        payload = message.encode()
+        del masked, message
+        own.digest = self._enter(Phase.MASKED_INPUT, effects, payload)
+        # This peer's masked vector is kept as a view into the message it broadcasts: one
+        # copy of it while that message is being published, not two (peak memory at large L)
+        sealed = next(
+            e.data for e in effects if isinstance(e, Broadcast) and e.phase == Phase.MASKED_INPUT
+        )
+        own.message = MaskedInput.decode(
+            parse_envelope(sealed, max_payload=len(sealed)).payload,
+            vector_length=self.params.vector_length,
+            ring_bits=self.params.ring_bits,
+        )
 
     def _send_chunks(
         self,
@@ -1163,28 +1175,13 @@ class SecAggMachine:
                 if owner in self._inputs[u].message.mask_set:
                     secret = key.exchange(self._advertised[u].mask_key)
                     terms.append(MaskTerm(self._pair_mask_key(u, owner, secret), -_gamma(u, owner)))
-        length = self.params.vector_length
         words: RingVector | NDArray[np.uint32]
         if self._chunks is not None:  # §6.7: the verified chunk sums, mod 2^32
             assert self._chunks.masked_total is not None
             words = self._chunks.masked_total.astype(np.uint32)
             self._chunks = None
         else:
-            words = (
-                np.zeros(length, dtype=np.uint32)
-                if self.params.ring_bits == 32
-                else np.zeros(length, dtype=np.uint64)
-            )
-            for u in agreement.included:
-                message = self._inputs[u].message
-                assert isinstance(message, MaskedInput)
-                np.add(words, message.masked, out=words)
-            # summed: release the masked vectors before the masks and the 64-bit total are
-            # built, so they are never alive together (peak memory at large L)
-            for record in self._inputs.values():
-                if isinstance(record.message, MaskedInput):
-                    masked = record.message.masked[:0].copy()
-                    record.message = replace(record.message, masked=masked)
+            words = self._sum_masked_inputs(agreement.included)
         apply_masks(words, terms)
         # b = 32: sign-extended to 64-bit words, as lift() reads them (§6.6)
         total: RingVector = (
@@ -1198,6 +1195,36 @@ class SecAggMachine:
         self._enter(
             Phase.CONFIRM_RESULT, effects, ResultDigest(digest=self._result_digest).encode()
         )
+
+    def _sum_masked_inputs(self, included: tuple[int, ...]) -> RingVector | NDArray[np.uint32]:
+        """§6.5 — Σ_{u ∈ I} y_u in the round's ring; the masked vectors are released.
+
+        The sum is taken in place in a received vector when the transport handed over a
+        writable buffer (``peers.chunking``: a message reassembled from frames), else in a
+        new one. Either way no masked vector outlives the sum, so they are never alive
+        together with the masks and the 64-bit total (peak memory at large L).
+        """
+        vectors = []
+        for u in included:
+            message = self._inputs[u].message
+            assert isinstance(message, MaskedInput)
+            vectors.append(message.masked)
+        for record in self._inputs.values():
+            if isinstance(record.message, MaskedInput):
+                record.message = replace(record.message, masked=record.message.masked[:0].copy())
+        words: RingVector | NDArray[np.uint32]
+        writable = [v for v in vectors if v.flags.writeable]
+        if writable:
+            words = writable[0]
+            vectors = [v for v in vectors if v is not words]
+        elif self.params.ring_bits == 32:
+            words = np.zeros(self.params.vector_length, dtype=np.uint32)
+        else:
+            words = np.zeros(self.params.vector_length, dtype=np.uint64)
+        del writable
+        while vectors:
+            np.add(words, vectors.pop(), out=words)
+        return words
 
     def _reconstruct(self, kind: ShareKind, owner: int, effects: list[Effect]) -> int | None:
         dealer = self._dealers[owner]

@@ -369,6 +369,23 @@ def test_decoded_sum_with_all_peers_at_negative_extreme() -> None:
     assert np.array_equal(codec.decode(total), [-15.0, 15.0])
 
 
+@pytest.mark.parametrize("length", [0, 1, 5, (1 << 18) + 3])
+def test_decode_overwrite_gives_the_same_floats_in_the_totals_own_buffer(length: int) -> None:
+    codec = FixedPointCodec(frac_bits=16, n_peers=4, max_abs_value=100.0)
+    total = np.random.default_rng(length).integers(-(1 << 40), 1 << 40, size=length)
+    ring = total.astype(np.int64).view(np.uint64)
+    expected = codec.decode(ring)
+    decoded = codec.decode(ring, overwrite=True)
+    assert decoded.dtype == np.float64
+    assert np.array_equal(decoded, expected)
+    assert length == 0 or np.shares_memory(decoded, ring)
+    frozen = total.astype(np.int64).view(np.uint64)
+    frozen.flags.writeable = False  # not ours to overwrite: decoded into a new array
+    again = codec.decode(frozen, overwrite=True)
+    assert np.array_equal(again, expected)
+    assert not np.shares_memory(again, frozen)
+
+
 def test_decode_rejects_non_ring_input() -> None:
     codec = FixedPointCodec(frac_bits=8, n_peers=2, max_abs_value=10.0)
     with pytest.raises(EncodingError):
