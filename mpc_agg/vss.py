@@ -58,16 +58,16 @@ def decode_point(encoded: bytes) -> EccPoint:
         raise DecodeError("P-256 point must be 65 bytes of SEC1 uncompressed encoding")
     x = int.from_bytes(encoded[1:33], "big")
     y = int.from_bytes(encoded[33:], "big")
-    # pycryptodome reduces coordinates mod p and reads (0, 0) as infinity: reject both.
+    # pycryptodome reduces coordinates mod p and reads (0, 0) as infinity: reject both
+    # (checked on the integers: is_point_at_infinity() builds a second point to compare)
     if x >= _P or y >= _P:
         raise DecodeError("P-256 point coordinates must be reduced modulo p")
+    if x == 0 and y == 0:
+        raise DecodeError("bytes do not encode a point on P-256")
     try:
-        point = EccPoint(x, y, curve=_CURVE)
+        return EccPoint(x, y, curve=_CURVE)
     except ValueError:
         raise DecodeError("bytes do not encode a point on P-256") from None
-    if point.is_point_at_infinity():
-        raise DecodeError("bytes do not encode a point on P-256")
-    return point
 
 
 def encode_point(point: EccPoint) -> bytes:

@@ -235,8 +235,8 @@ class _Chunks:
     """Chunks for this owner with their payload digests (verified by admission)."""
     handled: set[int] = field(default_factory=set)
     sums: dict[int, tuple[ChunkSum, bytes]] = field(default_factory=dict)
-    masked_total: RingVector | None = None
-    """Σ over the included inputs of every chunk, exact u64 sums (owner order)."""
+    masked_total: NDArray[np.uint32] | None = None
+    """Σ over the included inputs of every chunk, mod 2^32 (owner order)."""
     expected: NDArray[np.uint64] | None = None
     """⟨r, sums⟩ per chunk and check, what the included peers' checks must add up to."""
     checks: dict[int, tuple[int, ...]] = field(default_factory=dict)
@@ -902,10 +902,10 @@ class SecAggMachine:
         own = chunks.own
         assert own is not None
         limit = len(included) * 0xFFFFFFFF
-        total = np.zeros(self.params.vector_length, dtype=np.uint64)
+        total = np.empty(self.params.vector_length, dtype=np.uint32)
+        sums: list[NDArray[np.uint64]] = []  # exact, per chunk, for the checks
         digests = []
         for owner, (start, stop) in enumerate(chunks.bounds):
-            target = total[start:stop]
             if owner in self._inputs:
                 record = chunks.sums.get(owner)
                 if record is None:
@@ -922,25 +922,28 @@ class SecAggMachine:
                     self._exclude(owner, "ChunkSum above |I|·(2^32 − 1)", effects)
                     self._abort(f"chunk owner {owner} published impossible sums", effects)
                     return
-                target[:] = message.sums
+                chunk_sums = message.sums
                 digests.append((owner, digest))
-                continue
-            for p in included:  # an orphaned chunk: every included peer sent its part
-                part = self._orphan_part(p, owner)
-                if part is None:
-                    self._abort(
-                        f"peer {p} did not publish its part of orphaned chunk {owner}", effects
-                    )
-                    return
-                np.add(target, part, out=target)
+            else:
+                chunk_sums = np.zeros(stop - start, dtype=np.uint64)
+                for p in included:  # an orphaned chunk: every included peer sent its part
+                    part = self._orphan_part(p, owner)
+                    if part is None:
+                        self._abort(
+                            f"peer {p} did not publish its part of orphaned chunk {owner}", effects
+                        )
+                        return
+                    np.add(chunk_sums, part, out=chunk_sums)
+            total[start:stop] = chunk_sums  # mod 2^32: the cast keeps the low 32 bits
+            sums.append(chunk_sums)
         chunks.masked_total = total
-        chunks.sums = {}
         key = sha256(
             b"mpc-agg/secagg/chunk-checks/v1",
             self._info(b"chunk-checks"),
             *(o.to_bytes(2, "big") + d for o, d in digests),
         )
-        mine, expected = _chunk_checks(key, chunks.bounds, own, total)
+        mine, expected = _chunk_checks(key, chunks.bounds, own, sums)
+        chunks.sums = {}
         chunks.expected = expected
         chunks.own = None
         chunks.checks[self.me] = mine
@@ -1178,7 +1181,7 @@ class SecAggMachine:
         words: RingVector | NDArray[np.uint32]
         if self._chunks is not None:  # §6.7: the verified chunk sums, mod 2^32
             assert self._chunks.masked_total is not None
-            words = self._chunks.masked_total.astype(np.uint32)
+            words = self._chunks.masked_total
             self._chunks = None
         else:
             words = self._sum_masked_inputs(agreement.included)
@@ -1301,24 +1304,25 @@ def _chunk_checks(
     key: bytes,
     bounds: Sequence[tuple[int, int]],
     own: NDArray[np.uint32],
-    total: RingVector,
+    sums: Sequence[NDArray[np.uint64]],
 ) -> tuple[tuple[int, ...], NDArray[np.uint64]]:
     """§6.7 — this peer's checks ⟨r_kj, y_k⟩ and the expected ⟨r_kj, S_k⟩, mod 2^64.
 
     r_kj = the first |chunk k| u64 words of AES-256-CTR(KDF(key, u16(k) ‖ u8(j))), for every
-    chunk k and check j < 3. Returns (own checks, chunk-major; expected, shape (m, 3)).
+    chunk k and check j < 3; ``sums[k]`` = S_k, the exact sums of chunk k. Returns (own
+    checks, chunk-major; expected, shape (m, 3)). Inner products by ``einsum``, which wraps
+    mod 2^64 as ``dot`` does and is faster on integers.
     """
     m = len(bounds)
     mine = np.zeros((m, CHECKS_PER_CHUNK), dtype=np.uint64)
     expected = np.zeros((m, CHECKS_PER_CHUNK), dtype=np.uint64)
     for k, (start, stop) in enumerate(bounds):
         y = own[start:stop].astype(np.uint64)
-        sums = total[start:stop]
         for j in range(CHECKS_PER_CHUNK):
             info = b"mpc-agg/secagg/chunk-check/v1" + k.to_bytes(2, "big") + bytes([j])
             r = expand(derive_key(key, info=info), stop - start)
-            mine[k, j] = np.dot(r, y)
-            expected[k, j] = np.dot(r, sums)
+            mine[k, j] = np.einsum("i,i->", r, y)
+            expected[k, j] = np.einsum("i,i->", r, sums[k])
     return tuple(int(v) for v in mine.ravel()), expected
 
 
