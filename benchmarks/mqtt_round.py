@@ -3,7 +3,8 @@
 Reports wall time, peak RSS of every site process and bytes per site, over Mosquitto with
 TLS and the generated ACL. Run::
 
-    .venv/bin/python -m benchmarks.mqtt_round --n 3 --d 10000000 [--dtype float32]
+    .venv/bin/python -m benchmarks.mqtt_round --n 3 --d 10000000 [--dtype float32] \
+        [--reduce-scatter]
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import numpy as np
 from benchmarks.common import broker_federation, cli, write
 
 
-def measure(n: int, d: int, dtype: str, protocol: str = "secagg") -> dict[str, Any]:
+def measure(
+    n: int, d: int, dtype: str, protocol: str = "secagg", reduce_scatter: bool = False
+) -> dict[str, Any]:
     """One round with ``n`` site processes and ``d`` entries of ``dtype``.
 
-    ``robust`` runs with max_norm 1 and every input scaled to L2 norm 0.99.
+    ``robust`` runs with max_norm 1 and every input scaled to L2 norm 0.99;
+    ``reduce_scatter`` runs ``secagg``'s chunk-owner data path (SPEC §6.7).
     """
     extra = ["--protocol", "robust", "--max-norm", "1.0"] if protocol == "robust" else []
-    with broker_federation(n, d, *extra) as (root, _broker):
+    with broker_federation(n, d, *extra, reduce_scatter=reduce_scatter) as (root, _broker):
         rng = np.random.default_rng(0)
         for k in range(n):
             values = rng.uniform(-0.5, 0.5, d)
@@ -64,6 +68,7 @@ def measure(n: int, d: int, dtype: str, protocol: str = "secagg") -> dict[str, A
     vector_mb = d * np.dtype(dtype).itemsize / 2**20
     return {
         "protocol": protocol,
+        "data_path": "reduce-scatter" if reduce_scatter else "broadcast",
         "n": n,
         "d": d,
         "dtype": dtype,
@@ -85,10 +90,14 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=10_000_000)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--protocol", choices=["secagg", "robust"], default="secagg")
+    parser.add_argument("--reduce-scatter", action="store_true", help="secagg SPEC §6.7")
     args = parser.parse_args()
-    row = measure(args.n, args.d, args.dtype, args.protocol)
+    if args.reduce_scatter and args.protocol != "secagg":
+        parser.error("--reduce-scatter is a secagg data path")
+    row = measure(args.n, args.d, args.dtype, args.protocol, args.reduce_scatter)
     prefix = "mqtt_round" if args.protocol == "secagg" else "mqtt_robust"
-    path = write(f"{prefix}_n{args.n}_d{args.d}", row)
+    suffix = "_rs" if args.reduce_scatter else ""
+    path = write(f"{prefix}_n{args.n}_d{args.d}{suffix}", row)
     print(json.dumps(row, indent=2))
     print(f"wrote {path}")
 

@@ -16,7 +16,7 @@ no matter how many masks there are. No Python loop runs over coordinates. Words 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,21 @@ def expand(key: bytes, length: int, dtype: type[np.unsignedinteger[Any]] = np.ui
     out = np.empty(length, dtype=dtype)
     apply_masks(out, [MaskTerm(key, +1)], initial_zero=True)
     return out
+
+
+def keystream_blocks(key: bytes, length: int) -> Iterator[NDArray[np.uint64]]:
+    """:func:`expand`'s ``length`` uint64 words, ``CHUNK_WORDS`` at a time.
+
+    Every block is a view of one reused buffer, valid until the next step: memory stays
+    O(``CHUNK_WORDS``) whatever ``length`` is, and the block is in cache when it is used.
+    """
+    buffer = np.empty(min(CHUNK_WORDS, max(length, 0)), dtype=np.uint64)
+    out = buffer.view(np.uint8).data
+    stream = Cipher(algorithms.AES(key), modes.CTR(_IV)).encryptor()
+    for start in range(0, length, CHUNK_WORDS):
+        words = min(CHUNK_WORDS, length - start)
+        stream.update_into(_ZERO_CHUNK_BYTES[: 8 * words], out[: 8 * words])
+        yield buffer[:words]
 
 
 def apply_masks(

@@ -47,7 +47,14 @@ from mpc_agg.errors import (
     ProtocolMisuseError,
     VerificationError,
 )
-from mpc_agg.prg import MaskTerm, apply_masks, expand, mask_info, mask_key
+from mpc_agg.prg import (
+    CHUNK_WORDS,
+    MaskTerm,
+    apply_masks,
+    keystream_blocks,
+    mask_info,
+    mask_key,
+)
 from mpc_agg.randomness import RandomSource, random_below
 from mpc_agg.ring import (
     RING_BITS_CHOICES,
@@ -902,7 +909,6 @@ class SecAggMachine:
         own = chunks.own
         assert own is not None
         limit = len(included) * 0xFFFFFFFF
-        total = np.empty(self.params.vector_length, dtype=np.uint32)
         sums: list[NDArray[np.uint64]] = []  # exact, per chunk, for the checks
         digests = []
         for owner, (start, stop) in enumerate(chunks.bounds):
@@ -934,15 +940,18 @@ class SecAggMachine:
                         )
                         return
                     np.add(chunk_sums, part, out=chunk_sums)
-            total[start:stop] = chunk_sums  # mod 2^32: the cast keeps the low 32 bits
             sums.append(chunk_sums)
-        chunks.masked_total = total
         key = sha256(
             b"mpc-agg/secagg/chunk-checks/v1",
             self._info(b"chunk-checks"),
             *(o.to_bytes(2, "big") + d for o, d in digests),
         )
         mine, expected = _chunk_checks(key, chunks.bounds, own, sums)
+        # checked: this peer's masked input is needed no more, and its buffer takes the
+        # masked total (mod 2^32: the cast keeps the low 32 bits), not a new one
+        for (start, stop), chunk_sums in zip(chunks.bounds, sums, strict=True):
+            own[start:stop] = chunk_sums
+        chunks.masked_total = own
         chunks.sums = {}
         chunks.expected = expected
         chunks.own = None
@@ -1310,19 +1319,36 @@ def _chunk_checks(
 
     r_kj = the first |chunk k| u64 words of AES-256-CTR(KDF(key, u16(k) ‖ u8(j))), for every
     chunk k and check j < 3; ``sums[k]`` = S_k, the exact sums of chunk k. Returns (own
-    checks, chunk-major; expected, shape (m, 3)). Inner products by ``einsum``, which wraps
+    checks, chunk-major; expected, shape (m, 3)). The r_kj are expanded block by block
+    (memory O(block) at any L) and the inner products taken by ``einsum``, which wraps
     mod 2^64 as ``dot`` does and is faster on integers.
     """
     m = len(bounds)
+    mask = (1 << 64) - 1
     mine = np.zeros((m, CHECKS_PER_CHUNK), dtype=np.uint64)
     expected = np.zeros((m, CHECKS_PER_CHUNK), dtype=np.uint64)
     for k, (start, stop) in enumerate(bounds):
-        y = own[start:stop].astype(np.uint64)
-        for j in range(CHECKS_PER_CHUNK):
-            info = b"mpc-agg/secagg/chunk-check/v1" + k.to_bytes(2, "big") + bytes([j])
-            r = expand(derive_key(key, info=info), stop - start)
-            mine[k, j] = np.einsum("i,i->", r, y)
-            expected[k, j] = np.einsum("i,i->", r, sums[k])
+        streams = [
+            keystream_blocks(
+                derive_key(
+                    key, info=b"mpc-agg/secagg/chunk-check/v1" + k.to_bytes(2, "big") + bytes([j])
+                ),
+                stop - start,
+            )
+            for j in range(CHECKS_PER_CHUNK)
+        ]
+        ours = [0] * CHECKS_PER_CHUNK
+        theirs = [0] * CHECKS_PER_CHUNK
+        for offset in range(start, stop, CHUNK_WORDS):
+            end = min(offset + CHUNK_WORDS, stop)
+            y = own[offset:end].astype(np.uint64)
+            s = sums[k][offset - start : end - start]
+            for j, stream in enumerate(streams):
+                r = next(stream)
+                ours[j] += int(np.einsum("i,i->", r, y))
+                theirs[j] += int(np.einsum("i,i->", r, s))
+        mine[k] = [v & mask for v in ours]
+        expected[k] = [v & mask for v in theirs]
     return tuple(int(v) for v in mine.ravel()), expected
 
 

@@ -10,7 +10,15 @@ import pytest
 from Crypto.Cipher import AES as PYCRYPTODOME_AES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from mpc_agg.prg import CHUNK_WORDS, MaskTerm, apply_masks, expand, mask_info, mask_key
+from mpc_agg.prg import (
+    CHUNK_WORDS,
+    MaskTerm,
+    apply_masks,
+    expand,
+    keystream_blocks,
+    mask_info,
+    mask_key,
+)
 
 LENGTHS = [0, 1, CHUNK_WORDS - 1, CHUNK_WORDS, CHUNK_WORDS + 1, 3 * CHUNK_WORDS + 5]
 KEYS = [bytes([i]) * 32 for i in (1, 2, 3)]
@@ -121,6 +129,15 @@ def test_pairwise_masks_cancel_in_the_sum() -> None:
     apply_masks(y2, [MaskTerm(KEYS[2], -1)])
     assert not np.array_equal(y1, x1)
     assert np.array_equal(y1 + y2, x1 + x2)
+
+
+@pytest.mark.parametrize("length", [0, 1, CHUNK_WORDS - 1, CHUNK_WORDS, 2 * CHUNK_WORDS + 7])
+def test_keystream_blocks_concatenate_to_expand(length: int) -> None:
+    key = bytes(range(32))
+    blocks = [block.copy() for block in keystream_blocks(key, length)]  # views of one buffer
+    assert all(0 < len(b) <= CHUNK_WORDS for b in blocks)
+    joined = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.uint64)
+    assert np.array_equal(joined, expand(key, length))
 
 
 def test_mask_term_repr_hides_the_key() -> None:
