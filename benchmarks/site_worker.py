@@ -130,7 +130,9 @@ class _Site:
         site, n = self.site, self.site.federation.n
         round_id = PLAIN_ROUNDS + round_no
         topic = message_topic(site.federation.id, round_id, site.name)
-        await self.plain.publish(topic, self.update.tobytes())
+        # published while the others' updates are received, as PeerNode publishes its
+        # messages: waiting for our own publication first would leave theirs queued
+        publishing = asyncio.ensure_future(self.plain.publish(topic, self.update.tobytes()))
         total = self.update.copy()
         seen = {site.name}
         assert self._deliveries is not None
@@ -141,6 +143,7 @@ class _Site:
                 continue
             seen.add(parsed.site)
             total += np.frombuffer(delivery.payload, dtype=self.update.dtype)
+        await publishing
         return total.astype(np.float64), len(seen)
 
 
