@@ -136,13 +136,17 @@ class _Site:
         total = self.update.copy()
         seen = {site.name}
         assert self._deliveries is not None
-        while len(seen) < n:
-            delivery = await anext(self._deliveries)
-            parsed = parse_topic(delivery.topic)
-            if parsed is None or parsed.round_id != round_id or parsed.site in seen:
-                continue
-            seen.add(parsed.site)
-            total += np.frombuffer(delivery.payload, dtype=self.update.dtype)
+        try:
+            while len(seen) < n:
+                delivery = await anext(self._deliveries)
+                parsed = parse_topic(delivery.topic)
+                if parsed is None or parsed.round_id != round_id or parsed.site in seen:
+                    continue
+                seen.add(parsed.site)
+                total += np.frombuffer(delivery.payload, dtype=self.update.dtype)
+        except BaseException:
+            publishing.cancel()
+            raise
         await publishing
         return total.astype(np.float64), len(seen)
 

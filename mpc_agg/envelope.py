@@ -138,6 +138,8 @@ def _header(
 
 def parse_envelope(data: bytes | memoryview, *, max_payload: int) -> Envelope:
     """Decode a message without authenticating it."""
+    if isinstance(data, memoryview) and not (data.format == "B" and data.c_contiguous):
+        data = data.cast("B") if data.c_contiguous else data.tobytes()  # lengths in bytes
     reader = Reader(data)
     if reader.fixed(len(MAGIC)) != MAGIC:
         raise InvalidValueError("not an mpc-agg message (bad magic)")

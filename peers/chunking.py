@@ -11,14 +11,23 @@ its first frame, each source may have ``max_pending_per_source`` partial message
 oldest is evicted), and partial messages older than ``max_pending_total`` in count are
 dropped first.
 
-A message of several frames is reassembled in one buffer of its announced size, reserved
-at its first frame (``numpy.empty``: the pages of a large fresh allocation become resident
-only when written; with transparent huge pages set to ``always``, a 2 MB page at a time)
-and filled as frames arrive, each frame released once copied. So a partial message holds
-in memory only the chunks received so far, and a complete one is
-never in memory twice (its frames and their join): at d = 10^8 that was one more copy of a
-masked input at every site's peak (README, Benchmarks). The buffer is returned as a
-writable ``memoryview``; a one-frame message is returned as ``bytes``.
+A message of several frames of at least ``MIN_BUFFERED_CHUNK`` bytes is reassembled in one
+buffer of its announced size, reserved at its first frame and filled as frames arrive, each
+frame released once copied: a complete message is never in memory twice (its frames and
+their join), which at d = 10^8 was one more copy of a masked input at every site's peak
+(README, Benchmarks). The buffer is an anonymous mapping whose pages become resident only
+when written, in transparent huge pages where the host allows (``MADV_HUGEPAGE``, as numpy
+advises for large arrays: 4 KiB pages made a d = 10^7 round ≈ 15 % slower). A huge page
+is committed whole by its first written byte, so the reassembler counts the 2 MiB regions
+a message's frames have touched and drops a message whose regions exceed twice its bytes
+received plus two regions: frames in any order of an honest message stay far inside that,
+and a sender that writes one small frame every 2 MiB of a huge announced size (a review
+found 504 MiB resident for 19 kB of such frames) is cut off after a few of them. A partial
+message therefore holds at most about twice the bytes received, whatever it announces.
+Smaller frames are kept as they arrive and joined at the end, as before. A buffer that
+cannot be reserved (an announced size above what the host will commit) is a
+:class:`ChunkError`, like any other frame refused. The buffer is returned as a writable
+``memoryview``; a one-frame or small-frame message is returned as ``bytes``.
 
 A complete message whose SHA-256 differs from the announced one is dropped,
 unless the reassembler is told not to hash (``verify_digest=False``): a site's node does
@@ -30,6 +39,7 @@ the announced digest, size and count.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -45,6 +55,10 @@ MAGIC = b"MPCK"
 VERSION = 1
 _HEADER = struct.Struct(">4sB16sIIIQ32s")
 HEADER_SIZE = _HEADER.size
+#: Frames at least this large are copied into one reassembly buffer as they arrive.
+MIN_BUFFERED_CHUNK = 64 * 1024
+#: What one written byte of a reassembly buffer may commit: a transparent huge page.
+REGION = 2 * 1024 * 1024
 
 
 class ChunkError(DecodeError):
@@ -82,9 +96,14 @@ class _Partial:
     count: int
     chunk_size: int
     digest: bytes
-    buffer: NDArray[np.uint8]
+    #: the reassembly buffer (frames of ``MIN_BUFFERED_CHUNK`` bytes or more), else None
+    buffer: NDArray[np.uint8] | None
+    #: index -> a small frame's data, a view into the frame as it arrived (buffer is None)
+    chunks: dict[int, memoryview] = field(default_factory=dict)
     #: indices of the frames copied into ``buffer``
     indices: set[int] = field(default_factory=set)
+    #: ``REGION``-sized regions of ``buffer`` the frames have touched
+    regions: set[int] = field(default_factory=set)
     received: int = 0
 
 
@@ -143,19 +162,39 @@ class Reassembler:
         if count == 1:
             return self._single(data, digest)
         if partial is None:
+            buffer = _reserve(total) if chunk_size >= MIN_BUFFERED_CHUNK else None
             self._make_room(source)
-            partial = _Partial(total, count, chunk_size, digest, np.empty(total, dtype=np.uint8))
+            partial = _Partial(total, count, chunk_size, digest, buffer)
             self._partials[key] = partial
         if index in partial.indices:
             return None  # QoS 1 redelivery
         start = index * chunk_size
-        partial.buffer[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        if partial.buffer is not None:
+            touched = range(start // REGION, (start + len(data) - 1) // REGION + 1)
+            regions = partial.regions.union(touched)
+            if len(regions) * REGION > 2 * (partial.received + len(data)) + 2 * REGION:
+                self._partials.pop(key, None)
+                raise ChunkError(
+                    f"frames of a {total}-byte message scattered over it: {len(regions)} "
+                    f"regions of {REGION} bytes for {partial.received + len(data)} bytes"
+                )
+            partial.regions = regions
+            partial.buffer[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)
         partial.indices.add(index)
         partial.received += len(data)
+        if partial.buffer is None:
+            if type(frame) is not bytes:  # kept as a view until joined: it must not change
+                data = memoryview(bytes(data))
+            partial.chunks[index] = data
         if len(partial.indices) < count:
             return None
         del self._partials[key]
-        message = partial.buffer.data
+        message: bytes | memoryview
+        if partial.buffer is not None:
+            message = partial.buffer.data
+        else:
+            message = b"".join([partial.chunks[i] for i in range(count)])  # the one copy
+            partial.chunks.clear()
         if self.verify_digest and not digests_equal(sha256(message), digest):
             raise ChunkError("reassembled message does not match its digest")
         return message
@@ -185,3 +224,24 @@ def _chunk_data(frame: bytes, index: int, total: int, chunk_size: int) -> memory
     if len(data) != expected:
         raise ChunkError(f"chunk {index} carries {len(data)} bytes, expected {expected}")
     return data
+
+
+def _reserve(total: int) -> NDArray[np.uint8]:
+    """A writable buffer of ``total`` bytes whose pages are committed only when written.
+
+    An anonymous private mapping, advised to use transparent huge pages where the platform
+    allows it (module docstring: the reassembler bounds what they commit).
+    """
+    private = getattr(mmap, "MAP_PRIVATE", None)  # POSIX; elsewhere the platform default
+    anonymous = getattr(mmap, "MAP_ANONYMOUS", None)
+    try:
+        if private is None or anonymous is None:
+            region = mmap.mmap(-1, max(total, 1))
+        else:
+            region = mmap.mmap(-1, max(total, 1), flags=private | anonymous)
+    except (OSError, MemoryError, ValueError, OverflowError) as exc:
+        raise ChunkError(f"cannot reserve {total} bytes for a message: {exc}") from None
+    huge_pages = getattr(mmap, "MADV_HUGEPAGE", None)
+    if huge_pages is not None:
+        region.madvise(huge_pages)
+    return np.frombuffer(region, dtype=np.uint8, count=total)

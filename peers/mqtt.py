@@ -73,6 +73,8 @@ def _no_delay(client: aiomqtt.Client) -> None:
 
 #: Pending publishes above which aiomqtt logs a warning (its default is 10).
 _PENDING_PUBLISHES_WARNING = 4096
+#: Frames taken from aiomqtt's queue before the drain yields to the event loop once.
+_DRAIN_TURN = 64
 
 
 class MqttTransport:
@@ -394,10 +396,12 @@ class MqttTransport:
                 continue
             try:
                 async for first in client.messages:
-                    for message in _with_queued(client, first):
+                    for taken, message in enumerate(_with_queued(client, first), 1):
                         delivery = await self._take(client, message)
                         if delivery is not None:
                             yield delivery
+                        if taken % _DRAIN_TURN == 0:
+                            await asyncio.sleep(0)  # a long drain lets other tasks run too
             except aiomqtt.MqttError:
                 if self.closing:
                     return

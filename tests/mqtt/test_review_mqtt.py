@@ -15,7 +15,7 @@ import aiomqtt
 import pytest
 
 from peers.chunking import split
-from peers.mqtt import MqttTransport
+from peers.mqtt import MqttTransport, _with_queued
 from peers.transport import TransportError, federation_filter, message_topic
 
 HOST, PORT = "127.0.0.1", 1883
@@ -152,3 +152,32 @@ async def test_review_a_publish_the_broker_always_refuses_fails_instead_of_loopi
     async with transport:
         with pytest.raises(TransportError):
             await asyncio.wait_for(transport.publish("mpcagg/v1/f/1/site-0", bytes(20_000)), 4)
+
+
+@pytest.mark.asyncio
+async def test_the_drain_takes_every_queued_frame_once_in_order_after_the_awaited_one() -> None:
+    """peers.mqtt._with_queued: aiomqtt's queue is emptied each turn, FIFO, nothing twice."""
+
+    class _Messages:
+        def __init__(self, queue: asyncio.Queue[Any]) -> None:
+            self.queue = queue
+
+        def __len__(self) -> int:
+            return self.queue.qsize()
+
+    class _Client:
+        def __init__(self) -> None:
+            self._queue: asyncio.Queue[Any] = asyncio.Queue()
+            self.messages = _Messages(self._queue)
+
+    client = _Client()
+    for k in range(1, 6):
+        client._queue.put_nowait(k)
+    taken: list[Any] = list(_with_queued(client, 0))  # type: ignore[arg-type]
+    assert taken == [0, 1, 2, 3, 4, 5]
+    assert client._queue.empty()
+    # a client whose queue is not an asyncio.Queue (another aiomqtt): the awaited frame only
+    odd = _Client()
+    odd._queue = [7]  # type: ignore[assignment]
+    alone: list[Any] = list(_with_queued(odd, 0))  # type: ignore[arg-type]
+    assert alone == [0]

@@ -7,7 +7,7 @@ import pytest
 
 from mpc_agg.fixedpoint import FixedPointCodec
 from mpc_agg.ring import RingVector
-from protocols.harness import Dropout, RoundOutcome, run_secagg_round
+from protocols.harness import Dropout, Fault, FaultKind, RoundOutcome, run_secagg_round
 from protocols.secagg.machine import default_threshold, result_digest
 from protocols.secagg.messages import Phase
 from tests.protocol.support import assert_exact, ignored, plaintext_sum
@@ -94,13 +94,14 @@ def test_ten_peers_a_million_coordinates() -> None:
         assert result.confirmed_by == tuple(p for p in range(n) if p != peer)
 
 
-@pytest.mark.parametrize("ring_bits", [32, 64])
-@pytest.mark.parametrize("dropout", [None, Phase.MASKED_INPUT, Phase.CONSISTENCY_CHECK])
+@pytest.mark.parametrize(("ring_bits", "reduce_scatter"), [(32, False), (64, False), (32, True)])
+@pytest.mark.parametrize("dropout", [None, Phase.MASKED_INPUT, Phase.UNMASK])
 def test_received_buffers_summed_in_place_give_the_same_exact_sum(
-    ring_bits: int, dropout: Phase | None
+    ring_bits: int, reduce_scatter: bool, dropout: Phase | None
 ) -> None:
     """§6.5: a transport that hands over writable buffers (MQTT's reassembled messages) lets
-    the machine sum in a received vector instead of a new one; the result is the same."""
+    the machine sum in a received vector instead of a new one (§6.7: and keep the masked
+    total in its own buffer); the result is the same, duplicates and reordering included."""
     n = 5
     bound = 1 << 20 if ring_bits == 32 else 1 << 40
     rng = np.random.default_rng(ring_bits)
@@ -115,7 +116,10 @@ def test_received_buffers_summed_in_place_give_the_same_exact_sum(
             seed=9,
             inputs=inputs,
             ring_bits=ring_bits,
+            reduce_scatter=reduce_scatter,
             dropouts=dropouts,
+            faults=[Fault(kind=FaultKind.DUPLICATE, probability=0.3)],
+            reorder=True,
             writable=writable,
         )
         for writable in (False, True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 from pathlib import Path
 
@@ -9,7 +11,17 @@ import pytest
 
 from mpc_agg.envelope import EnvelopeContext, authenticate, parse_envelope, seal_envelope
 from mpc_agg.errors import SignatureError
-from peers.chunking import ChunkError, Reassembler, split
+from peers.chunking import (
+    _HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    MIN_BUFFERED_CHUNK,
+    REGION,
+    VERSION,
+    ChunkError,
+    Reassembler,
+    split,
+)
 from peers.config import (
     BrokerConfig,
     Deadlines,
@@ -27,37 +39,93 @@ def _resident_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads Linux's /proc")
-def test_review_an_announced_size_is_not_held_in_memory_before_its_bytes_arrive() -> None:
-    # A partial message's buffer is reserved at its first frame but committed only as its
-    # bytes arrive: 64 first frames (~1 KB each) announcing 16 MB each must not make the
-    # process resident for the 1 GB announced.
-    big = bytes(16 << 20)
-    firsts = [next(split(big, chunk_size=1024, message_id=os.urandom(16))) for _ in range(64)]
-    del big
-    reassembler = Reassembler(
-        max_message_bytes=16 << 20, max_pending_per_source=64, max_pending_total=64
+def _frame(message_id: bytes, index: int, count: int, chunk_size: int, total: int) -> bytes:
+    """Frame ``index`` of a message that is never sent whole: ``chunk_size`` bytes of 1s."""
+    data = b"\x01" * min(chunk_size, total - index * chunk_size)
+    return (
+        _HEADER.pack(MAGIC, VERSION, message_id, index, count, chunk_size, total, bytes(32)) + data
     )
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads Linux's /proc")
+@pytest.mark.parametrize("chunk_size", [1, 1024, MIN_BUFFERED_CHUNK])
+@pytest.mark.parametrize("stride", [0, REGION])
+def test_review_a_partial_message_holds_about_the_bytes_received_not_the_bytes_announced(
+    chunk_size: int, stride: int
+) -> None:
+    # Four sources × four partial messages announcing 256 MB each (4 GB in all), fed either
+    # their first frames only (stride 0) or one frame every 2 MiB of the announced size. A
+    # frame commits at most a huge page of a reassembly buffer, and a message whose frames
+    # are scattered is dropped: what is resident stays about the bytes received.
+    total = 256 << 20
+    count = -(-total // chunk_size)
+    step = max(1, stride // chunk_size)
+    indices = [0] if stride == 0 else list(range(0, count, step))
+    reassembler = Reassembler(max_message_bytes=total, verify_digest=False)
     before = _resident_bytes()
-    for k, frame in enumerate(firsts):
-        assert reassembler.feed(f"fed/site-{k}", frame) is None
+    received = refused = 0
+    reasons: set[str] = set()
+    for source in range(4):
+        for message in range(4):
+            message_id = bytes([source, message]) * 8
+            for index in indices:
+                frame = _frame(message_id, index, count, chunk_size, total)
+                try:
+                    out = reassembler.feed(f"fed/site-{source}", frame)
+                except ChunkError as exc:
+                    reasons.add(str(exc).split(" over ")[0].split()[-1])
+                    refused += 1
+                    continue
+                assert out is None
+                received += len(frame) - HEADER_SIZE
     grown = _resident_bytes() - before
-    assert grown < 32 << 20, f"{grown} bytes resident for {64 * 1024} bytes received"
-    assert reassembler.pending_bytes == 64 * 1024
+    buffered = chunk_size >= MIN_BUFFERED_CHUNK
+    assert (refused > 0) == (buffered and stride > 0)
+    assert reasons <= {"scattered"}  # "frames of a …-byte message scattered over it: …"
+    assert reassembler.pending_bytes <= received
+    # per live partial: twice its bytes and two huge pages; small frames: their bytes and
+    # bookkeeping; plus slack for the interpreter
+    allowance = 2 * received + 16 * 2 * REGION + 200 * len(indices) * 16 + (8 << 20)
+    assert grown < allowance, f"{grown} bytes resident for {received} bytes received"
+    assert grown < 128 << 20  # not the 4 GB announced
 
 
-def test_review_a_reassembled_message_is_one_writable_buffer_and_frames_are_not_kept() -> None:
-    message = os.urandom(50_000)
-    frames = list(split(message, chunk_size=4096, message_id=b"w" * 16))
+def test_review_a_buffer_that_cannot_be_reserved_drops_the_frame_not_the_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> mmap.mmap:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    reassembler = Reassembler(max_message_bytes=1 << 40)
+    frame = _frame(b"h" * 16, 0, 1 << 20, MIN_BUFFERED_CHUNK, MIN_BUFFERED_CHUNK << 20)
+    with pytest.raises(ChunkError, match="cannot reserve"):
+        reassembler.feed("fed/site-0", frame)
+    assert reassembler.pending_bytes == 0
+    monkeypatch.undo()
+    # the reassembler goes on: a small message still comes through
+    single = next(split(b"small", chunk_size=4096, message_id=b"s" * 16))
+    assert reassembler.feed("fed/site-0", single) == b"small"
+
+
+@pytest.mark.parametrize("chunk_size", [MIN_BUFFERED_CHUNK, MIN_BUFFERED_CHUNK - 1])
+def test_review_large_frames_reassemble_in_one_writable_buffer_small_ones_as_bytes(
+    chunk_size: int,
+) -> None:
+    message = os.urandom(3 * chunk_size + 5)
+    frames = list(split(message, chunk_size=chunk_size, message_id=b"w" * 16))
     reassembler = Reassembler(max_message_bytes=1 << 20)
-    outs = [reassembler.feed("fed/site-0", bytes(frame)) for frame in frames]
+    outs = [reassembler.feed("fed/site-0", bytes(frame)) for frame in frames[::-1]]
     whole = outs[-1]
     assert outs[:-1] == [None] * (len(frames) - 1)
-    assert isinstance(whole, memoryview)
-    assert not whole.readonly
     assert whole == message
+    if chunk_size >= MIN_BUFFERED_CHUNK:
+        assert isinstance(whole, memoryview)
+        assert not whole.readonly
+    else:
+        assert type(whole) is bytes
     # one frame: plain bytes
-    single = next(split(b"small", chunk_size=4096, message_id=b"s" * 16, pad=True))
+    single = next(split(b"small", chunk_size=chunk_size, message_id=b"s" * 16, pad=True))
     assert reassembler.feed("fed/site-0", single) == b"small"
 
 

@@ -98,6 +98,28 @@ def test_seal_parse_authenticate_round_trip() -> None:
     assert check_context(envelope, CONTEXT) is None
 
 
+@pytest.mark.parametrize("view", ["bytes", "writable", "words", "strided"])
+def test_parse_reads_any_buffer_in_bytes(view: str) -> None:
+    """A reassembled message arrives as a (writable) memoryview; any view parses as its bytes."""
+    payload = b"abcd" * 5  # header, payload and signature all whole 4-byte words
+    sealed = _seal(payload)
+    assert len(sealed) % 4 == 0
+    data: bytes | memoryview
+    if view == "bytes":
+        data = sealed
+    elif view == "writable":
+        data = memoryview(bytearray(sealed))
+    elif view == "words":
+        data = memoryview(bytearray(sealed)).cast("I")  # len() counts words, not bytes
+    else:
+        doubled = bytearray(len(sealed) * 2)
+        doubled[::2] = sealed
+        data = memoryview(doubled)[::2]  # not contiguous
+    envelope = parse_envelope(data, max_payload=MAX_PAYLOAD)
+    authenticate(envelope, SENDER_VERIFY)
+    assert bytes(envelope.payload) == payload
+
+
 def test_layout_magic_version_alignment_and_signature() -> None:
     assert SEALED.startswith(MAGIC + bytes([WIRE_VERSION]))
     assert SEALED[PAYLOAD_LEN_OFFSET:PAYLOAD_DIGEST_OFFSET] == len(PAYLOAD).to_bytes(8, "big")
