@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 
 from mpc_agg import noise
 from mpc_agg.errors import EncodingError, MpcAggError
-from mpc_agg.fixedpoint import check_headroom
+from mpc_agg.fixedpoint import check_headroom, sum_of_squares
 from mpc_agg.randomness import DeterministicRandomSource, RandomSource
 from mpc_agg.ring import RingVector, lift
 
@@ -577,7 +577,7 @@ def _round_conditionally(
     limit = bound_squared * (1.0 - scaled.shape[0] * 2.0**-52)
     for draw in range(1, _MAX_ROUNDING_DRAWS + 1):
         rounded = floor + (rng.random(scaled.shape[0]) < fraction)
-        if float(np.dot(rounded, rounded)) <= limit:
+        if sum_of_squares(rounded) <= limit:
             return rounded.astype(np.int64), draw
     raise EncodingError(
         f"conditional rounding failed {_MAX_ROUNDING_DRAWS} times; the sensitivity bound "
@@ -613,7 +613,7 @@ def privatize(
         raise EncodingError(f"update contains {bad} NaN/inf entries; refusing to encode")
     if plan.settings.rotation:
         x = rotate(plan, x)
-    norm = float(np.linalg.norm(x))
+    norm = math.sqrt(sum_of_squares(x))  # not BLAS (fixedpoint.sum_of_squares)
     if plan.settings.unit is Unit.EXAMPLE:
         # A sum of clipped examples: never clipped here, rounded to nearest (§2.1).
         scaled = x * plan.scale

@@ -30,12 +30,15 @@ _EXACT_FLOAT_LIMIT = float(1 << 53)
 _BLOCK = 1 << 18
 
 
-def _sum_of_squares(flat: NDArray[np.floating] | NDArray[np.integer]) -> float:
-    """Σ x² in float64, block by block (no float64 copy of the whole vector).
+def sum_of_squares(flat: NDArray[np.floating] | NDArray[np.integer]) -> float:
+    """Σ x² in float64 of a 1-D vector, block by block (no float64 copy of the whole vector).
 
     ``einsum``, not ``dot``: numpy's float ``dot`` goes to a multithreaded BLAS whose
     threads spin after every call — measured over Mosquitto (ten site processes on two
-    cores), the norm alone cost a secagg site ≈ 20 ms of CPU per round at d = 10⁶.
+    cores), the norm alone cost a secagg site ≈ 20 ms of CPU per round at d = 10⁶. Every
+    L2 norm of a vector-sized array in the package is taken with this (DP, ``robust``'s
+    norm check, the torch optimizer's clip). Rounding error: at most d·2⁻⁵³ relative, as
+    for any order of summation.
     """
     total = 0.0
     for start in range(0, flat.shape[0], _BLOCK):
@@ -161,7 +164,7 @@ class FixedPointCodec:
         if clip_norm is not None:
             if not (math.isfinite(clip_norm) and clip_norm > 0):
                 raise EncodingError(f"clip_norm must be finite and > 0, got {clip_norm}")
-            norm = _finite_norm(_sum_of_squares(flat))
+            norm = _finite_norm(sum_of_squares(flat))
             if norm > clip_norm:
                 factor = clip_norm / norm
                 clipped = True

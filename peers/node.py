@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import os
 import random
 import sys
@@ -62,7 +63,7 @@ from numpy.typing import ArrayLike, NDArray
 from mpc_agg import dp
 from mpc_agg.crypto import SigningKey
 from mpc_agg.errors import EncodingError, MpcAggError, ProtocolMisuseError
-from mpc_agg.fixedpoint import FixedPointCodec
+from mpc_agg.fixedpoint import FixedPointCodec, sum_of_squares
 from mpc_agg.normproof import max_norm_bound
 from mpc_agg.randomness import RandomSource, SystemRandomSource
 from mpc_agg.ring import RingVector
@@ -877,7 +878,7 @@ class PeerNode:
         values = np.asarray(array, dtype=np.float64).reshape(-1)
         if not np.isfinite(values).all():
             raise EncodingError("update contains NaN or infinite values")
-        norm = float(np.linalg.norm(values))
+        norm = math.sqrt(sum_of_squares(values))  # not BLAS (fixedpoint.sum_of_squares)
         if norm > self.max_norm * (1.0 + NORM_TOLERANCE):
             raise EncodingError(
                 f"update L2 norm {norm:.6g} exceeds the federation's max_norm "

@@ -64,6 +64,7 @@ import torch
 from numpy.typing import NDArray
 
 from mpc_agg.errors import MpcAggError
+from mpc_agg.fixedpoint import sum_of_squares
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +433,7 @@ class SecureAggOptimizer(torch.optim.Optimizer):
     def _clip(self, vector: NDArray[np.float64]) -> NDArray[np.float64]:
         if self.max_grad_norm is None or self.expected_batch_size is not None:
             return vector  # DP-SGD: each example was clipped, their sum is not
-        norm = float(np.linalg.norm(vector))
+        norm = math.sqrt(sum_of_squares(vector))  # not BLAS (fixedpoint.sum_of_squares)
         if norm > self.max_grad_norm:
             vector = vector * (self.max_grad_norm / norm)
         return vector
