@@ -132,8 +132,9 @@ class Reassembler:
     def feed(self, source: str, frame: bytes) -> bytes | memoryview | None:
         """Add one frame; return the whole message when it completes, else None.
 
-        A message of one frame comes back as ``bytes``; a longer one as a writable
-        ``memoryview`` of the buffer it was reassembled in, which the caller owns.
+        A message of frames of ``MIN_BUFFERED_CHUNK`` bytes or more comes back as a writable
+        ``memoryview`` of the buffer it was reassembled in, which the caller owns; a message
+        of one frame, or of smaller frames, as ``bytes``.
         """
         if len(frame) < HEADER_SIZE:
             raise ChunkError(f"frame of {len(frame)} bytes is shorter than its header")
