@@ -15,15 +15,17 @@ A message of several frames of at least ``MIN_BUFFERED_CHUNK`` bytes is reassemb
 buffer of its announced size, reserved at its first frame and filled as frames arrive, each
 frame released once copied: a complete message is never in memory twice (its frames and
 their join), which at d = 10^8 was one more copy of a masked input at every site's peak
-(README, Benchmarks). The buffer is an anonymous mapping whose pages become resident only
-when written, in transparent huge pages where the host allows (``MADV_HUGEPAGE``, as numpy
-advises for large arrays: 4 KiB pages made a d = 10^7 round ≈ 15 % slower). A huge page
-is committed whole by its first written byte, so the reassembler counts the 2 MiB regions
-a message's frames have touched and drops a message whose regions exceed twice its bytes
-received plus two regions: frames in any order of an honest message stay far inside that,
-and a sender that writes one small frame every 2 MiB of a huge announced size (a review
-found 504 MiB resident for 19 kB of such frames) is cut off after a few of them. A partial
-message therefore holds at most about twice the bytes received, whatever it announces.
+(README, Benchmarks). The buffer is ``numpy.empty``: glibc's heap under its mmap threshold
+(reused round after round), else a fresh mapping whose pages become resident only when
+written, in transparent huge pages where the host allows (numpy advises them for large
+arrays; a fresh mapping with 4 KiB pages for every message made rounds ≈ 10–15 % slower).
+A huge page is committed whole by its first written byte, so the reassembler counts the
+2 MiB regions a message's frames have touched and drops a message whose regions exceed
+twice its bytes received plus two regions: frames in any order of an honest message stay
+far inside that, and a sender that writes one small frame every 2 MiB of a huge announced
+size (a review found 504 MiB resident for 19 kB of such frames) is cut off after a few of
+them. A partial message therefore holds at most about twice the bytes received, whatever
+it announces.
 Smaller frames are kept as they arrive and joined at the end, as before. A buffer that
 cannot be reserved (an announced size above what the host will commit) is a
 :class:`ChunkError`, like any other frame refused. The buffer is returned as a writable
@@ -39,7 +41,6 @@ the announced digest, size and count.
 
 from __future__ import annotations
 
-import mmap
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -228,21 +229,14 @@ def _chunk_data(frame: bytes, index: int, total: int, chunk_size: int) -> memory
 
 
 def _reserve(total: int) -> NDArray[np.uint8]:
-    """A writable buffer of ``total`` bytes whose pages are committed only when written.
+    """A writable buffer of ``total`` bytes, not written (module docstring).
 
-    An anonymous private mapping, advised to use transparent huge pages where the platform
-    allows it (module docstring: the reassembler bounds what they commit).
+    ``numpy.empty``: glibc's heap for a buffer under its mmap threshold (memory a site
+    reuses round after round, ``peers/allocator.py``), a fresh mapping above it, advised for
+    huge pages; the reassembler's region rule bounds what the frames make resident either
+    way. A size the host refuses is a :class:`ChunkError`.
     """
-    private = getattr(mmap, "MAP_PRIVATE", None)  # POSIX; elsewhere the platform default
-    anonymous = getattr(mmap, "MAP_ANONYMOUS", None)
     try:
-        if private is None or anonymous is None:
-            region = mmap.mmap(-1, max(total, 1))
-        else:
-            region = mmap.mmap(-1, max(total, 1), flags=private | anonymous)
-    except (OSError, MemoryError, ValueError, OverflowError) as exc:
+        return np.empty(total, dtype=np.uint8)
+    except (MemoryError, ValueError) as exc:
         raise ChunkError(f"cannot reserve {total} bytes for a message: {exc}") from None
-    huge_pages = getattr(mmap, "MADV_HUGEPAGE", None)
-    if huge_pages is not None:
-        region.madvise(huge_pages)
-    return np.frombuffer(region, dtype=np.uint8, count=total)

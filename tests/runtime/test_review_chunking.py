@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import errno
-import mmap
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from mpc_agg.envelope import EnvelopeContext, authenticate, parse_envelope, seal_envelope
 from mpc_agg.errors import SignatureError
@@ -93,11 +93,11 @@ def test_review_a_partial_message_holds_about_the_bytes_received_not_the_bytes_a
 def test_review_a_buffer_that_cannot_be_reserved_drops_the_frame_not_the_reader(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def refuse(*args: object, **kwargs: object) -> mmap.mmap:
-        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+    def refuse(*args: object, **kwargs: object) -> NDArray[np.uint8]:
+        raise MemoryError("Unable to allocate 40.0 GiB for an array")  # as numpy says it
 
-    monkeypatch.setattr(mmap, "mmap", refuse)
     reassembler = Reassembler(max_message_bytes=1 << 40)
+    monkeypatch.setattr(np, "empty", refuse)
     frame = _frame(b"h" * 16, 0, 1 << 20, MIN_BUFFERED_CHUNK, MIN_BUFFERED_CHUNK << 20)
     with pytest.raises(ChunkError, match="cannot reserve"):
         reassembler.feed("fed/site-0", frame)
