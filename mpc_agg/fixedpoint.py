@@ -42,7 +42,7 @@ def sum_of_squares(flat: NDArray[np.floating] | NDArray[np.integer]) -> float:
     """
     total = 0.0
     for start in range(0, flat.shape[0], _BLOCK):
-        block = flat[start : start + _BLOCK].astype(np.float64)
+        block = flat[start : start + _BLOCK].astype(np.float64, copy=False)  # a view if f64
         total += float(np.einsum("i,i->", block, block))
     return total
 

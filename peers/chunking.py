@@ -45,6 +45,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -56,6 +57,7 @@ MAGIC = b"MPCK"
 VERSION = 1
 _HEADER = struct.Struct(">4sB16sIIIQ32s")
 HEADER_SIZE = _HEADER.size
+_Message = TypeVar("_Message", bytes, memoryview)
 #: Frames at least this large are copied into one reassembly buffer as they arrive.
 MIN_BUFFERED_CHUNK = 64 * 1024
 #: What one written byte of a reassembly buffer may commit: a transparent huge page.
@@ -162,7 +164,7 @@ class Reassembler:
             self._partials.pop(key, None)
             raise
         if count == 1:
-            return self._single(data, digest)
+            return self._checked(bytes(data), digest)
         if partial is None:
             buffer = _reserve(total) if chunk_size >= MIN_BUFFERED_CHUNK else None
             self._make_room(source)
@@ -182,27 +184,21 @@ class Reassembler:
                 )
             partial.regions = regions
             partial.buffer[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        else:  # kept as a view until joined: the frame must not change
+            partial.chunks[index] = data if type(frame) is bytes else memoryview(bytes(data))
         partial.indices.add(index)
         partial.received += len(data)
-        if partial.buffer is None:
-            if type(frame) is not bytes:  # kept as a view until joined: it must not change
-                data = memoryview(bytes(data))
-            partial.chunks[index] = data
         if len(partial.indices) < count:
             return None
         del self._partials[key]
-        message: bytes | memoryview
         if partial.buffer is not None:
-            message = partial.buffer.data
-        else:
-            message = b"".join([partial.chunks[i] for i in range(count)])  # the one copy
-            partial.chunks.clear()
-        if self.verify_digest and not digests_equal(sha256(message), digest):
-            raise ChunkError("reassembled message does not match its digest")
-        return message
+            return self._checked(partial.buffer.data, digest)
+        message = b"".join([partial.chunks[i] for i in range(count)])  # the one copy
+        partial.chunks.clear()
+        return self._checked(message, digest)
 
-    def _single(self, data: memoryview, digest: bytes) -> bytes:
-        message = bytes(data)
+    def _checked(self, message: _Message, digest: bytes) -> _Message:
+        """``message``, unless asked to hash and its SHA-256 is not the announced one."""
         if self.verify_digest and not digests_equal(sha256(message), digest):
             raise ChunkError("reassembled message does not match its digest")
         return message

@@ -349,9 +349,8 @@ class _Round:
 class _Held:
     """Messages held for one future round from one site (bounded in count and bytes)."""
 
-    messages: list[tuple[int, bytes | memoryview]] = field(
-        default_factory=list
-    )  # (arrival, message)
+    #: (arrival, message)
+    messages: list[tuple[int, bytes | memoryview]] = field(default_factory=list)
     size: int = 0
     dropped: int = 0
 

@@ -459,26 +459,25 @@ class SecAggMachine:
         self,
         phase: Phase,
         effects: list[Effect],
-        payload: bytes | None = None,
+        payload: bytes,
         sends: Sequence[Send] = (),
-    ) -> bytes:
-        """Enter ``phase``; send its messages (if any) *before* replaying buffered ones.
+    ) -> Envelope:
+        """Enter ``phase``; send its messages *before* replaying buffered ones.
 
         ``sends`` (a reduce-scatter round's chunks) go before the broadcast, so a peer that
-        stops while sending them has broadcast nothing. Returns the digest of the broadcast
-        message (b"" when there is none). Replaying after sending guarantees that a machine
-        which aborts on a buffered message has sent nothing after its RoundAborted.
+        stops while sending them has broadcast nothing. Returns the broadcast message as
+        parsed (its digest; its payload, a view into the bytes being published). Replaying
+        after sending guarantees that a machine which aborts on a buffered message has sent
+        nothing after its RoundAborted.
         """
         self.phase = phase
         self._handled = set()
         effects.append(PhaseStarted(phase))
         effects.extend(sends)
-        digest = b""
-        if payload is not None:
-            broadcast, digest = self._broadcast(MessageKind(phase.value), payload)
-            effects.append(broadcast)
+        broadcast, sealed = self._broadcast(MessageKind(phase.value), payload)
+        effects.append(broadcast)
         self._replay_buffer(phase, effects)
-        return digest
+        return sealed
 
     def _replay_buffer(self, phase: Phase, effects: list[Effect]) -> None:
         if phase not in _ACTIVE:
@@ -532,11 +531,11 @@ class SecAggMachine:
             signing_key=self._signing_key,
         )
 
-    def _broadcast(self, kind: MessageKind, payload: bytes) -> tuple[Broadcast, bytes]:
+    def _broadcast(self, kind: MessageKind, payload: bytes) -> tuple[Broadcast, Envelope]:
         data = self._seal(kind, payload)
-        digest = parse_envelope(data, max_payload=self.params.max_payload).message_digest
-        self._seen[(kind, self.me)] = digest
-        return Broadcast(data, kind.phase), digest
+        sealed = parse_envelope(data, max_payload=self.params.max_payload)
+        self._seen[(kind, self.me)] = sealed.message_digest
+        return Broadcast(data, kind.phase), sealed
 
     def _exclude(self, peer: int, reason: str, effects: list[Effect]) -> None:
         if peer not in self._excluded and peer != self.me:
@@ -642,7 +641,7 @@ class SecAggMachine:
         self._held_self_mask[self.me] = self_shares[self.me + 1]
         own = _Dealer(message, b"", mask_commitments, self_commitments)
         self._dealers[self.me] = own
-        own.digest = self._enter(Phase.SHARE_KEYS, effects, message.encode())
+        own.digest = self._enter(Phase.SHARE_KEYS, effects, message.encode()).message_digest
 
     # ------------------------------------------------------------------ §6.2 ShareKeys
 
@@ -745,14 +744,12 @@ class SecAggMachine:
         self._inputs[self.me] = own
         payload = message.encode()
         del masked, message
-        own.digest = self._enter(Phase.MASKED_INPUT, effects, payload)
+        sealed = self._enter(Phase.MASKED_INPUT, effects, payload)
+        own.digest = sealed.message_digest
         # This peer's masked vector is kept as a view into the message it broadcasts: one
         # copy of it while that message is being published, not two (peak memory at large L)
-        sealed = next(
-            e.data for e in effects if isinstance(e, Broadcast) and e.phase == Phase.MASKED_INPUT
-        )
         own.message = MaskedInput.decode(
-            parse_envelope(sealed, max_payload=len(sealed)).payload,
+            sealed.payload,
             vector_length=self.params.vector_length,
             ring_bits=self.params.ring_bits,
         )
@@ -794,7 +791,7 @@ class SecAggMachine:
         )
         own = _Input(header, b"")
         self._inputs[self.me] = own
-        own.digest = self._enter(Phase.MASKED_INPUT, effects, header.encode(), sends)
+        own.digest = self._enter(Phase.MASKED_INPUT, effects, header.encode(), sends).message_digest
 
     # ------------------------------------------------------------------ §6.3 MaskedInput
 
@@ -846,7 +843,7 @@ class SecAggMachine:
             # the replay inside _enter may abort (and drop the chunk state): keep a reference
             chunks.sums[self.me] = (
                 message,
-                self._enter(Phase.CHUNK_SUM, effects, message.encode()),
+                self._enter(Phase.CHUNK_SUM, effects, message.encode()).message_digest,
             )
             return
         self._enter(Phase.CONSISTENCY_CHECK, effects, view.encode())
