@@ -177,21 +177,31 @@ class Reader:
         self._pos += size
         return chunk
 
+    def _int(self, fmt: struct.Struct) -> int:
+        """One integer of ``fmt`` read in place (no slice copied: the hot path of parsing)."""
+        pos = self._pos
+        if pos + fmt.size > len(self._data):
+            raise TruncatedError(
+                f"need {fmt.size} bytes at offset {pos}, only {self.remaining} left"
+            )
+        self._pos = pos + fmt.size
+        return int(fmt.unpack_from(self._data, pos)[0])
+
     def u8(self) -> int:
         """Read an unsigned 8-bit integer."""
-        return int(_U8.unpack(self._take(1))[0])
+        return self._int(_U8)
 
     def u16(self) -> int:
         """Read an unsigned 16-bit integer."""
-        return int(_U16.unpack(self._take(2))[0])
+        return self._int(_U16)
 
     def u32(self) -> int:
         """Read an unsigned 32-bit integer."""
-        return int(_U32.unpack(self._take(4))[0])
+        return self._int(_U32)
 
     def u64(self) -> int:
         """Read an unsigned 64-bit integer."""
-        return int(_U64.unpack(self._take(8))[0])
+        return self._int(_U64)
 
     def fixed(self, size: int) -> bytes:
         """Read exactly ``size`` bytes."""

@@ -473,3 +473,17 @@ def test_dleq_verify_never_raises_on_random_proofs(
 ) -> None:
     public, other, shared, _ = dleq_case
     assert verify_dleq(public, other, shared, proof, context) is False
+
+
+def test_interpolate_reuses_the_basis_of_the_same_points_for_other_values() -> None:
+    # n = 50 peers reveal at the same x for every owner: the cached basis must give each
+    # owner's own polynomial, whatever the order in which the shares were pooled.
+    xs = [7, 3, 50, 12, *range(20, 50)]  # T = 34 points, unsorted
+    for seed in range(3):
+        coefficients = [(seed + 1) * 0x9E3779B97F4A7C15 * (k + 1) % Q for k in range(len(xs))]
+        points = {x: evaluate(coefficients, x) for x in xs}
+        assert interpolate(points) == coefficients
+        assert interpolate(dict(reversed(points.items()))) == coefficients
+    with pytest.raises(ValueError, match="duplicate"):
+        interpolate({1: 2, 1 + Q: 3})
+    assert interpolate({}) == []
