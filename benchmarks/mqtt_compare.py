@@ -4,11 +4,14 @@ For every (n, d): ``mpc-agg init`` a federation (TLS, accounts, ACL), start its 
 with ``mpc-agg broker`` and n :mod:`benchmarks.site_worker` processes. Each repetition
 runs one plaintext round (every site publishes its float32 update in the clear and sums
 what it receives) and one ``secagg`` round (``PeerNode.aggregate``), in alternating order,
-on the same processes and broker. Reported per mode: round wall time (from the command
-to the last site's answer), CPU per site process, the broker's CPU, bytes out and in per
-site, peak RSS per site during the round. Run::
+on the same processes and broker; ``--modes robust`` adds a ``robust`` federation of its
+own, with its own plaintext rounds (``plain-robust``). Reported per mode: round wall time
+(from the command to the last site's answer), CPU per site process, the broker's CPU,
+bytes out and in per site, peak RSS per site during the round. Run::
 
     .venv/bin/python -m benchmarks.mqtt_compare --n 3 5 10 --d 100000 1000000 10000000
+    .venv/bin/python -m benchmarks.mqtt_compare --n 3 5 10 --d 100000 1000000 \
+        --modes robust --name mqtt_compare_robust
 
 Results: ``benchmarks/results/mqtt_compare.json`` and ``mqtt_compare.png``.
 """
@@ -29,8 +32,10 @@ import numpy as np
 
 from benchmarks.common import RESULTS, broker_federation, write
 
-#: plaintext; secagg's broadcast data path; secagg's reduce-scatter data path (SPEC §6.7)
-MODES = ("plain", "secure", "secure-rs")
+#: plaintext; secagg's broadcast data path; secagg's reduce-scatter data path (SPEC §6.7);
+#: robust (its own federation, ``--protocol robust --max-norm 1``, next to its own plaintext)
+MODES = ("plain", "secure", "secure-rs", "robust")
+_SECAGG_MODES = ("secure", "secure-rs")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -88,7 +93,7 @@ class _Workers:
 
 def _ratio_key(mode: str) -> str:
     """The row key of a secure mode's wall time over plaintext's."""
-    return "secure_over_plain_wall" if mode == "secure" else "secure_rs_over_plain_wall"
+    return f"{mode.replace('-', '_')}_over_plain_wall"
 
 
 def measure(
@@ -97,12 +102,48 @@ def measure(
     """``repeat`` rounds of each mode at (n, d), on the same processes; medians per mode.
 
     ``ring_bits`` fixes ``[encoding] ring_bits`` (default: the node's own choice; the
-    reduce-scatter mode needs 32).
+    reduce-scatter mode needs 32). ``robust`` needs a federation of its own (the protocol
+    is federation-wide) and inputs of L2 norm ≤ ``max_norm``: it runs on a second broker
+    and set of site processes, with every input scaled to norm 0.99 and max_norm 1, next
+    to a plaintext round of those same inputs on those same processes (``plain-robust``).
     """
-    with broker_federation(n, d, ring_bits=ring_bits) as (root, broker):
+    secagg_modes = tuple(m for m in modes if m in _SECAGG_MODES)
+    row: dict[str, Any] = {
+        "n": n,
+        "d": d,
+        "dtype": "float32",
+        "repeat": repeat,
+        "ring_bits": ring_bits or "auto",
+    }
+    if secagg_modes:
+        row.update(_measure_federation(n, d, repeat, ("plain", *secagg_modes), ring_bits))
+    for mode in secagg_modes:
+        row[_ratio_key(mode)] = (
+            row[mode]["round_wall_s_median"] / row["plain"]["round_wall_s_median"]
+        )
+    if "robust" in modes:
+        runs = _measure_federation(
+            n, d, repeat, ("plain", "robust"), None, "--protocol", "robust", "--max-norm", "1.0"
+        )
+        row["plain-robust"], row["robust"] = runs["plain"], runs["robust"]
+        row[_ratio_key("robust")] = (
+            runs["robust"]["round_wall_s_median"] / runs["plain"]["round_wall_s_median"]
+        )
+    return row
+
+
+def _measure_federation(
+    n: int, d: int, repeat: int, modes: tuple[str, ...], ring_bits: int | None, *init: str
+) -> dict[str, dict[str, Any]]:
+    """One federation (``mpc-agg init`` with ``init``), its broker and n site processes:
+    ``repeat`` rounds of each mode in alternating order; medians per mode."""
+    with broker_federation(n, d, *init, ring_bits=ring_bits) as (root, broker):
         rng = np.random.default_rng(0)
         for k in range(n):
-            np.save(root / f"x{k}.npy", rng.uniform(-0.5, 0.5, d).astype(np.float32))
+            values = rng.uniform(-0.5, 0.5, d)
+            if "robust" in modes:
+                values *= 0.99 / np.linalg.norm(values)
+            np.save(root / f"x{k}.npy", values.astype(np.float32))
         workers = _Workers(root, n)
         rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
         try:
@@ -121,18 +162,12 @@ def measure(
                     )
         finally:
             workers.stop()
-    row: dict[str, Any] = {
-        "n": n,
-        "d": d,
-        "dtype": "float32",
-        "repeat": repeat,
-        "ring_bits": ring_bits or "auto",
-    }
+    medians = {}
     for mode in modes:
         runs = rounds[mode]
         sites = [site for run in runs for site in run["sites"]]
         assert all(site["count"] == n for site in sites), f"{mode}: a site missed an update"
-        row[mode] = {
+        medians[mode] = {
             "round_wall_s_median": statistics.median(run["wall_s"] for run in runs),
             "round_wall_s_all": [run["wall_s"] for run in runs],
             "cpu_per_site_s_median": statistics.median(site["cpu_s"] for site in sites),
@@ -145,11 +180,7 @@ def measure(
             "peak_rss_mb_per_site_max": max(site["peak_rss_mb"] for site in sites),
             "max_abs_error_vs_float64_sum": max(site["max_abs_error"] for site in sites),
         }
-    for mode in modes[1:]:
-        row[_ratio_key(mode)] = (
-            row[mode]["round_wall_s_median"] / row["plain"]["round_wall_s_median"]
-        )
-    return row
+    return medians
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -166,14 +197,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         "plain": "plaintext (float32 in the clear)",
         "secure": "secagg, broadcast",
         "secure-rs": "secagg, reduce-scatter",
+        "plain-robust": "plaintext, robust's inputs",
+        "robust": "robust",
     }
-    modes = [m for m in MODES if m in rows[0]]
+    modes = [m for m in ("plain", *_SECAGG_MODES, "plain-robust", "robust") if m in rows[0]]
     width = 0.8 / len(modes)
     for k, mode in enumerate(modes):
         values = [r[mode]["round_wall_s_median"] for r in rows]
         offset = (k - (len(modes) - 1) / 2) * width
         ax.bar(x + offset, values, width, label=labels_of[mode])
-        if mode != "plain":
+        if not mode.startswith("plain"):
             for i, r in enumerate(rows):
                 ratio = r[_ratio_key(mode)]
                 ax.text(x[i] + offset, values[i] * 1.05, f"{ratio:.2f}×", ha="center", fontsize=7)
@@ -195,17 +228,21 @@ def main() -> None:
     parser.add_argument("--name", default="mqtt_compare")
     parser.add_argument("--ring-bits", type=int, choices=[32, 64], default=None)
     parser.add_argument(
-        "--modes", nargs="+", choices=MODES, default=list(MODES), help="plain comes first"
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=["plain", *_SECAGG_MODES],
+        help="plaintext always runs; robust only when named",
     )
     args = parser.parse_args()
-    modes = ("plain", *(m for m in args.modes if m != "plain"))
+    modes = ("plain", *(m for m in MODES if m != "plain" and m in args.modes))
     rows = []
     for n in args.n:
         for d in args.d:
             row = measure(n, d, args.repeat, args.ring_bits, modes)
             rows.append(row)
             parts = [f"n={n:3d} d={d:>10,d}"]
-            for mode in modes:
+            for mode in (m for m in ("plain", *modes[1:], "plain-robust") if m in row):
                 m = row[mode]
                 parts.append(
                     f"{mode} {m['round_wall_s_median']:.3f} s, CPU/site "

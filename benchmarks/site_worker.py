@@ -3,9 +3,10 @@
 Started as ``python -m benchmarks.site_worker SITE_TOML INPUT.npy ALL_INPUTS_DIR N``; reads
 one JSON command per line on stdin and answers one JSON line on stdout:
 
-- ``{"cmd": "open", "mode": "secure" | "secure-rs" | "plain"}`` connects: ``secure``
-  builds the site's :class:`~peers.node.PeerNode` from its config (TLS, account, ACL,
-  audit log), ``secure-rs`` the same with ``reduce_scatter`` (secagg SPEC §6.7), ``plain``
+- ``{"cmd": "open", "mode": "secure" | "secure-rs" | "robust" | "plain"}`` connects:
+  ``secure`` builds the site's :class:`~peers.node.PeerNode` from its config (TLS, account,
+  ACL, audit log), ``secure-rs`` the same with ``reduce_scatter`` (secagg SPEC §6.7),
+  ``robust`` the same for a federation made with ``--protocol robust``, ``plain``
   opens the same kind of MQTT connection (:func:`peers.node.site_transport`) and
   subscribes to the federation's broadcasts. Answers once every other site is online.
 - ``{"cmd": "round", "round": K}`` runs one round and answers with its wall time, CPU
@@ -75,7 +76,7 @@ class _Site:
 
     async def open(self, mode: str) -> dict[str, Any]:
         timeout = 60.0
-        if mode in ("secure", "secure-rs"):
+        if mode in ("secure", "secure-rs", "robust"):
             site = self.site
             if mode == "secure-rs":  # secagg's reduce-scatter data path (SPEC §6.7)
                 site = replace(site, federation=replace(site.federation, reduce_scatter=True))
