@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from mpc_agg.blas import one_blas_thread
 from mpc_agg.errors import MpcAggError
 from mpc_agg.prg import expand as prg_expand
 from mpc_agg.randomness import RandomSource
@@ -351,6 +352,7 @@ def _combine(parts: list[NDArray[np.uint64]]) -> FieldVector:
 _FOLD_EVERY = 512
 
 
+@one_blas_thread
 def matmul(a: NDArray[np.uint64], b: NDArray[np.uint64]) -> NDArray[np.uint64]:
     """Exact matrix product mod p of reduced matrices (2-D, or 1-D as a row/column).
 

@@ -48,6 +48,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mpc_agg import field as gf
+from mpc_agg.blas import one_blas_thread
 from mpc_agg.crypto import derive_key
 from mpc_agg.errors import EncodingError
 from mpc_agg.prg import expand as prg_expand
@@ -281,6 +282,7 @@ class WrapChallenge:
             block = np.take(_TERNARY, raw, axis=0).reshape(-1)[:entries]
             yield start, block.reshape(self.repetitions, width)
 
+    @one_blas_thread
     def projections(self, x: IntVector) -> list[int]:
         """⟨z_s, x⟩ for every s, exact.
 
@@ -300,6 +302,7 @@ class WrapChallenge:
                     totals[s] += value << (8 * k)
         return totals
 
+    @one_blas_thread
     def combined(self, weights: NDArray[np.uint64]) -> NDArray[np.uint64]:
         """Σ_s η_s·z_s mod p (one d-vector: every holder's query needs only its inner product).
 
@@ -389,6 +392,7 @@ def _evaluations(
     return np.vstack([matrix, gf.matmul(extrapolation, matrix)])
 
 
+@one_blas_thread
 def _gadget_values(
     shape: NormProofShape, seeds: NDArray[np.uint64], x: IntVector
 ) -> NDArray[np.uint64]:
@@ -548,6 +552,7 @@ class Verifier:
         masked = gf.add(input_share[shape.vector_length :], proof_share[-1:])  # μ + π
         return np.concatenate([*parts, np.array([z], dtype=np.uint64), masked])
 
+    @one_blas_thread
     def _x_functionals(self, x: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], int]:
         """(Σ_{m≥1} λ_m(r)·x[m, ·] for every point r, ⟨Σ η_s z_s, x⟩) from one limb split."""
         shape = self.shape
