@@ -34,10 +34,9 @@ _MASK29 = np.uint64((1 << 29) - 1)
 
 FieldVector = NDArray[np.uint64]
 #: Limbs of 21 bits: products of two limbs are < 2^42, so 2^11 of them sum exactly in a
-#: float64 (53-bit mantissa) — the inner dimension of :func:`matmul` is cut in such blocks.
+#: float64 (53-bit mantissa); :func:`matmul` sums at most that many in one float.
 _LIMB_BITS = 21
 _LIMB_MASK = np.uint64((1 << _LIMB_BITS) - 1)
-_MATMUL_BLOCK = 1 << 11
 
 
 class FieldError(MpcAggError):
@@ -337,53 +336,122 @@ def _limbs(matrix: NDArray[np.uint64]) -> list[NDArray[np.float64]]:
     ]
 
 
-def _combine(parts: list[NDArray[np.uint64]]) -> FieldVector:
-    """Σ_k parts[k]·2^(21k) mod p for uint64 limb sums."""
-    total: FieldVector | None = None
-    for k, part in enumerate(parts):
-        term = shift(_reduce(part), _LIMB_BITS * k)
-        total = term if total is None else add(total, term)
-    assert total is not None
-    return total
+def _split_shift(part: FieldVector, bits: int) -> FieldVector:
+    """``part · 2^bits`` folded below 2^61 + 2^(bits + 1), for 0 ≤ part < 2^62 (no reduction).
+
+    The low 61 − bits bits move up by ``bits``; the rest stands for a multiple of 2^61 ≡ 1.
+    """
+    low = (part & np.uint64((1 << (61 - bits)) - 1)) << np.uint64(bits)
+    low += part >> np.uint64(61 - bits)
+    return low
 
 
-#: Blocks whose limb products (each < 2^53, three per limb sum) are accumulated in uint64
-#: before folding mod p: 3 · 2^53 · 512 < 2^64.
-_FOLD_EVERY = 512
+def _combine(parts: NDArray[np.uint64]) -> FieldVector:
+    """Σ_s parts[s]·2^(21s) mod p for the five limb-product sums, each < 2^62.
+
+    2^63 ≡ 4 and 2^84 ≡ 2^23 (mod p): every term is folded below 2^61 + 2^45, the five
+    add up below 2^64, and one reduction finishes.
+    """
+    total = parts[0] & _P
+    total += parts[0] >> np.uint64(61)
+    total += _split_shift(parts[1], 21)
+    total += _split_shift(parts[2], 42)
+    total += _split_shift(parts[3], 2)
+    total += _split_shift(parts[4], 23)
+    return _reduce(total)
+
+
+#: Inner dimensions up to this take the output-heavy path of :func:`matmul` (one block).
+_STACKED_INNER = 1 << 9
+#: Blocks of the inner dimension on the input-heavy path: each limb product sums < 2^11
+#: terms < 2^42, exact in float64.
+_MATMUL_BLOCK = 1 << 11
+#: Input-heavy blocks accumulated before folding: each adds < 3·2^53 to a limb sum, and
+#: :func:`_combine` takes sums < 2^62.
+_FOLD_EVERY = 128
+
+
+def _stacked_limbs(matrix: NDArray[np.uint64]) -> NDArray[np.float64]:
+    """The 5K × 3m float64 matrix A with A·[B₀; B₁; B₂] = the five limb-product sums.
+
+    Row block s, column block l holds the limb s − l of ``matrix`` (K × m) when
+    0 ≤ s − l ≤ 2, else zero: S_s = Σ_{i+l=s} A_i·B_l.
+    """
+    rows, inner = matrix.shape
+    limbs = _limbs(matrix)
+    stacked = np.zeros((5 * rows, 3 * inner), dtype=np.float64)
+    for s in range(5):
+        for limb in range(3):
+            i = s - limb
+            if 0 <= i <= 2:
+                stacked[s * rows : (s + 1) * rows, limb * inner : (limb + 1) * inner] = limbs[i]
+    return stacked
 
 
 @one_blas_thread
 def matmul(a: NDArray[np.uint64], b: NDArray[np.uint64]) -> NDArray[np.uint64]:
     """Exact matrix product mod p of reduced matrices (2-D, or 1-D as a row/column).
 
-    Both factors are cut into three 21-bit limbs; the nine limb products run as float64
-    matrix products (BLAS), each exact because the inner dimension is processed in blocks
-    of 2^11 (a block's limb product is < 2^53); they are summed as integers and folded
-    mod p. No Python loop over coordinates.
+    Both factors are cut into three 21-bit limbs, whose products (< 2^42) are summed
+    exactly in float64 by BLAS, then as integers, and folded mod p. Two layouts, one BLAS
+    call per block either way:
+
+    - inner dimension m ≤ 2^9 (a few long vectors combined, e.g. Shamir shares): the left
+      limbs stacked so that one product gives the five limb-product sums
+      (:func:`_stacked_limbs`; each < 3·2^9·2^42 < 2^53), the fewest passes over a large
+      output;
+    - longer inner dimensions (e.g. a projection of d-long shares), in blocks of 2^11:
+      the three left limbs on top of each other times the three right limbs side by side,
+      all nine limb products in one call, no zero padding over a large input.
+
+    No Python loop over coordinates.
     """
     left = np.atleast_2d(a)
     right = b.reshape(-1, 1) if b.ndim == 1 else b
     if left.shape[1] != right.shape[0]:
         raise FieldError(f"matmul shapes {left.shape} and {right.shape} do not match")
-    shape = (left.shape[0], right.shape[1])
-    sums = [np.zeros(shape, dtype=np.uint64) for _ in range(5)]
-    result: FieldVector = np.zeros(shape, dtype=np.uint64)
-    for block, start in enumerate(range(0, left.shape[1], _MATMUL_BLOCK)):
-        stop = start + _MATMUL_BLOCK
-        a_limbs = _limbs(left[:, start:stop])
-        b_limbs = _limbs(right[start:stop])
-        for i in range(3):
-            for j in range(3):
-                sums[i + j] += (a_limbs[i] @ b_limbs[j]).astype(np.uint64)
+    rows, inner, cols = left.shape[0], left.shape[1], right.shape[1]
+    sums = np.zeros((5, rows, cols), dtype=np.uint64)
+    result: FieldVector = np.zeros((rows, cols), dtype=np.uint64)
+    if inner <= _STACKED_INNER:
+        right_limbs = np.empty((3, inner, cols), dtype=np.float64)
+        _limbs_into(right, right_limbs)
+        stacked_sums = _stacked_limbs(left) @ right_limbs.reshape(3 * inner, cols)
+        sums += stacked_sums.astype(np.uint64).reshape(5, rows, cols)
+        return _shaped(add(result, _combine(sums)), a, b)
+    size = min(_MATMUL_BLOCK, inner)
+    left_buffer = np.empty((3, rows, size), dtype=np.float64)
+    right_buffer = np.empty((3, size, cols), dtype=np.float64)
+    for block, start in enumerate(range(0, inner, _MATMUL_BLOCK)):
+        width = min(_MATMUL_BLOCK, inner - start)
+        left_limbs = left_buffer[:, :, :width]
+        right_limbs = right_buffer[:, :width]
+        _limbs_into(left[:, start : start + width], left_limbs)
+        _limbs_into(right[start : start + width], right_limbs)
+        stacked = left_limbs.reshape(3 * rows, width)  # the left limbs on top of each other
+        for j in range(3):  # one product per right limb: a matrix-vector product when N = 1
+            limb = right_limbs[j, :, 0] if cols == 1 else right_limbs[j]
+            products = (stacked @ limb).astype(np.uint64).reshape(3, rows, cols)
+            sums[j : j + 3] += products  # left limb i with right limb j adds to sum i + j
         if (block + 1) % _FOLD_EVERY == 0:
             result = add(result, _combine(sums))
-            sums = [np.zeros(shape, dtype=np.uint64) for _ in range(5)]
-    result = add(result, _combine(sums))
+            sums[:] = 0
+    return _shaped(add(result, _combine(sums)), a, b)
+
+
+def _shaped(result: FieldVector, a: NDArray[np.uint64], b: NDArray[np.uint64]) -> FieldVector:
+    """``result`` with the dimensions a 1-D factor of :func:`matmul` does not have."""
     if b.ndim == 1:
         result = result[:, 0]
     if a.ndim == 1:
         result = result[0]
     return result
+
+
+def _limbs_into(matrix: NDArray[np.uint64], out: NDArray[np.float64]) -> None:
+    """``out[k]`` = the k-th 21-bit limb of ``matrix`` as float64, for k = 0, 1, 2."""
+    for k in range(3):
+        out[k] = (matrix >> np.uint64(_LIMB_BITS * k)) & _LIMB_MASK
 
 
 def sum_rows(matrix: NDArray[np.uint64], axis: int = 0) -> FieldVector:
@@ -467,7 +535,7 @@ def extrapolation_matrix(count: int, targets: int) -> NDArray[np.uint64]:
 
 
 #: Columns per block in :func:`lincomb` (bounds the float64 limb copies to a few MB).
-_LINCOMB_COLUMNS = 1 << 16
+_LINCOMB_COLUMNS = 1 << 14
 
 
 def lincomb(coefficients: NDArray[np.uint64], vectors: NDArray[np.uint64]) -> NDArray[np.uint64]:

@@ -52,6 +52,21 @@ def test_matmul_many_blocks_and_vector_shapes() -> None:
         gf.matmul(m, gf.random_vector(source, 5))
 
 
+@pytest.mark.parametrize("inner", [1, 511, 512, 513, 2048, 2049])
+def test_matmul_at_the_largest_limbs_on_both_layouts(inner: int) -> None:
+    # every limb at its largest: the float sums are at their bound on the stacked layout
+    # (inner ≤ 512: 3·512 products < 2^42) and per block on the input-heavy one
+    rows, cols = 3, 5
+    a = np.full((rows, inner), gf.P - 1, dtype=np.uint64)
+    b = np.full((inner, cols), gf.P - 1, dtype=np.uint64)
+    assert (gf.matmul(a, b) == inner % gf.P).all()  # (−1)·(−1) summed
+    top = np.uint64((1 << 61) - 1 - (1 << 42))  # limbs 2^21 − 1, 2^21 − 1, 2^19 − 2 (< p)
+    a[:] = top
+    expected = inner * (int(top) * (gf.P - 1)) % gf.P
+    assert (gf.matmul(a, b) == expected).all()
+    assert gf.matmul(a[0], b[:, 0]) == expected  # the matrix-vector path
+
+
 def test_lincomb_matches_matmul_over_column_blocks() -> None:
     source = DeterministicRandomSource(2)
     coefficients = gf.random_vector(source, 6).reshape(2, 3)
