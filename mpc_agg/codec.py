@@ -214,6 +214,23 @@ class Reader:
             raise OversizeError(f"field length {length} exceeds maximum {max_len}")
         return self._take(length)
 
+    def var_view(self, max_len: int) -> memoryview:
+        """:meth:`var_bytes` without the copy: a read-only view into the decoded buffer.
+
+        For large fields consumed once (ciphertexts of vectors); the view keeps the whole
+        buffer alive while it is held.
+        """
+        length = self.u32()
+        if length > max_len:
+            raise OversizeError(f"field length {length} exceeds maximum {max_len}")
+        if self._pos + length > len(self._data):
+            raise TruncatedError(
+                f"need {length} bytes at offset {self._pos}, only {self.remaining} left"
+            )
+        view = memoryview(self._data)[self._pos : self._pos + length].toreadonly()
+        self._pos += length
+        return view
+
     def text(self, max_len: int) -> str:
         """Read UTF-8 text."""
         raw = self.var_bytes(max_len)

@@ -179,7 +179,7 @@ def aead_encrypt(key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
     return AESGCM(key).encrypt(_AEAD_NONCE, plaintext, associated_data)
 
 
-def aead_decrypt(key: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
+def aead_decrypt(key: bytes, ciphertext: bytes | memoryview, associated_data: bytes) -> bytes:
     """Inverse of :func:`aead_encrypt`; raises :class:`VerificationError` on a bad tag."""
     try:
         return AESGCM(key).decrypt(_AEAD_NONCE, ciphertext, associated_data)

@@ -204,7 +204,7 @@ class RobustMachine:
         self._disputes: dict[int, Dispute] = {}
         self._accepted: tuple[int, ...] = ()
         self._output_key = b""
-        self._output_ciphertexts: dict[int, bytes] = {}
+        self._output_ciphertexts: dict[int, bytes | memoryview] = {}
         self._output_shares: dict[int, FieldVector] = {}
         self._output_seed = b""
         self._output_verify: dict[int, OutputVerify] = {}

@@ -437,7 +437,8 @@ class Output:
     """§5.8 — the sender's encrypted aggregate share (empty: it cannot compute one)."""
 
     view: bytes
-    ciphertext: bytes = field(repr=False)
+    #: A read-only view into the decoded envelope when decoded (no copy of d·8 bytes).
+    ciphertext: bytes | memoryview = field(repr=False)
 
     def __post_init__(self) -> None:
         _check_digest(self.view, "the view")
@@ -447,7 +448,7 @@ class Output:
         return (
             Writer()
             .fixed(self.view, DIGEST_SIZE)
-            .var_bytes(self.ciphertext, _MAX_PAYLOAD)
+            .var_bytes(bytes(self.ciphertext), _MAX_PAYLOAD)
             .getvalue()
         )
 
@@ -455,7 +456,7 @@ class Output:
     def decode(cls, data: bytes | memoryview) -> Output:
         """Strict decoding."""
         r = Reader(data)
-        message = cls(view=r.fixed(DIGEST_SIZE), ciphertext=r.var_bytes(_MAX_PAYLOAD))
+        message = cls(view=r.fixed(DIGEST_SIZE), ciphertext=r.var_view(_MAX_PAYLOAD))
         r.finish()
         return message
 

@@ -363,6 +363,24 @@ def test_var_bytes_over_max_is_oversize() -> None:
         Reader(data).text(10)
 
 
+def test_var_view_is_var_bytes_without_the_copy() -> None:
+    data = Writer().var_bytes(b"abc", 8).u8(7).getvalue()
+    buffer = bytearray(data)  # a writable message buffer, as the MQTT transport delivers
+    reader = Reader(memoryview(buffer))
+    view = reader.var_view(8)
+    assert bytes(view) == b"abc"
+    assert view.readonly
+    assert reader.u8() == 7
+    reader.finish()
+    buffer[4] = ord("z")  # a view, not a copy
+    assert bytes(view) == b"zbc"
+    with pytest.raises(OversizeError, match="3 exceeds maximum 2"):
+        Reader(data).var_view(2)
+    with pytest.raises(TruncatedError):
+        Reader(data[:5]).var_view(8)
+    assert bytes(Reader(Writer().var_bytes(b"", 1).getvalue()).var_view(1)) == b""
+
+
 def test_seq_over_max_is_oversize() -> None:
     data = Writer().seq([1, 2, 3], 3, Writer.u8).getvalue()
     assert Reader(data).seq(3, Reader.u8) == [1, 2, 3]
