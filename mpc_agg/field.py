@@ -115,17 +115,13 @@ def inner(a: FieldVector, b: FieldVector) -> int:
 
 
 def random_vector(source: RandomSource, length: int) -> FieldVector:
-    """``length`` uniform field elements from ``source`` (rejection of 61-bit values ≥ p)."""
-    out = np.empty(length, dtype=np.uint64)
-    filled = 0
-    while filled < length:
-        need = length - filled
-        raw = np.frombuffer(source.random_bytes(8 * (need + 8)), dtype="<u8").astype(np.uint64)
-        candidates = raw >> np.uint64(3)
-        good = candidates[candidates < _P][:need]
-        out[filled : filled + good.shape[0]] = good
-        filled += good.shape[0]
-    return out
+    """``length`` uniform field elements: :func:`expand` under 32 fresh bytes of ``source``.
+
+    An AES-256-CTR stream keyed by a fresh 256-bit draw is a CSPRNG (as for DP noise,
+    ``dp.py``), and one 32-byte draw from the operating system replaces 8·length bytes:
+    10^6 elements cost ≈ 3 ms instead of ≈ 30 ms of ``getrandom``.
+    """
+    return expand(source.random_bytes(32), length)
 
 
 # --------------------------------------------------------------------------- scalars

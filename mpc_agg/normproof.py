@@ -501,7 +501,7 @@ class Verifier:
     """SPEC §6.5 — one holder's queries in one round: weights and limbs prepared once.
 
     The x part of a query — the wire values U(r) = Σ_m λ_m(r)·x[m, ·] and ⟨Σ η_s z_s, x⟩ —
-    costs one limb split of the share and nine float64 products of each kind; the
+    costs one limb split of the share and three float64 products of each kind; the
     Lagrange weights and the limbs of Σ η_s z_s are shared by every dealer's query.
     """
 
@@ -527,6 +527,7 @@ class Verifier:
         combined = np.zeros(self._padded, dtype=np.uint64)
         combined[: shape.vector_length] = wrap_combined
         self._z = _limbs(combined).reshape(3, -1, _BLOCK)
+        self._x_limbs = np.zeros((3, self._padded), dtype=np.float64)  # reused per query
 
     def query(
         self, input_share: NDArray[np.uint64], proof_share: NDArray[np.uint64]
@@ -554,21 +555,29 @@ class Verifier:
 
     @one_blas_thread
     def _x_functionals(self, x: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], int]:
-        """(Σ_{m≥1} λ_m(r)·x[m, ·] for every point r, ⟨Σ η_s z_s, x⟩) from one limb split."""
+        """(Σ_{m≥1} λ_m(r)·x[m, ·] for every point r, ⟨Σ η_s z_s, x⟩) from one limb split.
+
+        The limbs of x are written into a buffer kept for every query (its padding stays
+        zero); per limb j of x, one float64 product with the stacked limbs of the weights
+        and one ``einsum`` with the stacked limbs of Σ η_s z_s give the three limb pairs
+        (i, j) that add to the sums i + j.
+        """
         shape = self.shape
-        buffer = np.zeros(self._padded, dtype=np.uint64)
-        buffer[: shape.vector_length] = x
-        limbs = _limbs(buffer)
+        limbs = self._x_limbs
+        mask = np.uint64((1 << 21) - 1)
+        for k in range(3):
+            limbs[k, : shape.vector_length] = (x >> np.uint64(21 * k)) & mask
         matrix = limbs[:, : shape.calls * shape.wires].reshape(3, shape.calls, shape.wires)
         blocks = limbs.reshape(3, -1, _BLOCK)
-        u_parts = [np.zeros((shape.points, shape.wires), dtype=np.uint64) for _ in range(5)]
-        dot_parts = [np.zeros(blocks.shape[1], dtype=np.uint64) for _ in range(5)]
-        for i in range(3):
-            for j in range(3):
-                u_parts[i + j] += (self._lam_data[i] @ matrix[j]).astype(np.uint64)
-                dot_parts[i + j] += np.einsum("kb,kb->k", self._z[i], blocks[j]).astype(np.uint64)
-        dot = int(gf.sum_rows(_fold(dot_parts)))
-        return _fold(u_parts), dot
+        u_parts = np.zeros((5, shape.points, shape.wires), dtype=np.uint64)
+        dot_parts = np.zeros((5, blocks.shape[1]), dtype=np.uint64)
+        lam = self._lam_data.reshape(3 * shape.points, shape.calls)
+        for j in range(3):
+            products = (lam @ matrix[j]).astype(np.uint64)
+            u_parts[j : j + 3] += products.reshape(3, shape.points, shape.wires)
+            dot_parts[j : j + 3] += np.einsum("ikb,kb->ik", self._z, blocks[j]).astype(np.uint64)
+        dot = int(gf.sum_rows(_fold(list(dot_parts))))
+        return _fold(list(u_parts)), dot
 
 
 def _powers_of_two(width: int) -> NDArray[np.uint64]:
