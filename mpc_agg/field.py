@@ -534,13 +534,47 @@ def extrapolation_matrix(count: int, targets: int) -> NDArray[np.uint64]:
 _LINCOMB_COLUMNS = 1 << 14
 
 
-def lincomb(coefficients: NDArray[np.uint64], vectors: NDArray[np.uint64]) -> NDArray[np.uint64]:
+def lincomb(
+    coefficients: NDArray[np.uint64], vectors: NDArray[np.uint64] | Sequence[FieldVector]
+) -> NDArray[np.uint64]:
     """``coefficients @ vectors`` mod p for a small K × m matrix and m long vectors.
 
-    Processed in column blocks so that memory stays O(m · block) beyond the output.
+    ``vectors`` is an m × L matrix or m vectors of length L; these are never stacked whole:
+    each column block is (a few hundred KB, in cache), so memory stays O(m · block) beyond
+    the output and no m × L copy is made.
     """
-    out = np.empty((coefficients.shape[0], vectors.shape[1]), dtype=np.uint64)
-    for start in range(0, vectors.shape[1], _LINCOMB_COLUMNS):
+    rows = _rows(vectors)
+    length = rows[0].shape[0] if rows else 0
+    out = np.empty((coefficients.shape[0], length), dtype=np.uint64)
+    for start in range(0, length, _LINCOMB_COLUMNS):
         stop = start + _LINCOMB_COLUMNS
-        out[:, start:stop] = matmul(coefficients, vectors[:, start:stop])
+        out[:, start:stop] = matmul(coefficients, np.vstack([r[start:stop] for r in rows]))
     return out
+
+
+def project(vectors: Sequence[FieldVector], weights: FieldVector) -> FieldVector:
+    """``[⟨v, weights⟩ mod p for v in vectors]``, without stacking the vectors whole.
+
+    :func:`matmul` of column blocks of the stacked vectors by the matching block of
+    ``weights``, the partial results added mod p.
+    """
+    rows = _rows(vectors)
+    if any(r.shape != weights.shape for r in rows):
+        raise FieldError("every projected vector must have the weights' length")
+    total: FieldVector = np.zeros(len(rows), dtype=np.uint64)
+    for start in range(0, weights.shape[0] if rows else 0, _PROJECT_COLUMNS):
+        stop = start + _PROJECT_COLUMNS
+        block = np.vstack([r[start:stop] for r in rows])
+        total = add(total, matmul(block, weights[start:stop]))
+    return total
+
+
+#: Columns per block in :func:`project` (K rows of 512 KiB: a few MB stacked at a time).
+_PROJECT_COLUMNS = 1 << 16
+
+
+def _rows(vectors: NDArray[np.uint64] | Sequence[FieldVector]) -> list[FieldVector]:
+    rows = list(vectors)
+    if any(r.ndim != 1 or r.shape != rows[0].shape for r in rows):
+        raise FieldError("vectors must be 1-D and of one length")
+    return rows

@@ -63,7 +63,7 @@ def deal(
     length = secret.shape[0]
     seeds = {x: randomness.random_bytes(SEED_SIZE) for x in seeded}
     nodes = [0, *seeded]
-    stacked = np.vstack([secret, *(expand_seed(seeds[x], info[x], length) for x in seeded)])
+    stacked = [secret, *(expand_seed(seeds[x], info[x], length) for x in seeded)]
     others = [x for x in points if x not in seeds]
     coefficients = np.array([gf.lagrange_at(nodes, x) for x in others], dtype=np.uint64)
     rows = gf.lincomb(coefficients.reshape(len(others), len(nodes)), stacked)

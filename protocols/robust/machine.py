@@ -1131,7 +1131,7 @@ class RobustMachine:
         """
         weights = gf.random_vector(self._rng, self._d)
         points = sorted(shares)
-        projected = gf.matmul(np.vstack([shares[x][: self._d] for x in points]), weights)
+        projected = gf.project([shares[x][: self._d] for x in points], weights)
         basis = points[: self._t + 1]
         others = points[self._t + 1 :]
         if not others:
@@ -1143,7 +1143,7 @@ class RobustMachine:
     def _finish_total(self, shares: Mapping[int, FieldVector], effects: list[Effect]) -> None:
         basis = sorted(shares)[: self._t + 1]
         coefficients = np.array(gf.lagrange_at(basis, 0), dtype=np.uint64).reshape(1, -1)
-        stacked = np.vstack([shares[x][: self._d] for x in basis])
+        stacked = [shares[x][: self._d] for x in basis]
         self._total = gf.to_signed(gf.lincomb(coefficients, stacked)[0])
         included = ",".join(str(p) for p in self._accepted).encode()
         mac = hmac.new(self._output_key, b"mpc-agg/robust/result/v1\x00" + included, hashlib.sha256)

@@ -72,6 +72,25 @@ def test_lincomb_matches_matmul_over_column_blocks() -> None:
     coefficients = gf.random_vector(source, 6).reshape(2, 3)
     vectors = gf.random_vector(source, 3 * 70_000).reshape(3, 70_000)
     assert np.array_equal(gf.lincomb(coefficients, vectors), gf.matmul(coefficients, vectors))
+    # a sequence of vectors gives the same, without stacking them whole
+    assert np.array_equal(
+        gf.lincomb(coefficients, list(vectors)), gf.lincomb(coefficients, vectors)
+    )
+
+
+def test_project_matches_matmul_over_column_blocks() -> None:
+    source = DeterministicRandomSource(3)
+    length = (1 << 16) * 2 + 5  # three column blocks, the last partial
+    vectors = [gf.random_vector(source, length) for _ in range(4)]
+    vectors[0][:] = gf.P - 1
+    weights = gf.random_vector(source, length)
+    expected = gf.matmul(np.vstack(vectors), weights)
+    assert np.array_equal(gf.project(vectors, weights), expected)
+    assert gf.project([], weights).shape == (0,)
+    with pytest.raises(gf.FieldError, match="length"):
+        gf.project([weights[:-1]], weights)
+    with pytest.raises(gf.FieldError, match="one length"):
+        gf.lincomb(np.ones((1, 2), dtype=np.uint64), [weights, weights[:-1]])
 
 
 @settings(max_examples=200)
