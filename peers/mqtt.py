@@ -119,7 +119,7 @@ class MqttTransport:
         self._client: aiomqtt.Client | None = None
         self._filters: list[str] = []
         # verify_digest=False: the consumer authenticates every message itself (PeerNode:
-        # envelope signatures), so reassembly skips its SHA-256 pass (peers/chunking.py).
+        # envelope signatures), so reassembly skips its digest pass (peers/chunking.py).
         self._reassembler = Reassembler(
             max_message_bytes=max_message_bytes,
             max_pending_total=max_pending_total,

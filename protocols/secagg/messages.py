@@ -23,7 +23,7 @@ from mpc_agg.codec import (
     read_sorted_unique_u16,
     write_u16_set,
 )
-from mpc_agg.crypto import AEAD_TAG_SIZE, DIGEST_SIZE, P256_POINT_SIZE, sha256
+from mpc_agg.crypto import AEAD_TAG_SIZE, DIGEST_SIZE, P256_POINT_SIZE, payload_digest
 from mpc_agg.ring import RING_BITS_CHOICES, RingVector
 from mpc_agg.vss import PROOF_SIZE, SCALAR_SIZE, decode_scalar, encode_scalar
 from protocols.common import MAX_PEERS
@@ -377,12 +377,12 @@ class MaskedHeader:
 
 
 def chunk_digest(words: NDArray[np.uint32]) -> bytes:
-    """§6.7 — H(MaskedChunk payload) of a chunk: the digest its envelope signs.
+    """§6.7 — B(MaskedChunk payload) of a chunk (BLAKE3): the digest its envelope signs.
 
     So an owner compares the header's digest with the payload digest its admission already
     verified, and a sender takes it from the envelope it sealed: no second hash of a chunk.
     """
-    return sha256(MaskedChunk(words=words).encode())
+    return payload_digest(MaskedChunk(words=words).encode())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)

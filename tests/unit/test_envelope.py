@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpc_agg.codec import InvalidValueError, OversizeError, TruncatedError, UnknownVersionError
-from mpc_agg.crypto import SigningKey, VerifyKey, sha256
+from mpc_agg.crypto import SigningKey, VerifyKey, payload_digest, sha256
 from mpc_agg.envelope import (
     BROADCAST,
     MAGIC,
@@ -93,7 +93,7 @@ def test_seal_parse_authenticate_round_trip() -> None:
         BROADCAST,
     )
     assert bytes(envelope.payload) == PAYLOAD
-    assert envelope.payload_digest == sha256(PAYLOAD)
+    assert envelope.payload_digest == payload_digest(PAYLOAD)
     assert len(envelope.signature) == 64
     assert check_context(envelope, CONTEXT) is None
 
@@ -123,7 +123,7 @@ def test_parse_reads_any_buffer_in_bytes(view: str) -> None:
 def test_layout_magic_version_alignment_and_signature() -> None:
     assert SEALED.startswith(MAGIC + bytes([WIRE_VERSION]))
     assert SEALED[PAYLOAD_LEN_OFFSET:PAYLOAD_DIGEST_OFFSET] == len(PAYLOAD).to_bytes(8, "big")
-    assert SEALED[PAYLOAD_DIGEST_OFFSET:UNPADDED_HEADER_LEN] == sha256(PAYLOAD)
+    assert SEALED[PAYLOAD_DIGEST_OFFSET:UNPADDED_HEADER_LEN] == payload_digest(PAYLOAD)
     assert HEADER_LEN == UNPADDED_HEADER_LEN + (-UNPADDED_HEADER_LEN % 8)
     assert HEADER_LEN % 8 == 0
     assert len(SEALED) == HEADER_LEN + len(PAYLOAD) + 64
@@ -167,7 +167,7 @@ def test_parse_rejects_bad_magic(magic: bytes) -> None:
         parse_envelope(magic + SEALED[4:], max_payload=MAX_PAYLOAD)
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 1, 3, 255])  # 1: SHA-256 payload digests
 def test_parse_rejects_unknown_wire_version(version: int) -> None:
     data = SEALED[:4] + bytes([version]) + SEALED[5:]
     with pytest.raises(UnknownVersionError, match=str(version)):
@@ -251,7 +251,7 @@ def test_authenticate_rejects_a_flipped_header_byte(offset: int) -> None:
 @pytest.mark.parametrize("delta", [0, 31])
 def test_authenticate_rejects_a_flipped_payload_digest_byte(delta: int) -> None:
     envelope = parse_envelope(_flip(SEALED, PAYLOAD_DIGEST_OFFSET + delta), max_payload=MAX_PAYLOAD)
-    assert envelope.payload_digest != sha256(PAYLOAD)
+    assert envelope.payload_digest != payload_digest(PAYLOAD)
     with pytest.raises(SignatureError):
         authenticate(envelope, SENDER_VERIFY)
 
@@ -357,3 +357,17 @@ def test_message_digest_is_the_header_hash_and_covers_the_payload() -> None:
     assert _open(_seal(recipient=5)).message_digest != envelope.message_digest
     other_round = dataclasses.replace(CONTEXT, round_id=18)
     assert _open(_seal(context=other_round)).message_digest != envelope.message_digest
+
+
+def test_payload_digest_is_blake3_256() -> None:
+    # BLAKE3 test vectors (the reference implementation's test_vectors.json: input of
+    # length n is bytes(i % 251 for i in range(n))), hash output truncated to 32 bytes
+    assert payload_digest(b"").hex() == (
+        "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    )
+    assert payload_digest(bytes([0])).hex() == (
+        "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213"
+    )
+    assert payload_digest(memoryview(bytes(i % 251 for i in range(1024)))).hex() == (
+        "42214739f095a406f3fc83deb889744ac00df831c10daa55189b5d121c855af7"
+    )
