@@ -10,17 +10,19 @@ OpenBLAS's default threads, 3.3 s and 1.2 s with one thread.
 
 :func:`one_blas_thread` limits BLAS to one thread while the decorated function runs and
 restores the previous setting afterwards (through ``threadpoolctl``), so a caller's own
-numpy code keeps its threads. Nested calls change the setting once, at the outermost
-level. The setting is process-wide: if two threads of one process run decorated functions
-at overlapping times, the restore can happen while the other still runs (it then runs
-with the default threads again) — only speed is affected, never a result.
+numpy code keeps its threads. The setting is process-wide, so the decorated calls of all
+threads share one count under a lock: the first to enter sets the limit, the last to leave
+restores what the process had before (a review showed that per-call limits could leave
+the process at one thread when two threads' calls overlapped).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from contextlib import AbstractContextManager
+from typing import Any, ParamSpec, TypeVar
 
 from threadpoolctl import ThreadpoolController
 
@@ -28,7 +30,9 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 _controller: ThreadpoolController | None = None
-_depth = 0
+_lock = threading.Lock()
+_depth = 0  # decorated calls running, in every thread (guarded by _lock)
+_limiter: AbstractContextManager[Any] | None = None  # the limit in force while _depth > 0
 
 
 def _blas() -> ThreadpoolController:
@@ -38,19 +42,34 @@ def _blas() -> ThreadpoolController:
     return _controller
 
 
+def _enter() -> None:
+    global _depth, _limiter  # noqa: PLW0603 - the process-wide count and limit
+    with _lock:
+        if _depth == 0:
+            limiter = _blas().limit(limits=1, user_api="blas")
+            limiter.__enter__()
+            _limiter = limiter
+        _depth += 1
+
+
+def _leave() -> None:
+    global _depth, _limiter  # noqa: PLW0603 - the process-wide count and limit
+    with _lock:
+        _depth -= 1
+        if _depth == 0 and _limiter is not None:
+            limiter, _limiter = _limiter, None
+            limiter.__exit__(None, None, None)
+
+
 def one_blas_thread(function: Callable[_P, _R]) -> Callable[_P, _R]:
     """Decorator: run ``function`` with BLAS limited to one thread (see the module)."""
 
     @functools.wraps(function)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        global _depth  # noqa: PLW0603 - the nesting depth of decorated calls
-        if _depth:
+        _enter()
+        try:
             return function(*args, **kwargs)
-        with _blas().limit(limits=1, user_api="blas"):
-            _depth += 1
-            try:
-                return function(*args, **kwargs)
-            finally:
-                _depth -= 1
+        finally:
+            _leave()
 
     return wrapper

@@ -544,7 +544,11 @@ def lincomb(
     the output and no m × L copy is made.
     """
     rows = _rows(vectors)
-    length = rows[0].shape[0] if rows else 0
+    if rows:
+        length = rows[0].shape[0]
+    else:  # no vectors: the zero combination, as long as a 0 × L matrix says
+        length = vectors.shape[1] if isinstance(vectors, np.ndarray) and vectors.ndim == 2 else 0
+        return np.zeros((coefficients.shape[0], length), dtype=np.uint64)
     out = np.empty((coefficients.shape[0], length), dtype=np.uint64)
     for start in range(0, length, _LINCOMB_COLUMNS):
         stop = start + _LINCOMB_COLUMNS

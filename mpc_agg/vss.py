@@ -197,7 +197,7 @@ def interpolate(points: Mapping[int, int]) -> list[int]:
     return [sum(y * row[k] for y, row in zip(ys, basis, strict=True)) % Q for k in range(len(xs))]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # T² ints each: ≈ 18 MB at T = 512
 def _lagrange_basis(xs: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """Coefficients (ascending) of each Lagrange basis polynomial ℓ_i for the points ``xs``.
 

@@ -438,7 +438,7 @@ class Output:
 
     view: bytes
     #: A read-only view into the decoded envelope when decoded (no copy of d·8 bytes).
-    ciphertext: bytes | memoryview = field(repr=False)
+    ciphertext: bytes | memoryview = field(repr=False, hash=False)
 
     def __post_init__(self) -> None:
         _check_digest(self.view, "the view")

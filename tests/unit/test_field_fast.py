@@ -39,7 +39,7 @@ def test_matmul_is_exact_across_inner_blocks(rows: int, inner: int, cols: int, s
 
 
 def test_matmul_many_blocks_and_vector_shapes() -> None:
-    # 2^11 · 600 terms: the uint64 limb accumulators are folded every 512 blocks
+    # 2^11 · 600 terms: the uint64 limb accumulators are folded every 128 blocks
     source = DeterministicRandomSource(1)
     length = (1 << 11) * 600 + 17
     a = np.full(length, gf.P - 1, dtype=np.uint64)
