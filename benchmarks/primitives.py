@@ -1,5 +1,7 @@
 """PRG throughput, mask application, fixed-point encode/decode, hashing and VSS costs.
 
+Hashing: SHA-256 (message digests, commitments) and BLAKE3-256 (payload digests).
+
 Run: ``.venv/bin/python -m benchmarks.primitives`` (writes results/primitives.json).
 """
 
@@ -11,7 +13,7 @@ import time
 import numpy as np
 
 from benchmarks.common import best_of, write
-from mpc_agg.crypto import sha256
+from mpc_agg.crypto import payload_digest, sha256
 from mpc_agg.fixedpoint import FixedPointCodec
 from mpc_agg.prg import MaskTerm, apply_masks
 from mpc_agg.randomness import DeterministicRandomSource
@@ -41,6 +43,8 @@ def main() -> None:
     rows["decode_1e6_ms"] = best * 1e3
     best, _ = best_of(lambda: sha256(encoded.ring.view(np.uint8).data), 10)
     rows["sha256_8MB_ms"] = best * 1e3
+    best, _ = best_of(lambda: payload_digest(encoded.ring.view(np.uint8).data), 10)
+    rows["blake3_payload_digest_8MB_ms"] = best * 1e3
 
     source = DeterministicRandomSource(1)
     secret = 123456789
