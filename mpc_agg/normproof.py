@@ -411,17 +411,29 @@ def _gadget_values(
     values[1 : calls + 1] = np.einsum("ml,ml->m", data, data).astype(np.uint64)
     extrapolation = shape._extrapolation
     if calls * (1 << 21) * shape.norm_bound < 1 << 53:
+        # in blocks of wires, so that the dozen passes of field arithmetic over each block
+        # stay in cache (one pass over the whole M × L matrix each: twice the time)
         limbs = _limbs(extrapolation[:, 1:])
-        floats = data.astype(np.float64)
-        extended = gf.mul(np.broadcast_to(seeds, (calls, wires)), extrapolation[:, :1])
-        for k in range(3):
-            part = np.rint(limbs[k] @ floats).astype(np.int64)
-            extended = gf.add(extended, gf.shift(gf.reduce_signed(part), 21 * k))
+        first = extrapolation[:, :1]
+        squares = np.zeros(calls, dtype=np.uint64)
+        for start in range(0, wires, _GADGET_COLUMNS):
+            stop = min(start + _GADGET_COLUMNS, wires)
+            floats = data[:, start:stop].astype(np.float64)
+            extended = gf.mul(np.broadcast_to(seeds[start:stop], (calls, stop - start)), first)
+            for k in range(3):
+                part = np.rint(limbs[k] @ floats).astype(np.int64)
+                extended = gf.add(extended, gf.shift(gf.reduce_signed(part), 21 * k))
+            squares = gf.add(squares, gf.sum_rows(gf.square(extended), axis=1))
+        values[calls + 1 :] = squares
     else:  # very short vectors with a large B: the generic exact product
         wires_matrix = _wire_matrix(seeds, gf.from_signed(x), calls)
         extended = gf.matmul(extrapolation, wires_matrix)
-    values[calls + 1 :] = gf.sum_rows(gf.square(extended), axis=1)
+        values[calls + 1 :] = gf.sum_rows(gf.square(extended), axis=1)
     return values
+
+
+#: Wires per block in :func:`_gadget_values` (M × 1024 words: a few hundred KB).
+_GADGET_COLUMNS = 1 << 10
 
 
 def squared_norm(x: IntVector) -> int:
