@@ -58,6 +58,14 @@ def payload_digest(data: bytes | memoryview) -> bytes:
     return blake3(data).digest()
 
 
+def blake3_256(*parts: bytes | memoryview) -> bytes:
+    """BLAKE3-256 of the concatenation of ``parts`` (vector-sized commitments, robust §6.1)."""
+    h = blake3()
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
 def digests_equal(a: bytes, b: bytes) -> bool:
     """Constant-time comparison of two digests (or MACs, or encoded points)."""
     return hmac.compare_digest(a, b)

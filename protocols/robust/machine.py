@@ -36,6 +36,7 @@ from mpc_agg.crypto import (
     SigningKey,
     aead_decrypt,
     aead_encrypt,
+    blake3_256,
     derive_key,
     digests_equal,
     parse_point,
@@ -508,7 +509,8 @@ class RobustMachine:
         return self._info(b"share-seed", stage, dealer, holder)
 
     def _share_commitment(self, stage: int, dealer: int, holder: int, payload: bytes) -> bytes:
-        return sha256(self._info(b"share-commitment", stage, dealer, holder), payload)
+        """§6.1 — C_j = B(Info("share-commitment", s, dealer, j) ‖ payload_j), BLAKE3."""
+        return blake3_256(self._info(b"share-commitment", stage, dealer, holder), payload)
 
     def _output_key_commitment(self, dealer: int, part: bytes) -> bytes:
         return sha256(self._info(b"output-key-part", dealer), part)
