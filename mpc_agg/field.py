@@ -407,14 +407,13 @@ def matmul(a: NDArray[np.uint64], b: NDArray[np.uint64]) -> NDArray[np.uint64]:
     if left.shape[1] != right.shape[0]:
         raise FieldError(f"matmul shapes {left.shape} and {right.shape} do not match")
     rows, inner, cols = left.shape[0], left.shape[1], right.shape[1]
-    sums = np.zeros((5, rows, cols), dtype=np.uint64)
-    result: FieldVector = np.zeros((rows, cols), dtype=np.uint64)
-    if inner <= _STACKED_INNER:
+    if inner <= _STACKED_INNER:  # one block: its five limb sums are the whole product
         right_limbs = np.empty((3, inner, cols), dtype=np.float64)
         _limbs_into(right, right_limbs)
         stacked_sums = _stacked_limbs(left) @ right_limbs.reshape(3 * inner, cols)
-        sums += stacked_sums.astype(np.uint64).reshape(5, rows, cols)
-        return _shaped(add(result, _combine(sums)), a, b)
+        return _shaped(_combine(stacked_sums.astype(np.uint64).reshape(5, rows, cols)), a, b)
+    sums = np.zeros((5, rows, cols), dtype=np.uint64)
+    result: FieldVector = np.zeros((rows, cols), dtype=np.uint64)
     size = min(_MATMUL_BLOCK, inner)
     left_buffer = np.empty((3, rows, size), dtype=np.float64)
     right_buffer = np.empty((3, size, cols), dtype=np.float64)
