@@ -66,6 +66,20 @@ def blake3_256(*parts: bytes | memoryview) -> bytes:
     return h.digest()
 
 
+def blake3_mac(key: bytes, *parts: bytes | memoryview) -> bytes:
+    """BLAKE3's keyed mode (a PRF, used as a MAC) under a 32-byte key, over ``parts``.
+
+    For the result digests (secagg SPEC §6.6, robust SPEC §6.10): a MAC over a whole
+    aggregate, ≈ 5× faster than HMAC-SHA256 here.
+    """
+    if len(key) != 32:
+        raise ValueError("a BLAKE3 key is 32 bytes")
+    h = blake3(key=key)
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
 def digests_equal(a: bytes, b: bytes) -> bool:
     """Constant-time comparison of two digests (or MACs, or encoded points)."""
     return hmac.compare_digest(a, b)

@@ -20,8 +20,6 @@ Invariants this module maintains (each has a test in ``tests/protocol/robust``):
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +35,7 @@ from mpc_agg.crypto import (
     aead_decrypt,
     aead_encrypt,
     blake3_256,
+    blake3_mac,
     derive_key,
     digests_equal,
     parse_point,
@@ -1148,9 +1147,10 @@ class RobustMachine:
         stacked = [shares[x][: self._d] for x in basis]
         self._total = gf.to_signed(gf.lincomb(coefficients, stacked)[0])
         included = ",".join(str(p) for p in self._accepted).encode()
-        mac = hmac.new(self._output_key, b"mpc-agg/robust/result/v1\x00" + included, hashlib.sha256)
-        mac.update(np.ascontiguousarray(self._total, dtype="<i8").view(np.uint8).data)
-        self._result_digest = mac.digest()
+        total = np.ascontiguousarray(self._total, dtype="<i8")
+        self._result_digest = blake3_mac(
+            self._output_key, b"mpc-agg/robust/result/v2\x00" + included, total.view(np.uint8).data
+        )
         message = Confirm(view=self._view(self.phase), digest=self._result_digest)
         self._enter(Phase.CONFIRM, effects, message.encode())
 

@@ -15,8 +15,6 @@ Invariants this module maintains (each has a test in ``tests/protocol``):
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -29,6 +27,7 @@ from mpc_agg.crypto import (
     SigningKey,
     aead_decrypt,
     aead_encrypt,
+    blake3_mac,
     derive_key,
     digests_equal,
     parse_point,
@@ -1367,11 +1366,10 @@ def result_digest(
     if words.dtype not in (np.uint32, np.uint64) or words.ndim != 1:
         raise ValueError("the total must be a 1-D vector of uint32 or uint64 words")
     key = sha256(b"mpc-agg/secagg/result-key/v1", *(encode_scalar(s) for s in seeds))
-    header = Writer().raw(b"mpc-agg/secagg/result/v2")
+    header = Writer().raw(b"mpc-agg/secagg/result/v3")
     header.seq(included, len(included), Writer.u16).u8(8 * words.itemsize).u64(words.shape[0])
-    mac = hmac.new(key, header.getvalue(), hashlib.sha256)
-    mac.update(words.astype(words.dtype.newbyteorder("<"), copy=False).view(np.uint8).data)
-    return mac.digest()
+    little = words.astype(words.dtype.newbyteorder("<"), copy=False)
+    return blake3_mac(key, header.getvalue(), little.view(np.uint8).data)
 
 
 def _describe_difference(mine: ConsistencyCheck, theirs: ConsistencyCheck) -> str:

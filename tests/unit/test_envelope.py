@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpc_agg.codec import InvalidValueError, OversizeError, TruncatedError, UnknownVersionError
-from mpc_agg.crypto import SigningKey, VerifyKey, payload_digest, sha256
+from mpc_agg.crypto import SigningKey, VerifyKey, blake3_mac, payload_digest, sha256
 from mpc_agg.envelope import (
     BROADCAST,
     MAGIC,
@@ -371,3 +371,19 @@ def test_payload_digest_is_blake3_256() -> None:
     assert payload_digest(memoryview(bytes(i % 251 for i in range(1024)))).hex() == (
         "42214739f095a406f3fc83deb889744ac00df831c10daa55189b5d121c855af7"
     )
+
+
+def test_blake3_mac_is_blake3_keyed_hash() -> None:
+    # BLAKE3 test vectors, keyed_hash with the key "whats the Elvish word for friend"
+    key = b"whats the Elvish word for friend"
+    assert blake3_mac(key).hex() == (
+        "92b2b75604ed3c761f9d6f62392c8a9227ad0ea3f09573e783f1498a4ed60d26"
+    )
+    assert blake3_mac(key, bytes([0])).hex() == (
+        "6d7878dfff2f485635d39013278ae14f1454b8c0a3a2d34bc1ab38228a80c95b"
+    )
+    data = bytes(i % 251 for i in range(3000))
+    assert blake3_mac(key, data[:7], memoryview(data)[7:]) == blake3_mac(key, data)
+    assert blake3_mac(key, data) != blake3_mac(bytes(32), data)
+    with pytest.raises(ValueError, match="32 bytes"):
+        blake3_mac(key[:16], data)
