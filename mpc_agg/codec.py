@@ -29,6 +29,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _LE_U64 = np.dtype("<u8")
 _LE_U32 = np.dtype("<u4")
+_SMALL_WORDS: dict[int, np.dtype[Any]] = {1: np.dtype("u1"), 2: np.dtype("<u2")}
 
 
 class TruncatedError(DecodeError):
@@ -134,6 +135,18 @@ class Writer:
             raise ValueError("ring vectors must be 1-D uint64 (or uint32 words mod 2^32)")
         # unsigned casts keep the low bits (x mod 2^32); uint32 words go as they are
         return self._words(np.ascontiguousarray(values.astype(_LE_U32, copy=False)), max_len)
+
+    def small_words(self, values: NDArray[Any], width: int, max_len: int) -> Writer:
+        """Append unsigned words of ``width`` bytes (1 or 2): a u64 count, padding, the words.
+
+        For the high parts of split sums (secagg SPEC §5.8); every value must fit.
+        """
+        dtype = _SMALL_WORDS.get(width)
+        if dtype is None or values.ndim != 1:
+            raise ValueError("small words are a 1-D vector of 1- or 2-byte words")
+        if values.size and int(values.max()) >> (8 * width):
+            raise ValueError(f"a value does not fit in {width} byte(s)")
+        return self._words(np.ascontiguousarray(values.astype(dtype)), max_len)
 
     def _words(self, words: NDArray[Any], max_len: int) -> Writer:
         """A u64 count, zero padding to the word size, then the (little-endian) words."""
@@ -253,6 +266,13 @@ class Reader:
     def ring_vector32(self, max_len: int) -> NDArray[np.uint32]:
         """Read a vector of :meth:`Writer.ring_vector32` (a read-only uint32 view)."""
         return self._words(max_len, _LE_U32).astype(np.uint32, copy=False)
+
+    def small_words(self, max_len: int, width: int) -> NDArray[Any]:
+        """Read a vector of :meth:`Writer.small_words` (a read-only view when possible)."""
+        dtype = _SMALL_WORDS.get(width)
+        if dtype is None:
+            raise ValueError("small words are 1 or 2 bytes wide")
+        return self._words(max_len, dtype)
 
     def _words(self, max_len: int, dtype: np.dtype[Any]) -> NDArray[Any]:
         """A u64 count, zero padding to the word size, then the count words (a view)."""

@@ -1,4 +1,4 @@
-"""Round parameters of ``robust/1`` (SPEC §2) and the norm bound on the fixed-point grid."""
+"""Round parameters of ``robust/2`` (SPEC §2) and the norm bound on the fixed-point grid."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from mpc_agg.normproof import NormProofShape, check_norm_bound
 from protocols.common import Roster
 
-PROTOCOL = "robust/1"
+PROTOCOL = "robust/2"
 
 
 def default_threshold(n: int) -> int:

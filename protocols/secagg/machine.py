@@ -107,9 +107,10 @@ from protocols.secagg.messages import (
     decode_share_plaintext,
     encode_revealed,
     encode_share_plaintext,
+    sum_high_bytes,
 )
 
-PROTOCOL = "secagg/3"
+PROTOCOL = "secagg/4"
 
 
 def protocol_id(ring_bits: int, vector_length: int, reduce_scatter: bool = False) -> str:
@@ -874,7 +875,12 @@ class SecAggMachine:
                 a, b = chunks.bounds[owner]
                 orphans.append((owner, chunks.own[a:b]))
         chunks.received = {}  # summed: only the orphans' chunks are needed again
-        return ChunkSum(missing=tuple(missing), sums=sums, orphans=tuple(orphans))
+        return ChunkSum(
+            missing=tuple(missing),
+            sums=sums,
+            orphans=tuple(orphans),
+            high_bytes=sum_high_bytes(self.params.n),
+        )
 
     def _on_chunk_sum(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
         chunks = self._chunks
@@ -883,7 +889,12 @@ class SecAggMachine:
             return
         start, stop = chunks.bounds[source]
         lengths = {owner: b - a for owner, (a, b) in enumerate(chunks.bounds) if owner != source}
-        message = ChunkSum.decode(envelope.payload, length=stop - start, orphans=lengths)
+        message = ChunkSum.decode(
+            envelope.payload,
+            length=stop - start,
+            orphans=lengths,
+            high_bytes=sum_high_bytes(self.params.n),
+        )
         theirs = tuple(o for o, _ in message.orphans)
         mine = chunks.orphans if source in chunks.included else ()
         if theirs != mine:

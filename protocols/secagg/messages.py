@@ -415,7 +415,9 @@ class ChunkSum:
     """§5.8 — an owner's sum of its chunk over the included inputs, and orphaned chunks.
 
     ``sums``: exact integer sums (u64) of the 32-bit words of every included input's chunk,
-    empty when ``missing`` (included peers whose chunk the owner lacks) is not.
+    empty when ``missing`` (included peers whose chunk the owner lacks) is not. On the
+    wire each sum is split into its low 32 bits and its high part in ``high_bytes`` bytes
+    (:func:`sum_high_bytes` of the roster size): 5 bytes an entry up to n = 256, not 8.
     ``orphans``: (owner, the sender's own chunk) for each chunk whose owner sent no
     MaskedHeader, so that every peer can sum it itself.
     """
@@ -423,6 +425,7 @@ class ChunkSum:
     missing: tuple[int, ...]
     sums: RingVector = field(repr=False)
     orphans: tuple[tuple[int, NDArray[np.uint32]], ...] = field(repr=False)
+    high_bytes: int = 1
 
     def __post_init__(self) -> None:
         _check_set(self.missing, "missing chunks")
@@ -433,12 +436,17 @@ class ChunkSum:
             raise InvalidValueError("an owner that lacks chunks sends no sums")
         if any(w.dtype != np.uint32 or w.ndim != 1 for _, w in self.orphans):
             raise InvalidValueError("orphaned chunks are 1-D uint32 vectors")
+        if self.high_bytes not in (1, 2):
+            raise InvalidValueError("the high part of a chunk sum is 1 or 2 bytes")
+        if self.sums.size and int(self.sums.max()) >> (32 + 8 * self.high_bytes):
+            raise InvalidValueError(f"a chunk sum does not fit in {4 + self.high_bytes} bytes")
 
     def encode(self) -> bytes:
         """Canonical encoding."""
         w = Writer()
         write_u16_set(w, self.missing, MAX_PEERS)
-        w.ring_vector(self.sums, 1 << 31)
+        w.ring_vector32(self.sums, 1 << 31)  # the low 32 bits of every sum
+        w.small_words(self.sums >> np.uint64(32), self.high_bytes, 1 << 31)
         w.u32(len(self.orphans))
         for owner, words in self.orphans:
             w.u16(owner).ring_vector32(words, 1 << 31)
@@ -446,17 +454,27 @@ class ChunkSum:
 
     @classmethod
     def decode(
-        cls, data: bytes | memoryview, *, length: int, orphans: Mapping[int, int]
+        cls,
+        data: bytes | memoryview,
+        *,
+        length: int,
+        orphans: Mapping[int, int],
+        high_bytes: int = 1,
     ) -> ChunkSum:
         """Strict decoding: ``length`` sums (or none), then the listed orphaned chunks.
 
         ``orphans`` maps each owner whose chunk may be listed to that chunk's length;
         whether it *is* orphaned is the machine's comparison with its own survivor set
-        (§6.7).
+        (§6.7). ``high_bytes``: :func:`sum_high_bytes` of the roster size.
         """
         r = Reader(data)
         missing = read_sorted_unique_u16(r, MAX_PEERS)
-        sums = r.ring_vector(1 << 31)
+        low = r.ring_vector32(1 << 31)
+        high = r.small_words(1 << 31, high_bytes)
+        if high.shape != low.shape:
+            raise InvalidValueError("the low and high parts of the chunk sums differ in length")
+        sums = low.astype(np.uint64)
+        sums |= high.astype(np.uint64) << np.uint64(32)
         count = r.u32()
         if count > len(orphans):
             raise InvalidValueError(f"{count} orphaned chunks, the round has {len(orphans)}")
@@ -474,7 +492,12 @@ class ChunkSum:
             raise InvalidValueError(f"{sums.shape[0]} chunk sums, the chunk has {length} words")
         if not missing and sums.shape[0] != length:
             raise InvalidValueError("no chunk sums and no missing chunks")
-        return cls(missing=tuple(missing), sums=sums, orphans=tuple(items))
+        return cls(missing=tuple(missing), sums=sums, orphans=tuple(items), high_bytes=high_bytes)
+
+
+def sum_high_bytes(n: int) -> int:
+    """§5.8 — bytes for the high part of a chunk sum: Σ of ≤ n words < 2^32 is < n·2^32."""
+    return 1 if n <= 256 else 2
 
 
 # --------------------------------------------------------------------------- §5.4

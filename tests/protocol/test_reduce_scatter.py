@@ -15,7 +15,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from mpc_agg.codec import Writer, write_u16_set
 from mpc_agg.envelope import parse_envelope
+from mpc_agg.errors import DecodeError
 from protocols.common import MessageIgnored
 from protocols.harness import (
     Adversary,
@@ -27,7 +29,7 @@ from protocols.harness import (
     resign,
 )
 from protocols.secagg.machine import SecAggMachine, SecAggParams, chunk_bounds
-from protocols.secagg.messages import ChunkSum, MaskedChunk, MessageKind, Phase
+from protocols.secagg.messages import ChunkSum, MaskedChunk, MessageKind, Phase, sum_high_bytes
 from tests.protocol.support import run_rs_round
 
 N = 7
@@ -200,5 +202,37 @@ def test_the_data_path_is_part_of_the_protocol_name() -> None:
         )
 
     rs, plain = params(True), params(False)
-    assert rs.protocol_id == "secagg/3 b32 L4 rs"
-    assert plain.protocol_id == "secagg/3 b32 L4"
+    assert rs.protocol_id == "secagg/4 b32 L4 rs"
+    assert plain.protocol_id == "secagg/4 b32 L4"
+
+
+@pytest.mark.parametrize("n", [3, 256, 257, 1024])
+def test_chunk_sums_travel_as_low_words_and_high_bytes(n: int) -> None:
+    # §5.8: each exact sum of ≤ n words < 2^32 is < n·2^32, sent as 4 + 1 bytes up to
+    # n = 256 and 4 + 2 beyond, instead of 8
+    width = sum_high_bytes(n)
+    assert width == (1 if n <= 256 else 2)
+    largest = n * 0xFFFFFFFF
+    sums = np.array([0, 1, 0xFFFFFFFF, 1 << 32, largest], dtype=np.uint64)
+    message = ChunkSum(missing=(), sums=sums, orphans=(), high_bytes=width)
+    wire = message.encode()
+    decoded = ChunkSum.decode(wire, length=5, orphans={}, high_bytes=width)
+    assert np.array_equal(decoded.sums, sums)
+    assert decoded.encode() == wire
+    assert len(ChunkSum(missing=(), sums=np.zeros(1000, np.uint64), orphans=(), high_bytes=width)
+               .encode()) < (4 + width) * 1000 + 64  # fmt: skip
+    with pytest.raises(DecodeError):  # the other width misreads the layout
+        ChunkSum.decode(wire, length=5, orphans={}, high_bytes=3 - width)
+    with pytest.raises(DecodeError, match="does not fit"):
+        ChunkSum(missing=(), sums=np.array([1 << (32 + 8 * width)], np.uint64), orphans=(),
+                 high_bytes=width)  # fmt: skip
+
+
+def test_chunk_sum_parts_of_different_lengths_are_malformed() -> None:
+    w = Writer()
+    write_u16_set(w, (), 1024)
+    w.ring_vector32(np.arange(3, dtype=np.uint32), 1 << 31)
+    w.small_words(np.zeros(2, dtype=np.uint8), 1, 1 << 31)
+    w.u32(0)
+    with pytest.raises(DecodeError, match="differ in length"):
+        ChunkSum.decode(w.getvalue(), length=3, orphans={})

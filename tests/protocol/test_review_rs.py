@@ -356,8 +356,10 @@ def _chunk_sum_payload(draw: st.DrawFn) -> bytes:
     w.u32(len(missing))
     for p in missing:
         w.u16(p)
-    sums = draw(st.lists(st.integers(0, (1 << 64) - 1), max_size=6))
-    w.ring_vector(np.array(sums, dtype=np.uint64), 1 << 31)
+    low = draw(st.lists(st.integers(0, (1 << 32) - 1), max_size=6))
+    high = draw(st.lists(st.integers(0, 255), min_size=len(low), max_size=len(low) + 1))
+    w.ring_vector32(np.array(low, dtype=np.uint32), 1 << 31)  # §5.8: low words, high bytes
+    w.small_words(np.array(high, dtype=np.uint8), 1, 1 << 31)
     orphans = draw(st.lists(st.tuples(st.integers(0, 5), _WORDS), max_size=3))
     w.u32(draw(st.sampled_from([len(orphans), len(orphans) + 1, 0xFFFFFFFF])))
     for owner, words in orphans:

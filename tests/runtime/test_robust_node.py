@@ -41,7 +41,7 @@ async def test_five_sites_agree_on_the_exact_sum() -> None:
         results = await run_round(nodes, updates)
     for result in results:
         assert isinstance(result, AggregateResult), result
-        assert result.protocol == "robust/1"
+        assert result.protocol == "robust/2"
         assert result.total.shape == (40, 5)
         assert np.array_equal(result.total, sum(updates))
         assert result.included == tuple(f"site-{i}" for i in range(5))
@@ -170,7 +170,7 @@ async def test_a_poisoned_update_is_excluded_in_the_result_and_the_audit_log(
         assert np.array_equal(result.total, updates[0] + updates[1] + updates[2] + updates[4])
     lines = (tmp_path / "site-0.jsonl").read_text().splitlines()
     record = json.loads(lines[-1])["record"]
-    assert record["protocol"] == "robust/1"
+    assert record["protocol"] == "robust/2"
     assert record["excluded"]["site-3"].startswith("input failed the validity check")
     assert record["parameters"]["max_norm"] == 1.0
     assert record["parameters"]["norm_bound"] == (1 << FRAC_BITS) + 1 + 8  # ⌈C(1+2^-30)2^f⌉ + ⌈√64⌉

@@ -209,7 +209,7 @@ def test_delta_mode_equals_plaintext_fedavg_sync_threads() -> None:
     assert [opt.rounds for opt in opts] == [rounds] * N_SITES
     result = opts[0].last_result
     assert result.count == N_SITES
-    assert result.protocol == "secagg/3"
+    assert result.protocol == "secagg/4"
 
 
 # --------------------------------------------------------------------------- rollback
