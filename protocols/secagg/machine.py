@@ -875,7 +875,7 @@ class SecAggMachine:
                 a, b = chunks.bounds[owner]
                 orphans.append((owner, chunks.own[a:b]))
         chunks.received = {}  # summed: only the orphans' chunks are needed again
-        return ChunkSum(
+        return ChunkSum.from_sums(
             missing=tuple(missing),
             sums=sums,
             orphans=tuple(orphans),
@@ -915,8 +915,8 @@ class SecAggMachine:
         included = chunks.included  # fixed with the view at MASKED_INPUT close
         own = chunks.own
         assert own is not None
-        limit = len(included) * 0xFFFFFFFF
-        sums: list[NDArray[np.uint64]] = []  # exact, per chunk, for the checks
+        top = len(included) - 1  # Σ of |I| words < 2^32 is at most top·2^32 + (2^32 − |I|)
+        sums: list[ChunkSum] = []  # exact, per chunk, for the checks (low and high parts)
         digests = []
         for owner, (start, stop) in enumerate(chunks.bounds):
             if owner in self._inputs:
@@ -931,11 +931,15 @@ class SecAggMachine:
                         effects,
                     )
                     return
-                if message.sums.size and int(message.sums.max()) > limit:
+                above = (message.high > top) | (
+                    (message.high == top) & (message.low > np.uint32(0xFFFFFFFF - top))
+                )
+                if above.any():
                     self._exclude(owner, "ChunkSum above |I|·(2^32 − 1)", effects)
                     self._abort(f"chunk owner {owner} published impossible sums", effects)
                     return
-                chunk_sums = message.sums
+                del above
+                chunk = message
                 digests.append((owner, digest))
             else:
                 chunk_sums = np.zeros(stop - start, dtype=np.uint64)
@@ -947,7 +951,8 @@ class SecAggMachine:
                         )
                         return
                     np.add(chunk_sums, part, out=chunk_sums)
-            sums.append(chunk_sums)
+                chunk = ChunkSum.from_sums(missing=(), sums=chunk_sums, orphans=(), high_bytes=2)
+            sums.append(chunk)
         key = sha256(
             b"mpc-agg/secagg/chunk-checks/v1",
             self._info(b"chunk-checks"),
@@ -956,8 +961,8 @@ class SecAggMachine:
         mine, expected = _chunk_checks(key, chunks.bounds, own, sums)
         # checked: this peer's masked input is needed no more, and its buffer takes the
         # masked total (mod 2^32: the cast keeps the low 32 bits), not a new one
-        for (start, stop), chunk_sums in zip(chunks.bounds, sums, strict=True):
-            own[start:stop] = chunk_sums
+        for (start, stop), chunk in zip(chunks.bounds, sums, strict=True):
+            own[start:stop] = chunk.low
         chunks.masked_total = own
         chunks.sums = {}
         chunks.expected = expected
@@ -1320,15 +1325,16 @@ def _chunk_checks(
     key: bytes,
     bounds: Sequence[tuple[int, int]],
     own: NDArray[np.uint32],
-    sums: Sequence[NDArray[np.uint64]],
+    sums: Sequence[ChunkSum],
 ) -> tuple[tuple[int, ...], NDArray[np.uint64]]:
     """§6.7 — this peer's checks ⟨r_kj, y_k⟩ and the expected ⟨r_kj, S_k⟩, mod 2^64.
 
     r_kj = the first |chunk k| u64 words of AES-256-CTR(KDF(key, u16(k) ‖ u8(j))), for every
     chunk k and check j < 3; ``sums[k]`` = S_k, the exact sums of chunk k. Returns (own
     checks, chunk-major; expected, shape (m, 3)). The r_kj are expanded block by block
-    (memory O(block) at any L) and the inner products taken by ``einsum``, which wraps
-    mod 2^64 as ``dot`` does and is faster on integers.
+    (memory O(block) at any L), the exact sums rebuilt from their low and high parts a block
+    at a time (:meth:`ChunkSum.exact`), and the inner products taken by ``einsum``, which
+    wraps mod 2^64 as ``dot`` does and is faster on integers.
     """
     m = len(bounds)
     mask = (1 << 64) - 1
@@ -1349,7 +1355,7 @@ def _chunk_checks(
         for offset in range(start, stop, CHUNK_WORDS):
             end = min(offset + CHUNK_WORDS, stop)
             y = own[offset:end].astype(np.uint64)
-            s = sums[k][offset - start : end - start]
+            s = sums[k].exact(offset - start, end - start)
             for j, stream in enumerate(streams):
                 r = next(stream)
                 ours[j] += int(np.einsum("i,i->", r, y))

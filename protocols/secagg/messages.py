@@ -12,6 +12,7 @@ import enum
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -414,39 +415,84 @@ class MaskedChunk:
 class ChunkSum:
     """§5.8 — an owner's sum of its chunk over the included inputs, and orphaned chunks.
 
-    ``sums``: exact integer sums (u64) of the 32-bit words of every included input's chunk,
-    empty when ``missing`` (included peers whose chunk the owner lacks) is not. On the
-    wire each sum is split into its low 32 bits and its high part in ``high_bytes`` bytes
-    (:func:`sum_high_bytes` of the roster size): 5 bytes an entry up to n = 256, not 8.
+    The exact integer sums Σ_{p∈I} y_{p,k} of the 32-bit words of every included input's
+    chunk, held as they travel: ``low`` (the sums mod 2^32, uint32) and ``high`` (the rest,
+    uint8, or uint16 when :func:`sum_high_bytes` of the roster size is 2): 5 bytes an entry
+    up to n = 256, not 8, and a decoded message keeps views into its payload, so a peer
+    holds no 8-byte copy of every chunk's sums until its checks (§6.7). Both are empty when
+    ``missing`` (included peers whose chunk the owner lacks) is not. :meth:`from_sums`
+    builds one from exact uint64 sums; :meth:`exact` gives them back, a slice at a time.
     ``orphans``: (owner, the sender's own chunk) for each chunk whose owner sent no
     MaskedHeader, so that every peer can sum it itself.
     """
 
     missing: tuple[int, ...]
-    sums: RingVector = field(repr=False)
+    low: NDArray[np.uint32] = field(repr=False)
+    high: NDArray[np.unsignedinteger[Any]] = field(repr=False)
     orphans: tuple[tuple[int, NDArray[np.uint32]], ...] = field(repr=False)
     high_bytes: int = 1
 
     def __post_init__(self) -> None:
         _check_set(self.missing, "missing chunks")
         _check_set([o for o, _ in self.orphans], "orphaned chunks")
-        if self.sums.dtype != np.uint64 or self.sums.ndim != 1:
-            raise InvalidValueError("chunk sums are a 1-D uint64 vector")
-        if self.missing and self.sums.size:
+        if self.high_bytes not in (1, 2):
+            raise InvalidValueError("the high part of a chunk sum is 1 or 2 bytes")
+        if self.low.dtype != np.uint32 or self.low.ndim != 1:
+            raise InvalidValueError("the low parts of chunk sums are a 1-D uint32 vector")
+        if self.high.dtype.kind != "u" or self.high.dtype.itemsize != self.high_bytes:
+            raise InvalidValueError(
+                f"the high parts of chunk sums are {self.high_bytes}-byte words"
+            )
+        if self.high.shape != self.low.shape:
+            raise InvalidValueError("the low and high parts of the chunk sums differ in length")
+        if self.missing and self.low.size:
             raise InvalidValueError("an owner that lacks chunks sends no sums")
         if any(w.dtype != np.uint32 or w.ndim != 1 for _, w in self.orphans):
             raise InvalidValueError("orphaned chunks are 1-D uint32 vectors")
-        if self.high_bytes not in (1, 2):
+
+    @classmethod
+    def from_sums(
+        cls,
+        *,
+        missing: tuple[int, ...],
+        sums: RingVector,
+        orphans: tuple[tuple[int, NDArray[np.uint32]], ...],
+        high_bytes: int = 1,
+    ) -> ChunkSum:
+        """From exact uint64 sums; each must fit in 4 + ``high_bytes`` bytes."""
+        if sums.dtype != np.uint64 or sums.ndim != 1:
+            raise InvalidValueError("chunk sums are a 1-D uint64 vector")
+        if high_bytes not in (1, 2):
             raise InvalidValueError("the high part of a chunk sum is 1 or 2 bytes")
-        if self.sums.size and int(self.sums.max()) >> (32 + 8 * self.high_bytes):
-            raise InvalidValueError(f"a chunk sum does not fit in {4 + self.high_bytes} bytes")
+        if sums.size and int(sums.max()) >> (32 + 8 * high_bytes):
+            raise InvalidValueError(f"a chunk sum does not fit in {4 + high_bytes} bytes")
+        high_dtype = np.uint8 if high_bytes == 1 else np.uint16
+        return cls(
+            missing=missing,
+            low=sums.astype(np.uint32),  # the low 32 bits
+            high=(sums >> np.uint64(32)).astype(high_dtype),
+            orphans=orphans,
+            high_bytes=high_bytes,
+        )
+
+    def exact(self, start: int = 0, stop: int | None = None) -> RingVector:
+        """The exact sums of entries [start, stop) as uint64 (a new array of that slice)."""
+        out = self.high[start:stop].astype(np.uint64)
+        np.left_shift(out, np.uint64(32), out=out)
+        np.bitwise_or(out, self.low[start:stop], out=out)
+        return out
+
+    @property
+    def sums(self) -> RingVector:
+        """Every exact sum as uint64 (allocates 8 bytes an entry: tests and small chunks)."""
+        return self.exact()
 
     def encode(self) -> bytes:
         """Canonical encoding."""
         w = Writer()
         write_u16_set(w, self.missing, MAX_PEERS)
-        w.ring_vector32(self.sums, 1 << 31)  # the low 32 bits of every sum
-        w.small_words(self.sums >> np.uint64(32), self.high_bytes, 1 << 31)
+        w.ring_vector32(self.low, 1 << 31)
+        w.small_words(self.high, self.high_bytes, 1 << 31)
         w.u32(len(self.orphans))
         for owner, words in self.orphans:
             w.u16(owner).ring_vector32(words, 1 << 31)
@@ -465,7 +511,8 @@ class ChunkSum:
 
         ``orphans`` maps each owner whose chunk may be listed to that chunk's length;
         whether it *is* orphaned is the machine's comparison with its own survivor set
-        (§6.7). ``high_bytes``: :func:`sum_high_bytes` of the roster size.
+        (§6.7). ``high_bytes``: :func:`sum_high_bytes` of the roster size. The sums stay
+        views into ``data``.
         """
         r = Reader(data)
         missing = read_sorted_unique_u16(r, MAX_PEERS)
@@ -473,8 +520,6 @@ class ChunkSum:
         high = r.small_words(1 << 31, high_bytes)
         if high.shape != low.shape:
             raise InvalidValueError("the low and high parts of the chunk sums differ in length")
-        sums = low.astype(np.uint64)
-        sums |= high.astype(np.uint64) << np.uint64(32)
         count = r.u32()
         if count > len(orphans):
             raise InvalidValueError(f"{count} orphaned chunks, the round has {len(orphans)}")
@@ -488,11 +533,17 @@ class ChunkSum:
                 raise InvalidValueError(f"orphaned chunk of {owner} has the wrong length")
             items.append((owner, words))
         r.finish()
-        if sums.shape[0] not in (0, length):
-            raise InvalidValueError(f"{sums.shape[0]} chunk sums, the chunk has {length} words")
-        if not missing and sums.shape[0] != length:
+        if low.shape[0] not in (0, length):
+            raise InvalidValueError(f"{low.shape[0]} chunk sums, the chunk has {length} words")
+        if not missing and low.shape[0] != length:
             raise InvalidValueError("no chunk sums and no missing chunks")
-        return cls(missing=tuple(missing), sums=sums, orphans=tuple(items), high_bytes=high_bytes)
+        return cls(
+            missing=tuple(missing),
+            low=low,
+            high=high,
+            orphans=tuple(items),
+            high_bytes=high_bytes,
+        )
 
 
 def sum_high_bytes(n: int) -> int:

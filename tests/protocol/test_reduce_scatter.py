@@ -10,7 +10,6 @@ before any share is revealed.
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -112,8 +111,9 @@ class _WrongSum(Adversary):
         message = ChunkSum.decode(payload, length=stop - start, orphans={})
         sums = message.sums.copy()
         sums[0] += np.uint64(1)
-        forged = resign(machine, kind, replace(message, sums=sums).encode())
-        chunks.sums[machine.me] = (replace(message, sums=sums), b"")
+        wrong = ChunkSum.from_sums(missing=message.missing, sums=sums, orphans=message.orphans)
+        forged = resign(machine, kind, wrong.encode())
+        chunks.sums[machine.me] = (wrong, b"")
         adopt(machine, kind, forged)
         return [Outgoing(forged)]
 
@@ -214,18 +214,22 @@ def test_chunk_sums_travel_as_low_words_and_high_bytes(n: int) -> None:
     assert width == (1 if n <= 256 else 2)
     largest = n * 0xFFFFFFFF
     sums = np.array([0, 1, 0xFFFFFFFF, 1 << 32, largest], dtype=np.uint64)
-    message = ChunkSum(missing=(), sums=sums, orphans=(), high_bytes=width)
+    message = ChunkSum.from_sums(missing=(), sums=sums, orphans=(), high_bytes=width)
     wire = message.encode()
     decoded = ChunkSum.decode(wire, length=5, orphans={}, high_bytes=width)
     assert np.array_equal(decoded.sums, sums)
     assert decoded.encode() == wire
-    assert len(ChunkSum(missing=(), sums=np.zeros(1000, np.uint64), orphans=(), high_bytes=width)
-               .encode()) < (4 + width) * 1000 + 64  # fmt: skip
+    zeros = ChunkSum.from_sums(
+        missing=(), sums=np.zeros(1000, np.uint64), orphans=(), high_bytes=width
+    )
+    assert len(zeros.encode()) < (4 + width) * 1000 + 64
+    assert decoded.low.base is not None  # a view into the payload, not a copy
     with pytest.raises(DecodeError):  # the other width misreads the layout
         ChunkSum.decode(wire, length=5, orphans={}, high_bytes=3 - width)
+    too_large = np.array([1 << (32 + 8 * width)], np.uint64)
     with pytest.raises(DecodeError, match="does not fit"):
-        ChunkSum(missing=(), sums=np.array([1 << (32 + 8 * width)], np.uint64), orphans=(),
-                 high_bytes=width)  # fmt: skip
+        ChunkSum.from_sums(missing=(), sums=too_large, orphans=(), high_bytes=width)
+    assert np.array_equal(decoded.exact(1, 4), sums[1:4])
 
 
 def test_chunk_sum_parts_of_different_lengths_are_malformed() -> None:

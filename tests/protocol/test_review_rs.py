@@ -508,7 +508,12 @@ class _Owner(Adversary):
                 flipped = words.copy()
                 flipped[0] ^= np.uint32(1)
                 orphans = ((owner, flipped), *orphans[1:])
-            forged_message = replace(message, sums=sums, orphans=orphans)
+            forged_message = ChunkSum.from_sums(
+                missing=message.missing,
+                sums=sums,
+                orphans=orphans,
+                high_bytes=message.high_bytes,
+            )
             chunks.sums[machine.me] = (forged_message, b"")
             return [Outgoing(_rewrite(machine, kind, forged_message.encode()))]
         return [Outgoing(data)]
