@@ -206,7 +206,8 @@ class SecAggParams:
     def max_payload(self) -> int:
         """Largest envelope payload accepted: the masked vector or an n×n Unmask, plus slack.
 
-        Reduce-scatter: a ChunkSum (8-byte sums of one chunk, orphaned chunks) stays under 8·L.
+        Reduce-scatter: a ChunkSum (5- or 6-byte sums of one chunk, orphaned chunks) stays
+        under 8·L.
         """
         words = (8 if self.reduce_scatter else self.ring_bits // 8) * self.vector_length
         return max(words, 48 * self.n * self.n) + _PAYLOAD_SLACK
@@ -915,6 +916,9 @@ class SecAggMachine:
         included = chunks.included  # fixed with the view at MASKED_INPUT close
         own = chunks.own
         assert own is not None
+        if not included:  # |I| < T is refused at CONSISTENCY_CHECK close; nothing to sum here
+            self._abort("no included input to sum (§6.4)", effects)
+            return
         top = len(included) - 1  # Σ of |I| words < 2^32 is at most top·2^32 + (2^32 − |I|)
         sums: list[ChunkSum] = []  # exact, per chunk, for the checks (low and high parts)
         digests = []
