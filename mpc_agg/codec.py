@@ -181,24 +181,21 @@ class Reader:
         """Bytes not yet consumed."""
         return len(self._data) - self._pos
 
+    def _advance(self, size: int) -> int:
+        """Consume ``size`` bytes; return where they start (TruncatedError if they aren't)."""
+        pos = self._pos
+        if size < 0 or pos + size > len(self._data):
+            raise TruncatedError(f"need {size} bytes at offset {pos}, only {self.remaining} left")
+        self._pos = pos + size
+        return pos
+
     def _take(self, size: int) -> bytes:
-        if size < 0 or self._pos + size > len(self._data):
-            raise TruncatedError(
-                f"need {size} bytes at offset {self._pos}, only {self.remaining} left"
-            )
-        chunk = bytes(self._data[self._pos : self._pos + size])
-        self._pos += size
-        return chunk
+        pos = self._advance(size)
+        return bytes(self._data[pos : pos + size])
 
     def _int(self, fmt: struct.Struct) -> int:
         """One integer of ``fmt`` read in place (no slice copied: the hot path of parsing)."""
-        pos = self._pos
-        if pos + fmt.size > len(self._data):
-            raise TruncatedError(
-                f"need {fmt.size} bytes at offset {pos}, only {self.remaining} left"
-            )
-        self._pos = pos + fmt.size
-        return int(fmt.unpack_from(self._data, pos)[0])
+        return int(fmt.unpack_from(self._data, self._advance(fmt.size))[0])
 
     def u8(self) -> int:
         """Read an unsigned 8-bit integer."""
@@ -222,10 +219,7 @@ class Reader:
 
     def var_bytes(self, max_len: int) -> bytes:
         """Read a length-prefixed byte string of at most ``max_len`` bytes."""
-        length = self.u32()
-        if length > max_len:
-            raise OversizeError(f"field length {length} exceeds maximum {max_len}")
-        return self._take(length)
+        return self._take(self._var_length(max_len))
 
     def var_view(self, max_len: int) -> memoryview:
         """:meth:`var_bytes` without the copy: a read-only view into the decoded buffer.
@@ -233,16 +227,15 @@ class Reader:
         For large fields consumed once (ciphertexts of vectors); the view keeps the whole
         buffer alive while it is held.
         """
+        length = self._var_length(max_len)
+        pos = self._advance(length)
+        return memoryview(self._data)[pos : pos + length].toreadonly()
+
+    def _var_length(self, max_len: int) -> int:
         length = self.u32()
         if length > max_len:
             raise OversizeError(f"field length {length} exceeds maximum {max_len}")
-        if self._pos + length > len(self._data):
-            raise TruncatedError(
-                f"need {length} bytes at offset {self._pos}, only {self.remaining} left"
-            )
-        view = memoryview(self._data)[self._pos : self._pos + length].toreadonly()
-        self._pos += length
-        return view
+        return length
 
     def text(self, max_len: int) -> str:
         """Read UTF-8 text."""

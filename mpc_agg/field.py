@@ -326,10 +326,11 @@ def expand(key: bytes, length: int) -> FieldVector:
         words *= 2  # probability ≈ 2^-61 per word: practically never taken
 
 
-def _limbs(matrix: NDArray[np.uint64]) -> list[NDArray[np.float64]]:
-    return [
-        ((matrix >> np.uint64(_LIMB_BITS * k)) & _LIMB_MASK).astype(np.float64) for k in range(3)
-    ]
+def _limbs(matrix: NDArray[np.uint64]) -> NDArray[np.float64]:
+    """The three 21-bit limbs of reduced field elements as float64, on a new first axis."""
+    out = np.empty((3, *matrix.shape), dtype=np.float64)
+    _limbs_into(matrix, out)
+    return out
 
 
 def _split_shift(part: FieldVector, bits: int) -> FieldVector:
@@ -344,6 +345,9 @@ def _split_shift(part: FieldVector, bits: int) -> FieldVector:
 
 def _combine(parts: NDArray[np.uint64]) -> FieldVector:
     """Σ_s parts[s]·2^(21s) mod p for the five limb-product sums, each < 2^62.
+
+    ``parts`` has the five sums on its first axis, of any shape after it (``matmul``'s
+    blocks, the norm proof's query products).
 
     2^63 ≡ 4 and 2^84 ≡ 2^23 (mod p): every term is folded below 2^61 + 2^45, the five
     add up below 2^64, and one reduction finishes.

@@ -413,7 +413,7 @@ def _gadget_values(
     if calls * (1 << 21) * shape.norm_bound < 1 << 53:
         # in blocks of wires, so that the dozen passes of field arithmetic over each block
         # stay in cache (one pass over the whole M × L matrix each: twice the time)
-        limbs = _limbs(extrapolation[:, 1:])
+        limbs = gf._limbs(extrapolation[:, 1:])
         first = extrapolation[:, :1]
         squares = np.zeros(calls, dtype=np.uint64)
         for start in range(0, wires, _GADGET_COLUMNS):
@@ -495,27 +495,6 @@ def query(
 _BLOCK = 1 << 11  # limb products < 2^42: 2^11 of them sum exactly in a float64
 
 
-def _limbs(values: NDArray[np.uint64]) -> NDArray[np.float64]:
-    """Three 21-bit limbs of reduced field elements, stacked on a new first axis.
-
-    Written straight into the stacked array (``np.stack`` of three float64 copies was one
-    more pass over 24 bytes an entry).
-    """
-    mask = np.uint64((1 << 21) - 1)
-    out = np.empty((3, *values.shape), dtype=np.float64)
-    for k in range(3):
-        out[k] = (values >> np.uint64(21 * k)) & mask
-    return out
-
-
-def _fold(parts: list[NDArray[np.uint64]]) -> NDArray[np.uint64]:
-    """Σ_k parts[k]·2^(21k) mod p for the five limb-product sums (each < 2^64)."""
-    total = np.zeros_like(parts[0])
-    for k, part in enumerate(parts):
-        total = gf.add(total, gf.shift(gf._reduce(part), 21 * k))
-    return total
-
-
 class Verifier:
     """SPEC §6.5 — one holder's queries in one round: weights and limbs prepared once.
 
@@ -537,7 +516,7 @@ class Verifier:
         points = challenge.points
         # one row per query point
         self._lam_x = np.vstack([gf.lagrange_consecutive(calls + 1, r) for r in points])
-        self._lam_data = _limbs(self._lam_x[:, 1:])  # 3 × points × M
+        self._lam_data = gf._limbs(self._lam_x[:, 1:])  # 3 × points × M
         self._lam_px = np.vstack([gf.lagrange_consecutive(2 * calls + 1, r) for r in points])
         self._lam_b = np.vstack([gf.lagrange_consecutive(shape.bit_calls + 1, r) for r in points])
         self._lam_pb = np.vstack(
@@ -545,7 +524,7 @@ class Verifier:
         )
         combined = np.zeros(self._padded, dtype=np.uint64)
         combined[: shape.vector_length] = wrap_combined
-        self._z = _limbs(combined).reshape(3, -1, _BLOCK)
+        self._z = gf._limbs(combined).reshape(3, -1, _BLOCK)
         self._x_limbs = np.zeros((3, self._padded), dtype=np.float64)  # reused per query
 
     def query(
@@ -583,9 +562,7 @@ class Verifier:
         """
         shape = self.shape
         limbs = self._x_limbs
-        mask = np.uint64((1 << 21) - 1)
-        for k in range(3):
-            limbs[k, : shape.vector_length] = (x >> np.uint64(21 * k)) & mask
+        gf._limbs_into(x, limbs[:, : shape.vector_length])
         matrix = limbs[:, : shape.calls * shape.wires].reshape(3, shape.calls, shape.wires)
         blocks = limbs.reshape(3, -1, _BLOCK)
         u_parts = np.zeros((5, shape.points, shape.wires), dtype=np.uint64)
@@ -595,8 +572,9 @@ class Verifier:
             products = (lam @ matrix[j]).astype(np.uint64)
             u_parts[j : j + 3] += products.reshape(3, shape.points, shape.wires)
             dot_parts[j : j + 3] += np.einsum("ikb,kb->ik", self._z, blocks[j]).astype(np.uint64)
-        dot = int(gf.sum_rows(_fold(list(dot_parts))))
-        return _fold(list(u_parts)), dot
+        # each part < 3·2^53 (three products of < 2^11 limb pairs < 2^42): _combine's bound
+        dot = int(gf.sum_rows(gf._combine(dot_parts)))
+        return gf._combine(u_parts), dot
 
 
 def _powers_of_two(width: int) -> NDArray[np.uint64]:

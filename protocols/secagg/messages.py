@@ -430,25 +430,25 @@ class ChunkSum:
     low: NDArray[np.uint32] = field(repr=False)
     high: NDArray[np.unsignedinteger[Any]] = field(repr=False)
     orphans: tuple[tuple[int, NDArray[np.uint32]], ...] = field(repr=False)
-    high_bytes: int = 1
 
     def __post_init__(self) -> None:
         _check_set(self.missing, "missing chunks")
         _check_set([o for o, _ in self.orphans], "orphaned chunks")
-        if self.high_bytes not in (1, 2):
-            raise InvalidValueError("the high part of a chunk sum is 1 or 2 bytes")
         if self.low.dtype != np.uint32 or self.low.ndim != 1:
             raise InvalidValueError("the low parts of chunk sums are a 1-D uint32 vector")
-        if self.high.dtype.kind != "u" or self.high.dtype.itemsize != self.high_bytes:
-            raise InvalidValueError(
-                f"the high parts of chunk sums are {self.high_bytes}-byte words"
-            )
+        if self.high.dtype.kind != "u" or self.high.dtype.itemsize not in (1, 2):
+            raise InvalidValueError("the high parts of chunk sums are 1- or 2-byte words")
         if self.high.shape != self.low.shape:
             raise InvalidValueError("the low and high parts of the chunk sums differ in length")
         if self.missing and self.low.size:
             raise InvalidValueError("an owner that lacks chunks sends no sums")
         if any(w.dtype != np.uint32 or w.ndim != 1 for _, w in self.orphans):
             raise InvalidValueError("orphaned chunks are 1-D uint32 vectors")
+
+    @property
+    def high_bytes(self) -> int:
+        """Bytes of each high part on the wire: :func:`sum_high_bytes` of the roster size."""
+        return int(self.high.dtype.itemsize)
 
     @classmethod
     def from_sums(
@@ -472,7 +472,6 @@ class ChunkSum:
             low=sums.astype(np.uint32),  # the low 32 bits
             high=(sums >> np.uint64(32)).astype(high_dtype),
             orphans=orphans,
-            high_bytes=high_bytes,
         )
 
     def exact(self, start: int = 0, stop: int | None = None) -> RingVector:
@@ -537,13 +536,7 @@ class ChunkSum:
             raise InvalidValueError(f"{low.shape[0]} chunk sums, the chunk has {length} words")
         if not missing and low.shape[0] != length:
             raise InvalidValueError("no chunk sums and no missing chunks")
-        return cls(
-            missing=tuple(missing),
-            low=low,
-            high=high,
-            orphans=tuple(items),
-            high_bytes=high_bytes,
-        )
+        return cls(missing=tuple(missing), low=low, high=high, orphans=tuple(items))
 
 
 def sum_high_bytes(n: int) -> int:

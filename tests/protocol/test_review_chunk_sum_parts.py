@@ -73,7 +73,6 @@ def _forge(message: ChunkSum, low: NDArray[np.uint32], high: NDArray[Any], width
         low=low,
         high=high.astype(_high_dtype(width)),
         orphans=message.orphans,
-        high_bytes=width,
     )
 
 

@@ -104,12 +104,21 @@ def test_lincomb_of_no_vectors_keeps_the_length() -> None:
 # --------------------------------------------------------------------------- 2. norm-proof
 
 
+def _old_fold(parts: list[np.ndarray]) -> np.ndarray:
+    """normproof._fold as at 8c21b29: Σ_k parts[k]·2^(21k) mod p, a reduce and shift each."""
+    total = np.zeros_like(parts[0])
+    for k, part in enumerate(parts):
+        total = gf.add(total, gf.shift(gf._reduce(part), 21 * k))
+    return total
+
+
 def _old_x_functionals(verifier: npf.Verifier, x: np.ndarray) -> tuple[np.ndarray, int]:
     """Verifier._x_functionals as at 8c21b29 (fresh buffer, nine products)."""
     shape = verifier.shape
     buffer = np.zeros(verifier._padded, dtype=np.uint64)
     buffer[: shape.vector_length] = x
-    limbs = npf._limbs(buffer)
+    limbs = np.stack([((buffer >> np.uint64(21 * k)) & np.uint64((1 << 21) - 1)).astype(float)
+                      for k in range(3)])  # fmt: skip
     matrix = limbs[:, : shape.calls * shape.wires].reshape(3, shape.calls, shape.wires)
     blocks = limbs.reshape(3, -1, npf._BLOCK)
     u_parts = [np.zeros((shape.points, shape.wires), dtype=np.uint64) for _ in range(5)]
@@ -118,7 +127,7 @@ def _old_x_functionals(verifier: npf.Verifier, x: np.ndarray) -> tuple[np.ndarra
         for j in range(3):
             u_parts[i + j] += (verifier._lam_data[i] @ matrix[j]).astype(np.uint64)
             dot_parts[i + j] += np.einsum("kb,kb->k", verifier._z[i], blocks[j]).astype(np.uint64)
-    return npf._fold(u_parts), int(gf.sum_rows(npf._fold(dot_parts)))
+    return _old_fold(u_parts), int(gf.sum_rows(_old_fold(dot_parts)))
 
 
 def _verifier(length: int, threshold: int, peers: int | None) -> npf.Verifier:
