@@ -9,6 +9,9 @@ one run:
   §6.7), plus, for a float-in / float-out comparison, the fixed-point
   encode of the n float32 inputs and the n decodes of the result (which the harness round
   skips: it starts from ring vectors);
+* the cryptographic floor of our design (:func:`benchmarks.floor.secagg_floor`: the
+  primitives a broadcast peer cannot avoid, timed alone): Flower's CPU over n times it is
+  the largest ratio our design could show on this machine;
 * Flower: ``benchmarks/flower_secaggplus.py`` in the benchmark-only venv ``.venv-flwr``
   (flwr's own ``secaggplus_mod`` and ``SecAggPlusWorkflow``, in-process, every message
   serialised with Flower's serde), once per ``--transport``.
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import RESULTS, write
+from benchmarks.floor import secagg_floor
 from benchmarks.round_inprocess import measure
 from mpc_agg.fixedpoint import FixedPointCodec
 from peers.config import DEFAULT_FRAC_BITS
@@ -105,6 +109,7 @@ def compare(n: int, d: int, repeat: int, transports: list[str], python: Path) ->
     ours = measure(n, d, repeat)
     ours_rs = measure(n, d, repeat, reduce_scatter=True)  # SPEC §6.7
     codec = encode_decode_cpu(n, d, repeat)
+    floor = secagg_floor(n, d, max(repeat, 3))
     ours_total = ours["cpu_all_peers_s"]
     ours_float = ours_total + codec["encode_all_s"] + codec["decode_all_s"]
     flower = {t: run_flower(python, n, d, repeat, t) for t in transports}
@@ -118,6 +123,8 @@ def compare(n: int, d: int, repeat: int, transports: list[str], python: Path) ->
             / ours_float,
             "flower_total_over_ours_reduce_scatter_total": f["cpu_total_s"]
             / ours_rs["cpu_all_peers_s"],
+            # The most our design could show here: Flower over n peers at the floor.
+            "flower_total_over_floor": f["cpu_total_s"] / floor["cpu_all_peers_s"],
         }
         for t, f in flower.items()
     }
@@ -126,6 +133,7 @@ def compare(n: int, d: int, repeat: int, transports: list[str], python: Path) ->
         "d": d,
         "ours": {**ours, **codec, "cpu_all_peers_with_encode_decode_s": ours_float},
         "ours_reduce_scatter": ours_rs,
+        "floor": floor,
         "flower": flower,
         "ratio": ratios,
     }
@@ -223,6 +231,11 @@ def main() -> None:
             for t, r in row["ratio"].items()
         )
         print(f"  reduce-scatter: ours {rs:.2f} s for all peers; Flower / ours: {ratios}")
+        bound = ", ".join(
+            f"{t} {r['flower_total_over_floor']:.2f}×" for t, r in row["ratio"].items()
+        )
+        floor = row["floor"]["cpu_all_peers_s"]
+        print(f"  floor (primitives alone): {floor:.2f} s for all peers; Flower / floor: {bound}")
     print(f"wrote {path} and {png}")
 
 

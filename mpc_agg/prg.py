@@ -114,6 +114,7 @@ def apply_masks(
     *,
     initial_zero: bool = False,
     scratch: RingVector | NDArray[np.uint32] | None = None,
+    sources: Sequence[RingVector | NDArray[np.uint32]] = (),
 ) -> None:
     """``accumulator += Σ sign·PRG(key)`` in place, chunk by chunk.
 
@@ -122,24 +123,44 @@ def apply_masks(
 
     ``initial_zero`` zeroes the accumulator first (saves a separate pass). ``scratch``
     is an optional reusable buffer of at least ``CHUNK_WORDS`` words of the same dtype.
+    ``sources`` (vectors of the accumulator's dtype and length): the accumulator is first
+    *set* to their sum, chunk by chunk in the same pass as the masks, so a sum of masked
+    inputs and its unmasking read each input once and the accumulator once (secagg SPEC
+    §6.5); its previous content is ignored (it may be a fresh ``np.empty``, or one of the
+    sources).
     """
     length = accumulator.shape[0]
     dtype = accumulator.dtype
     if dtype not in _WORD_DTYPES:
         raise TypeError(f"masks apply to uint64 or uint32 words, not {dtype}")
+    for source in sources:
+        if source.dtype != dtype or source.shape != accumulator.shape:
+            raise ValueError(
+                f"sources must be {dtype} vectors of length {length}, "
+                f"not {source.dtype} of shape {source.shape}"
+            )
     width = dtype.itemsize
-    if initial_zero:
+    if initial_zero and not sources:
         accumulator[:] = 0
-    if not terms:
+    if not terms and not sources:
         return
     if scratch is None or scratch.shape[0] < CHUNK_WORDS or scratch.dtype != dtype:
         scratch = np.empty(CHUNK_WORDS, dtype=dtype)
     scratch_bytes = scratch.view(np.uint8).data
     streams = [(Cipher(algorithms.AES(t.key), modes.CTR(_IV)).encryptor(), t.sign) for t in terms]
+    # the accumulator may be a source: add the others to it, or copy the first one in
+    inside = any(source is accumulator for source in sources)
+    others = [source for source in sources if source is not accumulator]
     for start in range(0, length, CHUNK_WORDS):
         stop = min(start + CHUNK_WORDS, length)
         words = stop - start
         target = accumulator[start:stop]
+        if others:
+            rest = iter(others)
+            if not inside:
+                np.copyto(target, next(rest)[start:stop])
+            for source in rest:
+                np.add(target, source[start:stop], out=target)
         buf = scratch[:words]
         buf_bytes = scratch_bytes[: width * words]
         for stream, sign in streams:

@@ -80,6 +80,34 @@ def reduce_mod(values: RingVector, bits: int) -> None:
     np.right_shift(signed, shift.astype(np.int64), out=signed)  # arithmetic: sign-extends
 
 
+#: Entries per step of :func:`widen32_in_place` (256 KiB of 64-bit words: in cache).
+_WIDEN_BLOCK = 1 << 15
+
+
+def widen32_in_place(buffer: RingVector) -> RingVector:
+    """Sign-extend the int32 words in the first half of ``buffer`` to its int64 words.
+
+    ``buffer`` (uint64, length L, C-contiguous, writable) holds L 32-bit words in its first
+    4·L bytes; afterwards entry i is word i sign-extended (two's complement in Z_2^64, as
+    :func:`lift` reads it). Blocks run from the end: block [a, b) writes bytes [8a, 8b),
+    i.e. words [2a, 2b), never a word below a — the words still to be read — and its own
+    words are copied out first. No temporary beyond one block, one pass; a Z_2^32 total
+    becomes a 64-bit one without a second L-entry array (secagg SPEC §6.6).
+    """
+    if buffer.dtype != RING_DTYPE or buffer.ndim != 1 or not buffer.flags.c_contiguous:
+        raise EncodingError("widen32_in_place needs a 1-D C-contiguous uint64 buffer")
+    length = buffer.shape[0]
+    words = buffer.view(np.int32)[:length]
+    wide = buffer.view(np.int64)
+    block = np.empty(min(_WIDEN_BLOCK, length), dtype=np.int32)
+    for stop in range(length, 0, -_WIDEN_BLOCK):
+        start = max(0, stop - _WIDEN_BLOCK)
+        part = block[: stop - start]
+        np.copyto(part, words[start:stop])
+        np.copyto(wide[start:stop], part)
+    return buffer
+
+
 def add_into(accumulator: RingVector, other: RingVector) -> None:
     """``accumulator += other`` in Z_2^64, in place."""
     np.add(accumulator, other, out=accumulator)

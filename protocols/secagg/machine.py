@@ -60,6 +60,7 @@ from mpc_agg.ring import (
     RingVector,
     check_ring_vector,
     signed_limit,
+    widen32_in_place,
 )
 from mpc_agg.vss import (
     Commitments,
@@ -1203,34 +1204,42 @@ class SecAggMachine:
                 if owner in self._inputs[u].message.mask_set:
                     secret = key.exchange(self._advertised[u].mask_key)
                     terms.append(MaskTerm(self._pair_mask_key(u, owner, secret), -_gamma(u, owner)))
+        wide: RingVector | None = None
         words: RingVector | NDArray[np.uint32]
         if self._chunks is not None:  # §6.7: the verified chunk sums, mod 2^32
             assert self._chunks.masked_total is not None
             words = self._chunks.masked_total
             self._chunks = None
+            apply_masks(words, terms)
         else:
-            words = self._sum_masked_inputs(agreement.included)
-        apply_masks(words, terms)
-        # b = 32: sign-extended to 64-bit words, as lift() reads them (§6.6)
-        total: RingVector = (
-            words.view(np.int32).astype(np.int64).view(np.uint64)
-            if words.dtype == np.uint32
-            else words.view(np.uint64)
-        )
-        self._total = total
+            words, wide = self._unmasked_sum(agreement.included, terms)
         self._result_digest = result_digest(agreement.included, words, seeds)
+        # b = 32: sign-extended to 64-bit words, as lift() reads them (§6.6)
+        if wide is not None:
+            self._total = widen32_in_place(wide)
+        elif words.dtype == np.uint32:
+            self._total = words.view(np.int32).astype(np.int64).view(np.uint64)
+        else:
+            self._total = words.view(np.uint64)
+        del words, wide
         self._peer_digests = {}
         self._enter(
             Phase.CONFIRM_RESULT, effects, ResultDigest(digest=self._result_digest).encode()
         )
 
-    def _sum_masked_inputs(self, included: tuple[int, ...]) -> RingVector | NDArray[np.uint32]:
-        """§6.5 — Σ_{u ∈ I} y_u in the round's ring; the masked vectors are released.
+    def _unmasked_sum(
+        self, included: tuple[int, ...], terms: Sequence[MaskTerm]
+    ) -> tuple[RingVector | NDArray[np.uint32], RingVector | None]:
+        """§6.5 — Σ_{u ∈ I} y_u minus the masks, in one pass; the masked vectors are released.
 
-        The sum is taken in place in a received vector when the transport handed over a
-        writable buffer (``peers.chunking``: a message reassembled from frames), else in a
-        new one. Either way no masked vector outlives the sum, so they are never alive
-        together with the masks and the 64-bit total (peak memory at large L).
+        Returns the sum in the round's ring and, when b = 32 and the sum was taken in the
+        first half of a new 64-bit array, that array, for :func:`widen32_in_place` once the
+        digest is taken (no second L-entry array). The sum and the unmasking are one chunk
+        by chunk pass (:func:`apply_masks` with ``sources``), in place in a received vector
+        when the transport handed over a writable buffer (``peers.chunking``: a message
+        reassembled from frames), else in that new array. Either way no masked vector
+        outlives the sum, so they are never alive together with the 64-bit total (peak
+        memory at large L).
         """
         vectors = []
         for u in included:
@@ -1240,19 +1249,20 @@ class SecAggMachine:
         for record in self._inputs.values():
             if isinstance(record.message, MaskedInput):
                 record.message = replace(record.message, masked=record.message.masked[:0].copy())
-        words: RingVector | NDArray[np.uint32]
-        writable = [v for v in vectors if v.flags.writeable]
+        writable = [v for v in vectors if v.flags.writeable and v.flags.c_contiguous]
         if writable:
             words = writable[0]
-            vectors = [v for v in vectors if v is not words]
-        elif self.params.ring_bits == 32:
-            words = np.zeros(self.params.vector_length, dtype=np.uint32)
-        else:
-            words = np.zeros(self.params.vector_length, dtype=np.uint64)
-        del writable
-        while vectors:
-            np.add(words, vectors.pop(), out=words)
-        return words
+            apply_masks(words, terms, sources=vectors)
+            return words, None
+        length = self.params.vector_length
+        wide = np.empty(length, dtype=np.uint64)
+        if not vectors:  # unreachable (|I| ≥ T ≥ 1), but never a total of uninitialised words
+            wide.fill(0)
+        if self.params.ring_bits == 64:
+            apply_masks(wide, terms, sources=vectors)
+            return wide, None
+        apply_masks(wide.view(np.uint32)[:length], terms, sources=vectors)
+        return wide.view(np.uint32)[:length], wide
 
     def _reconstruct(self, kind: ShareKind, owner: int, effects: list[Effect]) -> int | None:
         dealer = self._dealers[owner]

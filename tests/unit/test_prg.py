@@ -240,3 +240,39 @@ def test_32_bit_words_are_4_keystream_bytes_each_and_add_mod_2_32(length: int) -
 def test_apply_masks_refuses_other_word_types() -> None:
     with pytest.raises(TypeError, match="uint64 or uint32"):
         apply_masks(np.zeros(4, dtype=np.int64), [MaskTerm(KEYS[0], +1)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+@pytest.mark.parametrize("length", LENGTHS)
+def test_sources_set_the_accumulator_to_their_sum_before_the_masks(
+    dtype: type[np.unsignedinteger], length: int
+) -> None:
+    rng = np.random.default_rng(length)
+    info = np.iinfo(dtype)
+    sources = [rng.integers(0, info.max, length, dtype=dtype, endpoint=True) for _ in range(3)]
+    terms = [MaskTerm(KEYS[0], +1), MaskTerm(KEYS[1], -1)]
+    expected = np.zeros(length, dtype=dtype)
+    for source in sources:
+        expected += source
+    apply_masks(expected, terms)
+    garbage = np.full(length, info.max, dtype=dtype)  # previous content is ignored
+    apply_masks(garbage, terms, sources=sources)
+    assert np.array_equal(garbage, expected)
+    # the accumulator may itself be a source (the sum is taken in place in it)
+    inside = sources[1].copy()
+    apply_masks(inside, terms, sources=[sources[0], inside, sources[2]])
+    assert np.array_equal(inside, expected)
+    # one source, no terms: a copy; the sources are not modified
+    before = [s.copy() for s in sources]
+    only = np.empty(length, dtype=dtype)
+    apply_masks(only, [], sources=sources[:1])
+    assert np.array_equal(only, sources[0])
+    assert all(np.array_equal(a, b) for a, b in zip(before, sources, strict=True))
+
+
+def test_sources_must_match_the_accumulator() -> None:
+    accumulator = np.zeros(8, dtype=np.uint32)
+    with pytest.raises(ValueError, match="sources must be uint32 vectors of length 8"):
+        apply_masks(accumulator, [], sources=[np.zeros(8, dtype=np.uint64)])
+    with pytest.raises(ValueError, match="sources must be uint32 vectors of length 8"):
+        apply_masks(accumulator, [], sources=[np.zeros(7, dtype=np.uint32)])

@@ -14,6 +14,7 @@ from mpc_agg.ring import (
     embed,
     lift,
     sub_into,
+    widen32_in_place,
     zeros,
 )
 
@@ -142,3 +143,24 @@ def test_check_ring_vector_rejects_wrong_ndim(shape: tuple[int, ...]) -> None:
 def test_check_ring_vector_rejects_wrong_length_and_names_it() -> None:
     with pytest.raises(EncodingError, match=r"share has 3 entries, expected 4"):
         check_ring_vector(zeros(3), length=4, name="share")
+
+
+@pytest.mark.parametrize(
+    "length", [0, 1, 2, 3, (1 << 15) - 1, 1 << 15, (1 << 15) + 1, 3 * (1 << 15) + 7]
+)
+def test_widen32_in_place_sign_extends_the_first_half(length: int) -> None:
+    rng = np.random.default_rng(length)
+    words = rng.integers(-(1 << 31), 1 << 31, length, dtype=np.int32)
+    if length >= 2:
+        words[:2] = [-(1 << 31), (1 << 31) - 1]  # the extremes
+    buffer = np.empty(length, dtype=RING_DTYPE)
+    buffer.view(np.int32)[:length] = words
+    assert widen32_in_place(buffer) is buffer
+    assert np.array_equal(lift(buffer), words.astype(np.int64))
+
+
+def test_widen32_in_place_rejects_other_buffers() -> None:
+    with pytest.raises(EncodingError, match="1-D C-contiguous uint64"):
+        widen32_in_place(np.zeros(4, dtype=np.int64))
+    with pytest.raises(EncodingError, match="1-D C-contiguous uint64"):
+        widen32_in_place(np.zeros(8, dtype=RING_DTYPE)[::2])
