@@ -166,6 +166,10 @@ class Writer:
         """The encoding."""
         return b"".join(self._parts)
 
+    def parts(self) -> tuple[bytes | memoryview, ...]:
+        """The encoding as the appended pieces, not joined (large vectors stay views)."""
+        return tuple(self._parts)
+
 
 class Reader:
     """Strict decoder over a bytes-like buffer; call :meth:`finish` at the end."""

@@ -21,6 +21,7 @@ malformation, including an unknown wire version, oversize fields and trailing by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mpc_agg.codec import (
@@ -101,13 +102,19 @@ def seal_envelope(
     kind: int,
     sender: int,
     recipient: int,
-    payload: bytes,
+    payload: bytes | Sequence[bytes | memoryview],
     signing_key: SigningKey,
 ) -> bytes:
-    """Build, sign and serialise a message."""
-    header = _header(context, phase, kind, sender, recipient, len(payload), payload_digest(payload))
+    """Build, sign and serialise a message.
+
+    ``payload`` may be given in pieces (byte-format buffers, e.g. a vector's view): they are
+    hashed in place and copied once, into the message.
+    """
+    parts = (payload,) if isinstance(payload, bytes) else tuple(payload)
+    length = sum(memoryview(part).nbytes for part in parts)
+    header = _header(context, phase, kind, sender, recipient, length, payload_digest(*parts))
     signature = signing_key.sign(_SIGNING_DOMAIN + header)
-    return b"".join((header, payload, signature))
+    return b"".join((header, *parts, signature))
 
 
 def _header(

@@ -108,6 +108,27 @@ def widen32_in_place(buffer: RingVector) -> RingVector:
     return buffer
 
 
+def narrow32(values: RingVector) -> tuple[NDArray[np.uint32], int, int]:
+    """(values mod 2^32 as uint32 words, min, max of values read as int64), in one pass.
+
+    An empty vector gives (empty words, 0, −1).
+
+    Block by block, so each block is read from memory once for its range and its words;
+    the caller checks the range (secagg SPEC §2.1: every entry in [−2^31, 2^31)).
+    """
+    check_ring_vector(values)
+    length = values.shape[0]
+    signed = values.view(np.int64)
+    words = np.empty(length, dtype=np.uint32)
+    low, high = 0, -1  # an empty vector: an empty span
+    for start in range(0, length, _WIDEN_BLOCK):
+        block = signed[start : start + _WIDEN_BLOCK]
+        low = int(block.min()) if start == 0 else min(low, int(block.min()))
+        high = int(block.max()) if start == 0 else max(high, int(block.max()))
+        np.copyto(words[start : start + _WIDEN_BLOCK], block, casting="unsafe")
+    return words, low, high
+
+
 def add_into(accumulator: RingVector, other: RingVector) -> None:
     """``accumulator += other`` in Z_2^64, in place."""
     np.add(accumulator, other, out=accumulator)

@@ -59,6 +59,7 @@ from mpc_agg.ring import (
     RING_BITS_CHOICES,
     RingVector,
     check_ring_vector,
+    narrow32,
     signed_limit,
     widen32_in_place,
 )
@@ -355,16 +356,16 @@ class SecAggMachine:
             raise ProtocolMisuseError(f"begin() called in phase {self.phase.name}; once per round")
         check_ring_vector(update, length=self.params.vector_length, name="update")
         bits = self.params.ring_bits
-        if bits < 64 and update.size:
-            signed = update.view(np.int64)
-            low, high = int(signed.min()), int(signed.max())
-            if low < -(1 << (bits - 1)) or high > signed_limit(bits):
+        if bits == 64:
+            self._input = update.copy(order="C")
+        else:  # b = 32: the machine works on 32-bit words (x mod 2^32), masks included (§6.3)
+            words, low, high = narrow32(update)
+            if update.size and (low < -(1 << (bits - 1)) or high > signed_limit(bits)):
                 raise EncodingError(
                     f"update entries span [{low}, {high}], outside the round's ring Z_2^{bits} "
                     f"([−2^{bits - 1}, 2^{bits - 1})); nothing was wrapped"
                 )
-        # b = 32: the machine works on 32-bit words (x mod 2^32), masks included (§6.3)
-        self._input = update.astype(np.uint32) if bits == 32 else update.copy(order="C")
+            self._input = words
         self._encryption_key = AgreementKey.generate(self._rng)
         self._mask_key = AgreementKey.generate(self._rng)
         self._self_mask_seed = 1 + random_below(self._rng, Q - 1)
@@ -461,7 +462,7 @@ class SecAggMachine:
         self,
         phase: Phase,
         effects: list[Effect],
-        payload: bytes,
+        payload: bytes | Sequence[bytes | memoryview],
         sends: Sequence[Send] = (),
     ) -> Envelope:
         """Enter ``phase``; send its messages *before* replaying buffered ones.
@@ -521,7 +522,12 @@ class SecAggMachine:
             peers = set(self._confirmed)
         return peers - {self.me}
 
-    def _seal(self, kind: MessageKind, payload: bytes, recipient: int = BROADCAST) -> bytes:
+    def _seal(
+        self,
+        kind: MessageKind,
+        payload: bytes | Sequence[bytes | memoryview],
+        recipient: int = BROADCAST,
+    ) -> bytes:
         """Sign ``payload`` as this peer's message of ``kind`` in this round."""
         return seal_envelope(
             self._context,
@@ -533,7 +539,9 @@ class SecAggMachine:
             signing_key=self._signing_key,
         )
 
-    def _broadcast(self, kind: MessageKind, payload: bytes) -> tuple[Broadcast, Envelope]:
+    def _broadcast(
+        self, kind: MessageKind, payload: bytes | Sequence[bytes | memoryview]
+    ) -> tuple[Broadcast, Envelope]:
         data = self._seal(kind, payload)
         sealed = parse_envelope(data, max_payload=self.params.max_payload)
         self._seen[(kind, self.me)] = sealed.message_digest
@@ -744,7 +752,7 @@ class SecAggMachine:
         )
         own = _Input(message, b"")
         self._inputs[self.me] = own
-        payload = message.encode()
+        payload = message.encode_parts()  # joined once, into the sealed message
         del masked, message
         sealed = self._enter(Phase.MASKED_INPUT, effects, payload)
         own.digest = sealed.message_digest

@@ -265,12 +265,16 @@ class MaskedInput:
 
     def encode(self) -> bytes:
         """Canonical encoding."""
+        return b"".join(self.encode_parts())
+
+    def encode_parts(self) -> tuple[bytes | memoryview, ...]:
+        """:meth:`encode` in pieces, the vector a view of ``masked`` (joined once, when sealed)."""
         w = _write_masking(self.mask_set, self.complaints, self.ring_bits)
         if self.ring_bits == 32:
             w.ring_vector32(self.masked, self.masked.shape[0])
         else:
             w.ring_vector(self.masked.astype(np.uint64, copy=False), self.masked.shape[0])
-        return w.getvalue()
+        return w.parts()
 
     @classmethod
     def decode(

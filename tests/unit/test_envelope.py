@@ -387,3 +387,23 @@ def test_blake3_mac_is_blake3_keyed_hash() -> None:
     assert blake3_mac(key, data) != blake3_mac(bytes(32), data)
     with pytest.raises(ValueError, match="32 bytes"):
         blake3_mac(key[:16], data)
+
+
+def test_a_payload_in_pieces_seals_to_the_same_bytes() -> None:
+    import numpy as np  # noqa: PLC0415 - only here
+
+    words = np.arange(7, dtype=np.uint32)
+    pieces = [PAYLOAD[:5], memoryview(PAYLOAD[5:9]), words.view(np.uint8).data, b""]
+    whole = PAYLOAD[:9] + words.tobytes()
+    sealed = seal_envelope(
+        CONTEXT,
+        phase=2,
+        kind=3,
+        sender=4,
+        recipient=BROADCAST,
+        payload=pieces,
+        signing_key=SENDER_KEY,
+    )
+    assert sealed == _seal(whole)
+    assert bytes(_open(sealed).payload) == whole
+    assert payload_digest(*pieces) == payload_digest(whole)

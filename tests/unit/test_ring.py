@@ -13,6 +13,7 @@ from mpc_agg.ring import (
     check_ring_vector,
     embed,
     lift,
+    narrow32,
     sub_into,
     widen32_in_place,
     zeros,
@@ -164,3 +165,29 @@ def test_widen32_in_place_rejects_other_buffers() -> None:
         widen32_in_place(np.zeros(4, dtype=np.int64))
     with pytest.raises(EncodingError, match="1-D C-contiguous uint64"):
         widen32_in_place(np.zeros(8, dtype=RING_DTYPE)[::2])
+
+
+@pytest.mark.parametrize("length", [1, 2, (1 << 15) - 1, 1 << 15, (1 << 15) + 1, 3 * (1 << 15) + 7])
+def test_narrow32_keeps_the_low_words_and_reports_the_range(length: int) -> None:
+    rng = np.random.default_rng(length)
+    signed = rng.integers(-(1 << 40), 1 << 40, length, dtype=np.int64)
+    words, low, high = narrow32(signed.view(RING_DTYPE))
+    assert words.dtype == np.uint32
+    assert np.array_equal(words, (signed % (1 << 32)).astype(np.uint32))
+    assert (low, high) == (int(signed.min()), int(signed.max()))
+    positive = np.abs(signed) + 5  # a minimum above zero, in the last block only
+    positive[-1] = 3
+    assert narrow32(positive.view(RING_DTYPE))[1:] == (3, int(positive.max()))
+
+
+def test_narrow32_of_an_empty_vector_is_an_empty_span() -> None:
+    words, low, high = narrow32(np.zeros(0, dtype=RING_DTYPE))
+    assert words.shape == (0,)
+    assert (low, high) == (0, -1)
+
+
+def test_narrow32_reads_a_strided_vector() -> None:
+    signed = np.arange(-10, 10, dtype=np.int64)
+    words, low, high = narrow32(signed.view(RING_DTYPE)[::2])
+    assert np.array_equal(words.view(np.int32), signed[::2])
+    assert (low, high) == (-10, 8)
