@@ -110,8 +110,13 @@ def seal_envelope(
     ``payload`` may be given in pieces (byte-format buffers, e.g. a vector's view): they are
     hashed in place and copied once, into the message.
     """
-    parts = (payload,) if isinstance(payload, bytes) else tuple(payload)
-    length = sum(memoryview(part).nbytes for part in parts)
+    pieces: Sequence[bytes | bytearray | memoryview] = (
+        (payload,) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+    )
+    # as bytes: the length, the digest and the join see the same bytes (TypeError if a
+    # piece is not contiguous)
+    parts = [memoryview(piece).cast("B") for piece in pieces]
+    length = sum(part.nbytes for part in parts)
     header = _header(context, phase, kind, sender, recipient, length, payload_digest(*parts))
     signature = signing_key.sign(_SIGNING_DOMAIN + header)
     return b"".join((header, *parts, signature))

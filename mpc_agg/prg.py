@@ -127,7 +127,7 @@ def apply_masks(
     *set* to their sum, chunk by chunk in the same pass as the masks, so a sum of masked
     inputs and its unmasking read each input once and the accumulator once (secagg SPEC
     §6.5); its previous content is ignored (it may be a fresh ``np.empty``, or one of the
-    sources).
+    sources, itself: a source that only overlaps it raises ``ValueError``).
     """
     length = accumulator.shape[0]
     dtype = accumulator.dtype
@@ -148,16 +148,21 @@ def apply_masks(
         scratch = np.empty(CHUNK_WORDS, dtype=dtype)
     scratch_bytes = scratch.view(np.uint8).data
     streams = [(Cipher(algorithms.AES(t.key), modes.CTR(_IV)).encryptor(), t.sign) for t in terms]
-    # the accumulator may be a source: add the others to it, or copy the first one in
-    inside = any(source is accumulator for source in sources)
+    # the accumulator may be a source (once or more): scale it and add the others to it, or
+    # copy the first other in; any other overlap would be read after it is overwritten
+    inside = sum(source is accumulator for source in sources)
     others = [source for source in sources if source is not accumulator]
+    if any(np.may_share_memory(source, accumulator) for source in others):
+        raise ValueError("a source overlaps the accumulator without being it")
     for start in range(0, length, CHUNK_WORDS):
         stop = min(start + CHUNK_WORDS, length)
         words = stop - start
         target = accumulator[start:stop]
-        if others:
+        if sources:
             rest = iter(others)
-            if not inside:
+            if inside > 1:
+                np.multiply(target, dtype.type(inside), out=target)
+            elif not inside:
                 np.copyto(target, next(rest)[start:stop])
             for source in rest:
                 np.add(target, source[start:stop], out=target)

@@ -94,8 +94,13 @@ def widen32_in_place(buffer: RingVector) -> RingVector:
     words are copied out first. No temporary beyond one block, one pass; a Z_2^32 total
     becomes a 64-bit one without a second L-entry array (secagg SPEC §6.6).
     """
-    if buffer.dtype != RING_DTYPE or buffer.ndim != 1 or not buffer.flags.c_contiguous:
-        raise EncodingError("widen32_in_place needs a 1-D C-contiguous uint64 buffer")
+    if (
+        buffer.dtype != RING_DTYPE
+        or buffer.ndim != 1
+        or not buffer.flags.c_contiguous
+        or not buffer.flags.writeable
+    ):
+        raise EncodingError("widen32_in_place needs a writable 1-D C-contiguous uint64 buffer")
     length = buffer.shape[0]
     words = buffer.view(np.int32)[:length]
     wide = buffer.view(np.int64)

@@ -393,7 +393,12 @@ def test_a_payload_in_pieces_seals_to_the_same_bytes() -> None:
     import numpy as np  # noqa: PLC0415 - only here
 
     words = np.arange(7, dtype=np.uint32)
-    pieces = [PAYLOAD[:5], memoryview(PAYLOAD[5:9]), words.view(np.uint8).data, b""]
+    pieces: list[bytes | memoryview] = [
+        PAYLOAD[:5],
+        memoryview(PAYLOAD[5:9]),
+        words.view(np.uint8).data,
+        b"",
+    ]
     whole = PAYLOAD[:9] + words.tobytes()
     sealed = seal_envelope(
         CONTEXT,

@@ -161,9 +161,9 @@ def test_widen32_in_place_sign_extends_the_first_half(length: int) -> None:
 
 
 def test_widen32_in_place_rejects_other_buffers() -> None:
-    with pytest.raises(EncodingError, match="1-D C-contiguous uint64"):
+    with pytest.raises(EncodingError, match="writable 1-D C-contiguous uint64"):
         widen32_in_place(np.zeros(4, dtype=np.int64))
-    with pytest.raises(EncodingError, match="1-D C-contiguous uint64"):
+    with pytest.raises(EncodingError, match="writable 1-D C-contiguous uint64"):
         widen32_in_place(np.zeros(8, dtype=RING_DTYPE)[::2])
 
 
