@@ -143,7 +143,11 @@ def _aggregate(args: argparse.Namespace) -> int:
         if problem:
             _err(f"{option} {target}: {problem}")
             return 2
-    result = asyncio.run(_one_round(site_path=args.config, update=update, round_id=args.round))
+    # handed over (PeerNode.aggregate keeps no reference once it has encoded it): the
+    # input is not in memory for the round (peak RSS at large d)
+    handover = [update]
+    del update
+    result = asyncio.run(_one_round(site_path=args.config, handover=handover, round_id=args.round))
     with open(args.output, "wb") as handle:  # exactly this path (np.save(str) adds .npy)
         np.save(handle, result.total)
     if args.report:
@@ -179,10 +183,10 @@ def _unwritable(target: str | None) -> str:
 
 
 async def _one_round(
-    *, site_path: str, update: NDArray[Any], round_id: int | None
+    *, site_path: str, handover: list[NDArray[Any]], round_id: int | None
 ) -> AggregateResult:
     async with PeerNode.from_config(load_site(site_path)) as node:
-        return await node.aggregate(update, round_id=round_id)
+        return await node.aggregate(handover.pop(), round_id=round_id)
 
 
 def _report(result: AggregateResult) -> dict[str, Any]:

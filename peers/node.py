@@ -678,25 +678,34 @@ class PeerNode:
         :class:`ProtocolMisuseError` for a second concurrent round or a reused round, and
         :class:`~peers.transport.TransportError` when the transport fails (once the task
         reading incoming messages has died, every later round fails at once with its error).
+
+        Once ``update`` is encoded the node holds no reference to it: a caller that drops
+        its own (as ``mpc-agg aggregate`` does) does not keep it in memory for the round.
         """
         if self._busy:
             raise ProtocolMisuseError("a round is still running; one round at a time per node")
         if self._reader_error is not None:
             raise self._reader_error
         self._busy = True  # before the first await: wait_for_peers() may take a while
+        # Handed over in a one-slot list, which _aggregate empties: once the update is
+        # encoded the node holds no reference to it, so a caller that keeps none either
+        # (the CLI) does not have it in memory for the round (peak RSS at large d)
+        handover = [update]
+        del update
         try:
-            return await self._aggregate(update, round_id)
+            return await self._aggregate(handover, round_id)
         finally:
             self._busy = False
 
-    async def _aggregate(self, update: ArrayLike, round_id: int | None) -> AggregateResult:
+    async def _aggregate(self, handover: list[ArrayLike], round_id: int | None) -> AggregateResult:
         round_id = self._last_round + 1 if round_id is None else round_id
         if round_id <= self._last_round:
             raise ProtocolMisuseError(
                 f"round {round_id} is not after the last round {self._last_round}; "
                 "round ids are never reused"
             )
-        array = np.asarray(update)
+        array = np.asarray(handover.pop())
+        shape = array.shape
         if array.size == 0 or array.size > self.max_vector_length:
             raise EncodingError(
                 f"update has {array.size} entries; allowed 1..{self.max_vector_length}"
@@ -720,6 +729,7 @@ class PeerNode:
                 n_peers=len(self.roster),
             )
             ring = privatized.ring
+        del array  # encoded: the ring vector (or the privatized one) is what the round uses
         plan = self._plan_round(round_id, ring.shape[0], codec)
         report: PrivacyReport | None = None
         # On disk before the first message (and before waiting for the peers): a site
@@ -770,9 +780,9 @@ class PeerNode:
             self._current = None
         if dp_round is None:
             # the ring total is this round's own array: its buffer becomes the floats
-            total = plan.codec.decode(ready.total, overwrite=True).reshape(array.shape)
+            total = plan.codec.decode(ready.total, overwrite=True).reshape(shape)
         else:
-            total = dp.decode(dp_round, ready.total).reshape(array.shape)
+            total = dp.decode(dp_round, ready.total).reshape(shape)
         names = self.roster.name
         self._record(
             round_id,

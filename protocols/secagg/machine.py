@@ -853,7 +853,7 @@ class SecAggMachine:
             # the replay inside _enter may abort (and drop the chunk state): keep a reference
             chunks.sums[self.me] = (
                 message,
-                self._enter(Phase.CHUNK_SUM, effects, message.encode()).message_digest,
+                self._enter(Phase.CHUNK_SUM, effects, message.encode_parts()).message_digest,
             )
             return
         self._enter(Phase.CONSISTENCY_CHECK, effects, view.encode())
@@ -875,22 +875,28 @@ class SecAggMachine:
             assert isinstance(header, MaskedHeader)
             if received is None or not digests_equal(received[1], header.chunk_digests[self.me]):
                 missing.append(p)
-        sums = np.zeros(0 if missing else stop - start, dtype=np.uint64)
-        if not missing:
-            for p in included:
-                np.add(sums, chunks.received[p][0], out=sums)
         orphans = []
         if self.me in included and chunks.own is not None:
             for owner in chunks.orphans:
                 a, b = chunks.bounds[owner]
                 orphans.append((owner, chunks.own[a:b]))
+        high_bytes = sum_high_bytes(self.params.n)
+        if missing:
+            message = ChunkSum.from_sums(
+                missing=tuple(missing),
+                sums=np.zeros(0, dtype=np.uint64),
+                orphans=tuple(orphans),
+                high_bytes=high_bytes,
+            )
+        else:  # split as summed, a block at a time: no 8-byte sums of the whole chunk
+            message = ChunkSum.summing(
+                parts=[chunks.received[p][0] for p in included],
+                length=stop - start,
+                orphans=tuple(orphans),
+                high_bytes=high_bytes,
+            )
         chunks.received = {}  # summed: only the orphans' chunks are needed again
-        return ChunkSum.from_sums(
-            missing=tuple(missing),
-            sums=sums,
-            orphans=tuple(orphans),
-            high_bytes=sum_high_bytes(self.params.n),
-        )
+        return message
 
     def _on_chunk_sum(self, source: int, envelope: Envelope, effects: list[Effect]) -> None:
         chunks = self._chunks

@@ -33,6 +33,9 @@ from protocols.common import MAX_PEERS
 #: escapes each with probability ≤ 2^-33, all three ≤ 2^-99.
 CHECKS_PER_CHUNK = 3
 
+#: Entries per block of :meth:`ChunkSum.summing` (256 KiB of uint64: in cache).
+_SUM_BLOCK = 1 << 15
+
 
 class Phase(enum.IntEnum):
     """Machine phases (SPEC §4). Message kind k ≤ 7 is sent and processed in phase k.
@@ -478,6 +481,44 @@ class ChunkSum:
             orphans=orphans,
         )
 
+    @classmethod
+    def summing(
+        cls,
+        *,
+        parts: Sequence[NDArray[np.uint32]],
+        length: int,
+        orphans: tuple[tuple[int, NDArray[np.uint32]], ...],
+        high_bytes: int = 1,
+    ) -> ChunkSum:
+        """The exact sums of ``parts`` (uint32 vectors of ``length``), as low and high parts.
+
+        :meth:`from_sums` of their uint64 sum, without it: the sum is taken a block at a
+        time in cache and split at once, so no 8-byte-an-entry array (nor its shifted copy)
+        is ever allocated (peak memory at large L, SPEC §5.8).
+        """
+        if high_bytes not in (1, 2):
+            raise InvalidValueError("the high part of a chunk sum is 1 or 2 bytes")
+        if any(part.dtype != np.uint32 or part.shape != (length,) for part in parts):
+            raise InvalidValueError(f"chunk parts are uint32 vectors of {length} entries")
+        low = np.empty(length, dtype=np.uint32)
+        high: NDArray[np.unsignedinteger[Any]] = np.empty(
+            length, dtype=np.uint8 if high_bytes == 1 else np.uint16
+        )
+        block = np.empty(min(length, _SUM_BLOCK), dtype=np.uint64)
+        limit = np.uint64(1 << (8 * high_bytes))
+        for start in range(0, length, _SUM_BLOCK):
+            stop = min(start + _SUM_BLOCK, length)
+            acc = block[: stop - start]
+            acc.fill(0)
+            for part in parts:
+                np.add(acc, part[start:stop], out=acc)
+            np.copyto(low[start:stop], acc, casting="unsafe")  # the low 32 bits
+            np.right_shift(acc, np.uint64(32), out=acc)
+            if acc.size and acc.max() >= limit:
+                raise InvalidValueError(f"a chunk sum does not fit in {4 + high_bytes} bytes")
+            np.copyto(high[start:stop], acc, casting="unsafe")
+        return cls(missing=(), low=low, high=high, orphans=orphans)
+
     def exact(self, start: int = 0, stop: int | None = None) -> RingVector:
         """The exact sums of entries [start, stop) as uint64 (a new array of that slice)."""
         out = self.high[start:stop].astype(np.uint64)
@@ -492,6 +533,10 @@ class ChunkSum:
 
     def encode(self) -> bytes:
         """Canonical encoding."""
+        return b"".join(self.encode_parts())
+
+    def encode_parts(self) -> tuple[bytes | memoryview, ...]:
+        """:meth:`encode` in pieces, the vectors views (joined once, when sealed)."""
         w = Writer()
         write_u16_set(w, self.missing, MAX_PEERS)
         w.ring_vector32(self.low, 1 << 31)
@@ -499,7 +544,7 @@ class ChunkSum:
         w.u32(len(self.orphans))
         for owner, words in self.orphans:
             w.u16(owner).ring_vector32(words, 1 << 31)
-        return w.getvalue()
+        return w.parts()
 
     @classmethod
     def decode(

@@ -14,7 +14,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mpc_agg.codec import Writer, write_u16_set
+from mpc_agg.codec import InvalidValueError, Writer, write_u16_set
 from mpc_agg.envelope import parse_envelope
 from mpc_agg.errors import DecodeError
 from protocols.common import MessageIgnored
@@ -240,3 +240,38 @@ def test_chunk_sum_parts_of_different_lengths_are_malformed() -> None:
     w.u32(0)
     with pytest.raises(DecodeError, match="differ in length"):
         ChunkSum.decode(w.getvalue(), length=3, orphans={})
+
+
+@pytest.mark.parametrize(
+    ("parts", "length", "high_bytes"),
+    [(1, 0, 1), (3, 1, 1), (255, 70_001, 1), (257, 33_000, 2), (4, 3 * (1 << 15) + 5, 2)],
+)
+def test_chunk_sum_summing_matches_from_sums(parts: int, length: int, high_bytes: int) -> None:
+    rng = np.random.default_rng(parts + length)
+    words = [
+        rng.integers(0, 1 << 32, length, dtype=np.uint64).astype(np.uint32) for _ in range(parts)
+    ]
+    if length:
+        for w in words:
+            w[0] = 0xFFFFFFFF  # the largest sum the parts can reach, in the first entry
+    orphans = ((1, words[0][: min(length, 3)]),)
+    exact = np.zeros(length, dtype=np.uint64)
+    for w in words:
+        exact += w
+    reference = ChunkSum.from_sums(missing=(), sums=exact, orphans=orphans, high_bytes=high_bytes)
+    summed = ChunkSum.summing(parts=words, length=length, orphans=orphans, high_bytes=high_bytes)
+    assert summed.encode() == reference.encode()
+    assert b"".join(summed.encode_parts()) == reference.encode()
+    assert np.array_equal(summed.sums, exact)
+
+
+def test_chunk_sum_summing_refuses_what_does_not_fit_or_is_not_a_part() -> None:
+    full = np.full(5, 0xFFFFFFFF, dtype=np.uint32)
+    with pytest.raises(InvalidValueError, match="does not fit in 5 bytes"):
+        ChunkSum.summing(parts=[full] * 257, length=5, orphans=(), high_bytes=1)
+    with pytest.raises(InvalidValueError, match="uint32 vectors of 5 entries"):
+        ChunkSum.summing(parts=[full[:4]], length=5, orphans=(), high_bytes=1)
+    with pytest.raises(InvalidValueError, match="uint32 vectors of 5 entries"):
+        ChunkSum.summing(parts=[full.astype(np.uint64)], length=5, orphans=(), high_bytes=1)
+    with pytest.raises(InvalidValueError, match="1 or 2 bytes"):
+        ChunkSum.summing(parts=[full], length=5, orphans=(), high_bytes=4)

@@ -177,3 +177,29 @@ async def test_tampering_gives_a_correct_sum_or_an_abort_never_a_wrong_sum() -> 
             assert np.array_equal(result.total, sum(updates[i] for i in included))
         else:
             assert isinstance(result, RoundAbortedError)
+
+
+@pytest.mark.asyncio
+async def test_the_node_lets_go_of_an_update_once_it_is_encoded() -> None:
+    # mpc-agg aggregate hands its input over and keeps no reference: the node must not
+    # keep one either, or the input stays in memory for the whole round (peak RSS at d = 10^8)
+    import gc  # noqa: PLC0415 - only here
+    import weakref  # noqa: PLC0415
+
+    rng = np.random.default_rng(9)
+    updates = [on_grid(rng, (64,)) for _ in range(2)]
+    expected = sum(updates)
+    released = asyncio.Event()
+    async with running_nodes(2, _memory(MemoryBroker()), threshold=2) as nodes:
+        handed = updates.pop(0)
+        weakref.finalize(handed, released.set)
+        first = asyncio.ensure_future(nodes[0].aggregate(handed))
+        del handed
+        # site-1 has not started: site-0's round is waiting, with its input encoded
+        await asyncio.sleep(0.05)
+        gc.collect()
+        assert released.is_set(), "the node still holds the update during the round"
+        second = await nodes[1].aggregate(updates.pop(0))
+        result = await first
+    assert np.array_equal(result.total, expected)
+    assert np.array_equal(second.total, expected)
