@@ -12,6 +12,7 @@ import sys
 
 COMMANDS = [
     ["benchmarks.primitives"],
+    ["benchmarks.floor", "--n", "10", "--d", "1000000"],
     [
         "benchmarks.round_inprocess",
         "--n",

@@ -331,16 +331,23 @@ def test_narrow32_of_an_empty_vector() -> None:
     assert (low, high) == (0, -1)
 
 
-def _machine(*, length: int, ring_bits: int = 32, n: int = 3) -> SecAggMachine:
+def _params(
+    *, federation: str, round_id: int, n: int, length: int, ring_bits: int
+) -> tuple[SecAggParams, list[SigningKey]]:
     roster, keys = make_roster(n)
     params = SecAggParams(
-        federation="review",
-        round_id=1,
+        federation=federation,
+        round_id=round_id,
         roster=roster,
         threshold=default_threshold(n),
         vector_length=length,
         ring_bits=ring_bits,
     )
+    return params, list(keys)
+
+
+def _machine(*, length: int, ring_bits: int = 32, n: int = 3) -> SecAggMachine:
+    params, keys = _params(federation="review", round_id=1, n=n, length=length, ring_bits=ring_bits)
     return SecAggMachine(
         params, me=0, signing_key=keys[0], randomness=DeterministicRandomSource("review")
     )
@@ -592,15 +599,7 @@ class _MixedDelivery(SecAggMachine):
 def _mixed_round(
     *, ring_bits: int, length: int, read_only: frozenset[int], n: int = 4
 ) -> RoundOutcome:
-    roster, keys = make_roster(n)
-    params = SecAggParams(
-        federation="mixed",
-        round_id=3,
-        roster=roster,
-        threshold=default_threshold(n),
-        vector_length=length,
-        ring_bits=ring_bits,
-    )
+    params, keys = _params(federation="mixed", round_id=3, n=n, length=length, ring_bits=ring_bits)
     root = DeterministicRandomSource("mixed")
     machines: dict[int, SecAggMachine] = {}
     for p in range(n):
