@@ -26,8 +26,9 @@ FloatVector = NDArray[np.float64]
 #: float64 represents every integer below 2^53 exactly; scaled values must stay below it
 #: so that the rounding step is exact.
 _EXACT_FLOAT_LIMIT = float(1 << 53)
-#: Entries encoded per block (bounds the float64 temporaries to a few MB).
-_BLOCK = 1 << 18
+#: Entries encoded per block: the float64 temporaries (256 KiB each) stay in cache through
+#: the block's passes (d = 10^6: 7.4 → 5.5 ms an encode against 2^18-entry blocks).
+_BLOCK = 1 << 15
 
 
 def sum_of_squares(flat: NDArray[np.floating] | NDArray[np.integer]) -> float:
