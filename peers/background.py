@@ -165,4 +165,8 @@ class BackgroundPeer:
         """Blocking :meth:`PeerNode.aggregate` (same errors)."""
         if self._loop is None:
             raise RuntimeError("BackgroundPeer is not started: use it in a `with` block")
-        return self._loop.run(self.node.aggregate(update, round_id=round_id), self.timeout)
+        # the coroutine holds the only reference of ours: PeerNode lets go of it once it is
+        # encoded (a caller that keeps none does not hold the update for the round)
+        round_ = self.node.aggregate(update, round_id=round_id)
+        del update
+        return self._loop.run(round_, self.timeout)

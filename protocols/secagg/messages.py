@@ -496,6 +496,7 @@ class ChunkSum:
         time in cache and split at once, so no 8-byte-an-entry array (nor its shifted copy)
         is ever allocated (peak memory at large L, SPEC §5.8).
         """
+        parts = tuple(parts)  # read once per block: an iterator would be spent after one
         if high_bytes not in (1, 2):
             raise InvalidValueError("the high part of a chunk sum is 1 or 2 bytes")
         if any(part.dtype != np.uint32 or part.shape != (length,) for part in parts):
