@@ -56,13 +56,13 @@ from protocols.secagg.machine import SecAggMachine, SecAggParams
 from protocols.secagg.messages import (
     _SUM_BLOCK,
     ChunkSum,
-    MaskedChunk,
     MessageKind,
     Phase,
     sum_high_bytes,
 )
 from tests.dp_support import dp_settings
 from tests.dp_support import memory as _memory
+from tests.protocol.test_reduce_scatter import _BadChunk as BadChunk
 from tests.runtime.nodes import FRAC_BITS, on_grid, running_nodes
 
 B = _SUM_BLOCK
@@ -538,21 +538,6 @@ class _ForgedSum(Adversary):
         return [Outgoing(sealed)]
 
 
-class _ForgedChunk(Adversary):
-    """Sends owner 0 a chunk that differs from the digest in its broadcast header."""
-
-    def outgoing_private(
-        self, machine: SecAggMachine, kind: MessageKind, data: bytes, recipient: int
-    ) -> list[Outgoing]:
-        if kind is not MessageKind.MASKED_CHUNK or recipient != 0:
-            return [Outgoing(data, recipient)]
-        payload = parse_envelope(data, max_payload=1 << 30).payload
-        words = MaskedChunk.decode(payload, length=len(payload) // 4 - 2).words.copy()
-        words[-1] ^= np.uint32(1 << 31)
-        sealed = machine._seal(MessageKind.MASKED_CHUNK, MaskedChunk(words=words).encode(), 0)
-        return [Outgoing(sealed, recipient)]
-
-
 def _scenarios() -> dict[str, Callable[[], RoundOutcome]]:
     def rs(**kwargs: Any) -> RoundOutcome:
         return run_secagg_round(ring_bits=32, reduce_scatter=True, **kwargs)
@@ -584,9 +569,7 @@ def _scenarios() -> dict[str, Callable[[], RoundOutcome]]:
         "forged high part": lambda: rs(
             n=5, vector_length=100, seed=9, adversaries={2: _ForgedSum(entry=7, high=True)}
         ),
-        "forged chunk": lambda: rs(
-            n=5, vector_length=140, seed=10, adversaries={4: _ForgedChunk()}
-        ),
+        "forged chunk": lambda: rs(n=5, vector_length=140, seed=10, adversaries={4: BadChunk()}),
         "missing chunk": lambda: rs(n=5, vector_length=64, seed=11, faults=[drop_chunk]),
         "tampered chunks": lambda: rs(n=5, vector_length=64, seed=12, faults=[tamper]),
     }
