@@ -256,7 +256,7 @@ class SecureAggOptimizer(torch.optim.Optimizer):
                 while True:
                     outcome, error = None, None
                     try:
-                        outcome = self._call_sync(request)
+                        outcome = self._call_sync(request)  # empties the hand-over list
                     except Exception as exc:  # to the generator: rollback, raise or skip
                         error = exc
                     request = gen.send((outcome, error))
@@ -272,7 +272,9 @@ class SecureAggOptimizer(torch.optim.Optimizer):
             while True:
                 outcome, error = None, None
                 try:
-                    result = self.aggregator.aggregate(request)
+                    # handed over (the list is emptied): the step holds no reference to
+                    # the vector while the round runs
+                    result = self.aggregator.aggregate(request.pop())
                     outcome = await result if inspect.isawaitable(result) else result
                 except Exception as exc:
                     error = exc
@@ -281,8 +283,8 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         except StopIteration as stop:
             return cast("float | None", stop.value)
 
-    def _call_sync(self, vector: NDArray[np.float64]) -> Any:
-        result = self.aggregator.aggregate(vector)
+    def _call_sync(self, request: list[NDArray[np.float64]]) -> Any:
+        result = self.aggregator.aggregate(request.pop())  # handed over, as in astep
         if inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()
@@ -294,10 +296,14 @@ class SecureAggOptimizer(torch.optim.Optimizer):
 
     def _step(
         self, closure: Callable[[], float] | None
-    ) -> Generator[NDArray[np.float64], tuple[Any, BaseException | None], float | None]:
+    ) -> Generator[list[NDArray[np.float64]], tuple[Any, BaseException | None], float | None]:
         """The step as a generator: yields the vector to aggregate, receives the outcome.
 
-        Shared by :meth:`step` and :meth:`astep` so both roll back identically.
+        Shared by :meth:`step` and :meth:`astep` so both roll back identically. The vector
+        is yielded in a one-slot list that the caller empties when it hands the vector to
+        the aggregator: the step keeps only its length, so an aggregator that lets go of
+        it once encoded (``PeerNode``, ``BackgroundPeer``) does not hold a model-sized
+        float64 copy through the round.
         """
         self._check_privacy()
         if self.mode == "delta":
@@ -319,10 +325,13 @@ class SecureAggOptimizer(torch.optim.Optimizer):
             snapshot = None
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params()]
             vector = self._flatten(grads)
-        outcome, error = yield self._clip(vector)
+        length = vector.shape[0]
+        request = [self._clip(vector)]
+        del vector
+        outcome, error = yield request
         if error is None:
             try:
-                mean = self._mean(outcome, vector.shape[0])
+                mean = self._mean(outcome, length)
             except (MpcAggError, ValueError, TypeError) as exc:
                 error = exc
         if error is not None:

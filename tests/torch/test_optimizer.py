@@ -12,7 +12,7 @@ import copy
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -362,6 +362,47 @@ def test_invalid_arguments(kwargs: dict[str, Any], message: str) -> None:
     model = make_model()
     with pytest.raises(ValueError, match=message):
         SecureAggOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), object(), **kwargs)  # type: ignore[arg-type]
+
+
+class _LetsGo:
+    """An aggregator that drops the update and checks that nobody else still holds it."""
+
+    def __init__(self) -> None:
+        self.held: list[bool] = []
+
+    def aggregate(self, update: np.ndarray) -> Any:
+        import gc  # noqa: PLC0415 - only here
+        import weakref  # noqa: PLC0415
+
+        total = update.copy()
+        ref = weakref.ref(update)
+        del update
+        gc.collect()
+        self.held.append(ref() is not None)
+        return type("R", (), {"total": total, "count": 1})()
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 1e-6])
+@pytest.mark.parametrize("mode", ["gradient", "delta"])
+def test_the_step_hands_its_vector_over(
+    mode: Literal["gradient", "delta"], max_grad_norm: float | None
+) -> None:
+    # a model-sized float64 copy must not stay in the step while the round runs: the
+    # aggregator (PeerNode, BackgroundPeer) lets go of it once it is encoded
+    model = make_model()
+    probe = _LetsGo()
+    opt = SecureAggOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        probe,
+        mode=mode,
+        max_grad_norm=max_grad_norm,
+    )
+    loss_of(model, site_batches(0, 1)[0]).backward()
+    opt.step()
+    loss_of(model, site_batches(0, 1)[0]).backward()
+    asyncio.run(opt.astep())
+    assert probe.held == [False, False]
+    assert opt.rounds == 2
 
 
 # --------------------------------------------------------------------------- schedulers, state
