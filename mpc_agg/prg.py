@@ -25,13 +25,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
 from mpc_agg.crypto import derive_key
-from mpc_agg.ring import RING_DTYPE, RingVector
+from mpc_agg.ring import BLOCK, RING_DTYPE, RingVector
 
 if sys.byteorder != "little":  # the keystream is read as little-endian words on the wire too
     raise ImportError("mpc_agg.prg requires a little-endian host (masks must match across sites)")
 
 #: Words per chunk: 32 Ki words = 256 KiB, well inside L2 on the machines we measured.
-CHUNK_WORDS = 1 << 15
+CHUNK_WORDS = BLOCK
 _ZERO_CHUNK = np.zeros(CHUNK_WORDS, dtype=RING_DTYPE)
 _ZERO_CHUNK.flags.writeable = False
 _ZERO_CHUNK_BYTES = _ZERO_CHUNK.view(np.uint8).data

@@ -80,8 +80,10 @@ def reduce_mod(values: RingVector, bits: int) -> None:
     np.right_shift(signed, shift.astype(np.int64), out=signed)  # arithmetic: sign-extends
 
 
-#: Entries per step of :func:`widen32_in_place` (256 KiB of 64-bit words: in cache).
-_WIDEN_BLOCK = 1 << 15
+#: Entries per step of the blocked passes over long vectors (:func:`widen32_in_place`,
+#: :func:`narrow32`, ``prg.apply_masks``, ``ChunkSum.summing``, the fixed-point codec):
+#: 256 KiB of 64-bit words, so a block's temporaries stay in cache through its passes.
+BLOCK = 1 << 15
 
 
 def widen32_in_place(buffer: RingVector) -> RingVector:
@@ -104,9 +106,9 @@ def widen32_in_place(buffer: RingVector) -> RingVector:
     length = buffer.shape[0]
     words = buffer.view(np.int32)[:length]
     wide = buffer.view(np.int64)
-    block = np.empty(min(_WIDEN_BLOCK, length), dtype=np.int32)
-    for stop in range(length, 0, -_WIDEN_BLOCK):
-        start = max(0, stop - _WIDEN_BLOCK)
+    block = np.empty(min(BLOCK, length), dtype=np.int32)
+    for stop in range(length, 0, -BLOCK):
+        start = max(0, stop - BLOCK)
         part = block[: stop - start]
         np.copyto(part, words[start:stop])
         np.copyto(wide[start:stop], part)
@@ -126,11 +128,11 @@ def narrow32(values: RingVector) -> tuple[NDArray[np.uint32], int, int]:
     signed = values.view(np.int64)
     words = np.empty(length, dtype=np.uint32)
     low, high = 0, -1  # an empty vector: an empty span
-    for start in range(0, length, _WIDEN_BLOCK):
-        block = signed[start : start + _WIDEN_BLOCK]
+    for start in range(0, length, BLOCK):
+        block = signed[start : start + BLOCK]
         low = int(block.min()) if start == 0 else min(low, int(block.min()))
         high = int(block.max()) if start == 0 else max(high, int(block.max()))
-        np.copyto(words[start : start + _WIDEN_BLOCK], block, casting="unsafe")
+        np.copyto(words[start : start + BLOCK], block, casting="unsafe")
     return words, low, high
 
 

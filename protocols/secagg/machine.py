@@ -961,7 +961,7 @@ class SecAggMachine:
                 chunk = message
                 digests.append((owner, digest))
             else:
-                chunk_sums = np.zeros(stop - start, dtype=np.uint64)
+                parts = []
                 for p in included:  # an orphaned chunk: every included peer sent its part
                     part = self._orphan_part(p, owner)
                     if part is None:
@@ -969,8 +969,9 @@ class SecAggMachine:
                             f"peer {p} did not publish its part of orphaned chunk {owner}", effects
                         )
                         return
-                    np.add(chunk_sums, part, out=chunk_sums)
-                chunk = ChunkSum.from_sums(missing=(), sums=chunk_sums, orphans=(), high_bytes=2)
+                    parts.append(part)
+                # summed here as an owner sums (2-byte high parts: any roster size fits)
+                chunk = ChunkSum.summing(parts=parts, length=stop - start, orphans=(), high_bytes=2)
             sums.append(chunk)
         key = sha256(
             b"mpc-agg/secagg/chunk-checks/v1",

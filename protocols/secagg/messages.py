@@ -25,16 +25,13 @@ from mpc_agg.codec import (
     write_u16_set,
 )
 from mpc_agg.crypto import AEAD_TAG_SIZE, DIGEST_SIZE, P256_POINT_SIZE, payload_digest
-from mpc_agg.ring import RING_BITS_CHOICES, RingVector
+from mpc_agg.ring import BLOCK, RING_BITS_CHOICES, RingVector
 from mpc_agg.vss import PROOF_SIZE, SCALAR_SIZE, decode_scalar, encode_scalar
 from protocols.common import MAX_PEERS
 
 #: §6.7 — independent random linear checks per chunk: an error that changes the output
 #: escapes each with probability ≤ 2^-33, all three ≤ 2^-99.
 CHECKS_PER_CHUNK = 3
-
-#: Entries per block of :meth:`ChunkSum.summing` (256 KiB of uint64: in cache).
-_SUM_BLOCK = 1 << 15
 
 
 class Phase(enum.IntEnum):
@@ -469,11 +466,9 @@ class ChunkSum:
         """From exact uint64 sums; each must fit in 4 + ``high_bytes`` bytes."""
         if sums.dtype != np.uint64 or sums.ndim != 1:
             raise InvalidValueError("chunk sums are a 1-D uint64 vector")
-        if high_bytes not in (1, 2):
-            raise InvalidValueError("the high part of a chunk sum is 1 or 2 bytes")
+        high_dtype = _high_dtype(high_bytes)
         if sums.size and int(sums.max()) >> (32 + 8 * high_bytes):
-            raise InvalidValueError(f"a chunk sum does not fit in {4 + high_bytes} bytes")
-        high_dtype = np.uint8 if high_bytes == 1 else np.uint16
+            raise _unfit(high_bytes)
         return cls(
             missing=missing,
             low=sums.astype(np.uint32),  # the low 32 bits
@@ -497,18 +492,15 @@ class ChunkSum:
         is ever allocated (peak memory at large L, SPEC §5.8).
         """
         parts = tuple(parts)  # read once per block: an iterator would be spent after one
-        if high_bytes not in (1, 2):
-            raise InvalidValueError("the high part of a chunk sum is 1 or 2 bytes")
+        high_dtype = _high_dtype(high_bytes)
         if any(part.dtype != np.uint32 or part.shape != (length,) for part in parts):
             raise InvalidValueError(f"chunk parts are uint32 vectors of {length} entries")
         low = np.empty(length, dtype=np.uint32)
-        high: NDArray[np.unsignedinteger[Any]] = np.empty(
-            length, dtype=np.uint8 if high_bytes == 1 else np.uint16
-        )
-        block = np.empty(min(length, _SUM_BLOCK), dtype=np.uint64)
+        high: NDArray[np.unsignedinteger[Any]] = np.empty(length, dtype=high_dtype)
+        block = np.empty(min(length, BLOCK), dtype=np.uint64)
         limit = np.uint64(1 << (8 * high_bytes))
-        for start in range(0, length, _SUM_BLOCK):
-            stop = min(start + _SUM_BLOCK, length)
+        for start in range(0, length, BLOCK):
+            stop = min(start + BLOCK, length)
             acc = block[: stop - start]
             acc.fill(0)
             for part in parts:
@@ -516,7 +508,7 @@ class ChunkSum:
             np.copyto(low[start:stop], acc, casting="unsafe")  # the low 32 bits
             np.right_shift(acc, np.uint64(32), out=acc)
             if acc.size and acc.max() >= limit:
-                raise InvalidValueError(f"a chunk sum does not fit in {4 + high_bytes} bytes")
+                raise _unfit(high_bytes)
             np.copyto(high[start:stop], acc, casting="unsafe")
         return cls(missing=(), low=low, high=high, orphans=orphans)
 
@@ -587,6 +579,17 @@ class ChunkSum:
         if not missing and low.shape[0] != length:
             raise InvalidValueError("no chunk sums and no missing chunks")
         return cls(missing=tuple(missing), low=low, high=high, orphans=tuple(items))
+
+
+def _high_dtype(high_bytes: int) -> type[np.uint8] | type[np.uint16]:
+    """§5.8 — the dtype of a chunk sum's high part on ``high_bytes`` bytes (1 or 2)."""
+    if high_bytes not in (1, 2):
+        raise InvalidValueError("the high part of a chunk sum is 1 or 2 bytes")
+    return np.uint8 if high_bytes == 1 else np.uint16
+
+
+def _unfit(high_bytes: int) -> InvalidValueError:
+    return InvalidValueError(f"a chunk sum does not fit in {4 + high_bytes} bytes")
 
 
 def sum_high_bytes(n: int) -> int:

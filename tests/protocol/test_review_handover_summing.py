@@ -35,6 +35,7 @@ from mpc_agg.codec import InvalidValueError
 from mpc_agg.envelope import parse_envelope
 from mpc_agg.errors import EncodingError
 from mpc_agg.randomness import DeterministicRandomSource
+from mpc_agg.ring import BLOCK
 from peers import cli
 from peers.audit import AuditLog
 from peers.memory import MemoryBroker
@@ -54,7 +55,6 @@ from protocols.harness import (
 )
 from protocols.secagg.machine import SecAggMachine, SecAggParams
 from protocols.secagg.messages import (
-    _SUM_BLOCK,
     ChunkSum,
     MessageKind,
     Phase,
@@ -65,7 +65,7 @@ from tests.dp_support import memory as _memory
 from tests.protocol.test_reduce_scatter import _BadChunk as BadChunk
 from tests.runtime.nodes import FRAC_BITS, on_grid, running_nodes
 
-B = _SUM_BLOCK
+B = BLOCK  # ChunkSum.summing's block
 WORD = 0xFFFFFFFF
 
 # =========================================================================== 1. hand-over
