@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 
 import numpy as np
 from numpy.typing import NDArray
@@ -12,6 +12,8 @@ from numpy.typing import NDArray
 from mpc_agg.dp import DpSettings
 from mpc_agg.randomness import RandomSource
 from peers.audit import AuditLog
+from peers.background import BackgroundPeer, EventLoopThread
+from peers.memory import MemoryBroker, MemoryFaults, MemoryTransport
 from peers.node import AggregateResult, PeerNode
 from peers.transport import Transport
 from protocols.common import Roster
@@ -78,3 +80,41 @@ async def run_round(
         *(node.aggregate(u) for node, u in zip(nodes, updates, strict=True)),
         return_exceptions=True,
     )
+
+
+@contextmanager
+def background_peers(
+    n: int,
+    *,
+    threshold: int | None = None,
+    deadline: float = 5.0,
+    faults: MemoryFaults | None = None,
+    federation: str = "fed-torch",
+) -> Iterator[list[BackgroundPeer]]:
+    """``n`` BackgroundPeers on one shared loop thread and one in-memory broker."""
+    roster, keys = make_roster(n)
+    loop = EventLoopThread()
+    holder: dict[str, MemoryBroker] = {}
+
+    async def make_broker() -> MemoryBroker:
+        return MemoryBroker(faults)
+
+    holder["broker"] = loop.run(make_broker())
+
+    def factory(i: int) -> Callable[[], PeerNode]:
+        return lambda: PeerNode(
+            federation=federation,
+            roster=roster,
+            me=i,
+            signing_key=keys[i],
+            transport=MemoryTransport(holder["broker"], name=f"site-{i}"),
+            deadlines=lambda _phase: deadline,
+            threshold=threshold,
+            frac_bits=FRAC_BITS,
+        )
+
+    try:
+        with ExitStack() as stack:
+            yield [stack.enter_context(BackgroundPeer(factory(i), loop=loop)) for i in range(n)]
+    finally:
+        loop.close()

@@ -10,11 +10,11 @@ import pytest
 
 from mpc_agg.errors import EncodingError, ProtocolMisuseError
 from peers.memory import MemoryBroker, MemoryFaults, MemoryTransport
-from peers.node import AggregateResult, PeerNode, RoundAbortedError
+from peers.node import AggregateResult, RoundAbortedError
 from peers.transport import Transport
 from protocols.common import Roster, RosterEntry
 from protocols.harness import make_roster
-from tests.runtime.nodes import on_grid, run_round, running_nodes
+from tests.runtime.nodes import background_peers, on_grid, run_round, running_nodes
 
 
 def _memory(broker: MemoryBroker) -> Callable[[int], Transport]:
@@ -211,49 +211,22 @@ def test_a_background_peer_lets_go_of_an_update_once_it_is_encoded() -> None:
     import threading  # noqa: PLC0415 - only here
     import weakref  # noqa: PLC0415
 
-    from peers.background import BackgroundPeer, EventLoopThread  # noqa: PLC0415
-
-    roster, keys = make_roster(2)
-    loop = EventLoopThread()
-
-    async def make_broker() -> MemoryBroker:
-        return MemoryBroker()
-
-    broker = loop.run(make_broker())
-
-    def factory(i: int) -> Callable[[], PeerNode]:
-        return lambda: PeerNode(
-            federation="fed-handover",
-            roster=roster,
-            me=i,
-            signing_key=keys[i],
-            transport=MemoryTransport(broker, name=f"site-{i}"),
-            deadlines=lambda _phase: 5.0,
-            threshold=2,
-        )
-
     rng = np.random.default_rng(10)
     updates = [on_grid(rng, (48,)) for _ in range(2)]
     expected = sum(updates)
     released = threading.Event()
     results: list[AggregateResult] = []
-    try:
-        with (
-            BackgroundPeer(factory(0), loop=loop) as first,
-            BackgroundPeer(factory(1), loop=loop) as second,
-        ):
-            handed = updates.pop(0)
-            weakref.finalize(handed, released.set)
-            holder = [handed]
-            del handed
-            thread = threading.Thread(target=lambda: results.append(first.aggregate(holder.pop())))
-            thread.start()
-            # site-1 has not started: site-0's round waits, with its input encoded
-            assert released.wait(5.0), "the background peer still holds the update"
-            results.append(second.aggregate(updates.pop(0)))
-            thread.join(30)
-    finally:
-        loop.close()
+    with background_peers(2, threshold=2, federation="fed-handover") as (first, second):
+        handed = updates.pop(0)
+        weakref.finalize(handed, released.set)
+        holder = [handed]
+        del handed
+        thread = threading.Thread(target=lambda: results.append(first.aggregate(holder.pop())))
+        thread.start()
+        # site-1 has not started: site-0's round waits, with its input encoded
+        assert released.wait(5.0), "the background peer still holds the update"
+        results.append(second.aggregate(updates.pop(0)))
+        thread.join(30)
     assert len(results) == 2
     for result in results:
         assert np.array_equal(result.total, expected)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -21,11 +20,9 @@ import torch
 from mpc_agg import dp
 from mpc_agg.errors import EncodingError
 from mpc_agg.torch import AggregationFailedError, SecureAggOptimizer
-from peers.background import BackgroundPeer, EventLoopThread
 from peers.memory import MemoryBroker, MemoryFaults, MemoryTransport
-from peers.node import PeerNode, RoundAbortedError
-from protocols.harness import make_roster
-from tests.runtime.nodes import running_nodes
+from peers.node import RoundAbortedError
+from tests.runtime.nodes import background_peers, running_nodes
 
 N_SITES = 3
 FRAC_BITS = 20
@@ -102,43 +99,6 @@ async def test_gradient_mode_equals_plaintext_fedsgd_async() -> None:
     assert max_param_diff(models[0], models[1]) == 0.0  # identical sums at every site
     assert all(opt.rounds == steps for opt in opts)
     assert max_param_diff(models[0], make_model()) > 1e-2  # it did train
-
-
-@contextmanager
-def background_peers(
-    n: int,
-    *,
-    threshold: int | None = None,
-    deadline: float = 5.0,
-    faults: MemoryFaults | None = None,
-) -> Iterator[list[BackgroundPeer]]:
-    """``n`` BackgroundPeers on one shared loop thread and one in-memory broker."""
-    roster, keys = make_roster(n)
-    loop = EventLoopThread()
-    holder: dict[str, MemoryBroker] = {}
-
-    async def make_broker() -> MemoryBroker:
-        return MemoryBroker(faults)
-
-    holder["broker"] = loop.run(make_broker())
-
-    def factory(i: int) -> Callable[[], PeerNode]:
-        return lambda: PeerNode(
-            federation="fed-torch",
-            roster=roster,
-            me=i,
-            signing_key=keys[i],
-            transport=MemoryTransport(holder["broker"], name=f"site-{i}"),
-            deadlines=lambda _phase: deadline,
-            threshold=threshold,
-            frac_bits=FRAC_BITS,
-        )
-
-    try:
-        with ExitStack() as stack:
-            yield [stack.enter_context(BackgroundPeer(factory(i), loop=loop)) for i in range(n)]
-    finally:
-        loop.close()
 
 
 def run_sites(work: Callable[[int], None], n: int = N_SITES) -> None:
