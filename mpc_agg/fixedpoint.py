@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mpc_agg.errors import EncodingError, HeadroomError
+from mpc_agg.prg import keystream_blocks
 from mpc_agg.ring import BLOCK, RING_BITS_CHOICES, RingVector, lift, signed_limit
 
 FloatVector = NDArray[np.float64]
@@ -29,6 +30,8 @@ _EXACT_FLOAT_LIMIT = float(1 << 53)
 #: Entries encoded per block (``ring.BLOCK``): the float64 temporaries (256 KiB each) stay
 #: in cache through the block's passes (d = 10^6: 7.4 → 5.5 ms an encode against 2^18).
 _BLOCK = BLOCK
+#: Stochastic rounding compares the fraction, scaled by 2^32, with a uniform 32-bit word.
+_TWO_32 = float(1 << 32)
 
 
 def sum_of_squares(flat: NDArray[np.floating] | NDArray[np.integer]) -> float:
@@ -148,8 +151,11 @@ class FixedPointCodec:
     ) -> EncodedUpdate:
         """Encode a float vector (any shape; flattened in C order).
 
-        ``rng`` drives stochastic rounding only (unbiased rounding noise, not a secret);
-        callers seed it from the OS CSPRNG. Raises :class:`EncodingError` for NaN/inf or a
+        ``rng`` drives stochastic rounding only (rounding noise, not a secret; callers seed
+        it from the OS CSPRNG): 32 bytes of it key an AES-256-CTR stream of 32-bit words
+        (:func:`~mpc_agg.prg.keystream_blocks`, 0.8 ms for 10⁶ draws against 2.8 ms for
+        ``rng.random``), and an entry x·2^f rounds up with probability ⌈frac·2^32⌉ / 2^32:
+        unbiased to within 2^-32 of a unit. Raises :class:`EncodingError` for NaN/inf or a
         coordinate above ``max_abs_value`` (after optional clipping).
         """
         array = np.asarray(values)
@@ -178,20 +184,25 @@ class FixedPointCodec:
         integers = np.empty(flat.shape[0], dtype=np.int64)
         scale = self.scale * factor
         squares = 0.0
+        top = bottom = 0.0
         # Block by block: temporaries stay O(block), not O(d) (a 10^8-entry update must fit),
-        # and a block is read from memory once for its norm and its encoding.
-        for start in range(0, flat.shape[0], _BLOCK):
+        # and a block is read from memory once for its norm, its encoding and its range.
+        draws = keystream_blocks(rng.bytes(32), flat.shape[0], np.uint32)
+        for start, uniform in zip(range(0, flat.shape[0], _BLOCK), draws, strict=True):
             block = flat[start : start + _BLOCK].astype(np.float64)
             if norm is None:
                 squares += float(np.einsum("i,i->", block, block))
             block *= scale
             floor = np.floor(block)
-            block -= floor  # fractional part in [0, 1)
-            floor += rng.random(block.shape[0]) < block  # round up with probability = fraction
+            block -= floor  # fractional part f in [0, 1)
+            block *= _TWO_32  # f·2^32, exact
+            floor += uniform < block  # round up with probability ⌈f·2^32⌉ / 2^32
+            top = max(top, float(floor.max()))
+            bottom = min(bottom, float(floor.min()))
             integers[start : start + _BLOCK] = floor
         if norm is None:
             norm = _finite_norm(squares)
-        max_abs = max(int(integers.max()), -int(integers.min())) if integers.size else 0
+        max_abs = int(max(top, -bottom))  # exact: |entries| < 2^53
         check_headroom(max_abs, self.n_peers, self.ring_bits)
         ring = integers.view(np.uint64)
         return EncodedUpdate(ring=ring, clipped=clipped, l2_norm=norm, max_abs=max_abs)

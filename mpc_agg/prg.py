@@ -93,18 +93,24 @@ def expand(key: bytes, length: int, dtype: type[np.unsignedinteger[Any]] = np.ui
     return out
 
 
-def keystream_blocks(key: bytes, length: int) -> Iterator[NDArray[np.uint64]]:
-    """:func:`expand`'s ``length`` uint64 words, ``CHUNK_WORDS`` at a time.
+def keystream_blocks(
+    key: bytes, length: int, dtype: type[np.unsignedinteger[Any]] = np.uint64
+) -> Iterator[Any]:
+    """:func:`expand`'s ``length`` words (``dtype``: uint64 or uint32), ``CHUNK_WORDS`` at a time.
 
     Every block is a view of one reused buffer, valid until the next step: memory stays
     O(``CHUNK_WORDS``) whatever ``length`` is, and the block is in cache when it is used.
     """
-    buffer = np.empty(min(CHUNK_WORDS, max(length, 0)), dtype=np.uint64)
+    word = np.dtype(dtype)
+    if word not in _WORD_DTYPES:
+        raise TypeError(f"keystream words are uint64 or uint32, not {word}")
+    width = word.itemsize
+    buffer = np.empty(min(CHUNK_WORDS, max(length, 0)), dtype=word)
     out = buffer.view(np.uint8).data
     stream = Cipher(algorithms.AES(key), modes.CTR(_IV)).encryptor()
     for start in range(0, length, CHUNK_WORDS):
         words = min(CHUNK_WORDS, length - start)
-        stream.update_into(_ZERO_CHUNK_BYTES[: 8 * words], out[: 8 * words])
+        stream.update_into(_ZERO_CHUNK_BYTES[: width * words], out[: width * words])
         yield buffer[:words]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,13 +132,29 @@ def test_pairwise_masks_cancel_in_the_sum() -> None:
     assert np.array_equal(y1 + y2, x1 + x2)
 
 
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32])
 @pytest.mark.parametrize("length", [0, 1, CHUNK_WORDS - 1, CHUNK_WORDS, 2 * CHUNK_WORDS + 7])
-def test_keystream_blocks_concatenate_to_expand(length: int) -> None:
+def test_keystream_blocks_concatenate_to_expand(length: int, dtype: type[Any]) -> None:
     key = bytes(range(32))
-    blocks = [block.copy() for block in keystream_blocks(key, length)]  # views of one buffer
-    assert all(0 < len(b) <= CHUNK_WORDS for b in blocks)
-    joined = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.uint64)
-    assert np.array_equal(joined, expand(key, length))
+    blocks = [block.copy() for block in keystream_blocks(key, length, dtype)]  # one buffer
+    assert all(0 < len(b) <= CHUNK_WORDS and b.dtype == dtype for b in blocks)
+    joined = np.concatenate(blocks) if blocks else np.zeros(0, dtype=dtype)
+    assert np.array_equal(joined, expand(key, length, dtype))
+
+
+def test_keystream_blocks_of_uint32_are_the_uint64_stream_split() -> None:
+    # the same keystream bytes, read as twice as many little-endian 32-bit words
+    key = bytes(range(32))
+    wide = expand(key, CHUNK_WORDS + 3)
+    narrow = np.concatenate(
+        [b.copy() for b in keystream_blocks(key, 2 * CHUNK_WORDS + 6, np.uint32)]
+    )
+    assert np.array_equal(narrow, wide.view(np.uint32))
+
+
+def test_keystream_blocks_refuse_other_word_types() -> None:
+    with pytest.raises(TypeError, match="uint64 or uint32"):
+        next(keystream_blocks(bytes(32), 4, np.uint16))
 
 
 def test_mask_term_repr_hides_the_key() -> None:
