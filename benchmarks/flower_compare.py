@@ -189,6 +189,47 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _power_of_ten(value: int) -> str:
+    """10⁶ for 1000000 (as the README writes sizes); other values with separators."""
+    digits = len(str(value)) - 1
+    if value >= 10 and value == 10**digits:
+        return "10" + str(digits).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    return f"{value:,}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s" if value >= 0.1 else f"{value:.3f} s"
+
+
+def readme_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The README's table (pairs are proto / objects, when both transports ran)."""
+
+    def pair(row: dict[str, Any], key: str) -> str:
+        return " / ".join(f"{r[key]:.1f}×" for r in row["ratio"].values())
+
+    lines = [
+        "| n | d | ours, broadcast (with float encode/decode) | ours, reduce-scatter | "
+        + " | ".join(f"Flower `{t}` total" for t in rows[0]["flower"])
+        + " | Flower / ours (broadcast) | Flower / ours, float in and out | "
+        "Flower / ours (reduce-scatter) | floor of our design | Flower / floor |",
+        "|---|---|---|---|" + "---|" * len(rows[0]["flower"]) + "---|---|---|---|---|",
+    ]
+    for row in rows:
+        ours = row["ours"]
+        flowers = " | ".join(_seconds(f["cpu_total_s"]) for f in row["flower"].values())
+        lines.append(
+            f"| {row['n']} | {_power_of_ten(row['d'])} | {_seconds(ours['cpu_all_peers_s'])} "
+            f"({_seconds(ours['cpu_all_peers_with_encode_decode_s'])}) | "
+            f"{_seconds(row['ours_reduce_scatter']['cpu_all_peers_s'])} | {flowers} | "
+            f"{pair(row, 'flower_total_over_ours_total')} | "
+            f"{pair(row, 'flower_secagg_only_over_ours_with_encode_decode')} | "
+            f"{pair(row, 'flower_total_over_ours_reduce_scatter_total')} | "
+            f"{_seconds(row['floor']['cpu_all_peers_s'])} | "
+            f"{pair(row, 'flower_total_over_floor')} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, nargs="*", default=[10])
@@ -208,34 +249,8 @@ def main() -> None:
     ]
     path = write("flower_compare", {"repeat": args.repeat, "source": source_state(), "rows": rows})
     png = plot(RESULTS / "flower_compare.png", rows)
-    print(
-        "| n | d | ours: all peers (+ encode/decode) | Flower transport | clients | server |"
-        " total (SecAgg+ only) | Flower / ours |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        ours = row["ours"]
-        for transport, flower in row["flower"].items():
-            ratio = row["ratio"][transport]
-            print(
-                f"| {row['n']} | {row['d']:,} | {ours['cpu_all_peers_s']:.2f} s "
-                f"({ours['cpu_all_peers_with_encode_decode_s']:.2f} s) | {transport} | "
-                f"{flower['cpu_clients_s']:.2f} s | {flower['cpu_server_s']:.2f} s | "
-                f"{flower['cpu_total_s']:.2f} s ({flower['cpu_total_secagg_only_s']:.2f} s) | "
-                f"{ratio['flower_total_over_ours_total']:.2f}× "
-                f"({ratio['flower_secagg_only_over_ours_with_encode_decode']:.2f}×) |"
-            )
-        rs = row["ours_reduce_scatter"]["cpu_all_peers_s"]
-        ratios = ", ".join(
-            f"{t} {r['flower_total_over_ours_reduce_scatter_total']:.2f}×"
-            for t, r in row["ratio"].items()
-        )
-        print(f"  reduce-scatter: ours {rs:.2f} s for all peers; Flower / ours: {ratios}")
-        bound = ", ".join(
-            f"{t} {r['flower_total_over_floor']:.2f}×" for t, r in row["ratio"].items()
-        )
-        floor = row["floor"]["cpu_all_peers_s"]
-        print(f"  floor (primitives alone): {floor:.2f} s for all peers; Flower / floor: {bound}")
+    for line in readme_table(rows):
+        print(line)
     print(f"wrote {path} and {png}")
 
 
