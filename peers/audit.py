@@ -17,6 +17,13 @@ and the canonical entry without ``sig``. Checked against the roster key
 makes every line, the last one included, impossible to edit or forge without that key.
 Only dropping whole lines at the end still needs an anchor.
 
+A site's key can change (``mpc-agg roster rotate``). :meth:`AuditLog.rotate_key` then
+appends a *rotation line*, whose record is ``{"audit": "signing-key-rotated",
+"previous_key": "<hex>", "key": "<hex>"}``, signed by the **new** key: checked against the
+current roster key, it authenticates the previous key, which must have signed every line
+before it (and so on back through earlier rotations). Whoever lacks the current key
+cannot change which earlier key the log names, nor any line signed under it.
+
 What the chain alone proves: any edited, removed, reordered or inserted line before the last
 one, and a truncated last line, is detected by :func:`verify_audit_log` without any
 outside information. Changing the *last* line into another valid line, or dropping
@@ -57,6 +64,8 @@ _SIGNING_DOMAIN: Final = b"mpc-agg/audit/v1\x00"
 _HEX_SIGNATURE: Final = re.compile(r"[0-9a-f]{128}")
 _HEX_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 _TIME: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+#: ``record["audit"]`` of a rotation line (:meth:`AuditLog.rotate_key`).
+ROTATION: Final = "signing-key-rotated"
 #: Key names that never belong in an audit record (compared case-insensitively).
 _SECRET_KEYS: Final = frozenset(
     {
@@ -106,9 +115,15 @@ def _utc_now() -> str:
 
 
 def _check_line(
-    number: int, line: bytes, prev: str, verify_key: VerifyKey | None = None
+    number: int,
+    line: bytes,
+    prev: str | None,
+    verify_key: VerifyKey | _Unverifiable | None = None,
 ) -> str | None:
-    """Problem with line ``number`` on its own and against ``prev``; ``None`` when fine."""
+    """Problem with line ``number`` on its own and against ``prev``; ``None`` when fine.
+
+    ``prev`` ``None``: the line alone, not its link to the previous one.
+    """
     try:
         entry = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -130,8 +145,13 @@ def _check_line(
         return "time is not a UTC timestamp"
     if not isinstance(entry["record"], dict):
         return "record is not an object"
-    if entry["prev"] != prev:
+    if prev is not None and entry["prev"] != prev:
         return "prev does not match the digest of the previous line"
+    if isinstance(verify_key, _Unverifiable):
+        return (
+            f"cannot be checked: its key is named by the rotation line "
+            f"{verify_key.rotation_line}, whose signature does not verify"
+        )
     if verify_key is not None:
         signature = entry.pop("sig", None)
         if not isinstance(signature, str) or not _HEX_SIGNATURE.fullmatch(signature):
@@ -139,8 +159,59 @@ def _check_line(
         try:
             verify_key.verify(bytes.fromhex(signature), _SIGNING_DOMAIN + _canonical(entry))
         except SignatureError:
-            return "signature does not verify under the site's key (edited or forged)"
+            return (
+                "signature does not verify under the site's key (edited or forged; or "
+                "signed by an earlier key of the site, without a rotation line: see "
+                "`mpc-agg audit rotate`)"
+            )
     return None
+
+
+def _rotated_from(line: bytes) -> VerifyKey | None:
+    """The previous key a rotation line names; ``None`` for any other (or unreadable) line."""
+    try:
+        record = json.loads(line.decode("utf-8")).get("record")
+        if not isinstance(record, dict) or record.get("audit") != ROTATION:
+            return None
+        previous = record.get("previous_key")
+        if not isinstance(previous, str) or not _HEX_DIGEST.fullmatch(previous):
+            return None
+        return VerifyKey(bytes.fromhex(previous))
+    except (UnicodeDecodeError, ValueError, AttributeError, MpcAggError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Unverifiable:
+    """The key of the lines before a rotation line that does not verify: none is trusted."""
+
+    rotation_line: int
+
+
+def _key_schedule(
+    lines: list[bytes], verify_key: VerifyKey | None
+) -> list[VerifyKey | _Unverifiable | None]:
+    """The key each line must be signed by, from the last line back.
+
+    ``verify_key`` for the lines after the last rotation line and for that line itself;
+    the key it names for the lines before it, but only if the rotation line's signature
+    verifies under the key after it (so an earlier key is trusted only through an
+    authentic line); and so on back. Lines before a rotation line that does not verify
+    have no trusted key (:class:`_Unverifiable`).
+    """
+    if verify_key is None:
+        return [None] * len(lines)
+    keys: list[VerifyKey | _Unverifiable | None] = []
+    current: VerifyKey | _Unverifiable = verify_key
+    for number in range(len(lines), 0, -1):
+        line = lines[number - 1]
+        keys.append(current)
+        previous = _rotated_from(line)
+        if previous is not None and isinstance(current, VerifyKey):
+            signed = _check_line(number, line, None, current) is None
+            current = previous if signed else _Unverifiable(number)
+    keys.reverse()
+    return keys
 
 
 def verify_audit_log(
@@ -154,7 +225,8 @@ def verify_audit_log(
     A missing file is an empty, valid log. ``anchor = (seq, digest)`` additionally
     requires line ``seq`` to exist and to hash to ``digest`` (see the module docstring).
     With ``verify_key`` (the site's roster key) every line must carry a valid signature,
-    which also protects the last line.
+    which also protects the last line: by ``verify_key``, or, before a rotation line, by
+    the previous key that line names (see the module docstring).
     """
     path = Path(path)
     try:
@@ -165,8 +237,9 @@ def verify_audit_log(
     truncated = lines.pop()  # b"" when the file ends with a newline (or is empty)
     digests: list[str] = []
     prev = GENESIS
+    keys = _key_schedule(lines, verify_key)
     for number, line in enumerate(lines, start=1):
-        problem = _check_line(number, line, prev, verify_key)
+        problem = _check_line(number, line, prev, keys[number - 1])
         if problem is not None:
             bad = number
             if problem.startswith("prev does not match") and number > 1:
@@ -176,7 +249,7 @@ def verify_audit_log(
                 nxt = lines[number] if number < len(lines) else None
                 if (
                     nxt is not None
-                    and _check_line(number + 1, nxt, _digest(line), verify_key) is None
+                    and _check_line(number + 1, nxt, _digest(line), keys[number]) is None
                 ):
                     bad = number - 1
                     problem = f"changed after line {number} committed to its digest"
@@ -290,6 +363,33 @@ class AuditLog:
     def append(self, record: Mapping[str, Any]) -> str:
         """Append ``record`` as the next entry, fsync, and return the new line's digest."""
         _check_record(record)
+        if record.get("audit") == ROTATION:
+            raise AuditError("a rotation line is written by rotate_key(), not append()")
+        return self._append(record, self._signing_key)
+
+    def rotate_key(self, new_key: SigningKey) -> str:
+        """Record that the site signs with ``new_key`` from now on; return the line's digest.
+
+        The rotation line is signed by ``new_key`` and names the key the log was opened
+        with, which signed (and :meth:`__init__` verified) every line before it; later
+        lines are signed by ``new_key``. Raises :class:`AuditError` for a log opened
+        without a key, or for ``new_key`` equal to it.
+        """
+        old_key = self._signing_key
+        if old_key is None:
+            raise AuditError("an unsigned audit log has no key to rotate")
+        if new_key.public_bytes() == old_key.public_bytes():
+            raise AuditError("the new signing key is the key the log is already signed with")
+        record = {
+            "audit": ROTATION,
+            "previous_key": old_key.public_bytes().hex(),
+            "key": new_key.public_bytes().hex(),
+        }
+        digest = self._append(record, new_key)
+        self._signing_key = new_key
+        return digest
+
+    def _append(self, record: Mapping[str, Any], signing_key: SigningKey | None) -> str:
         entry = {
             "seq": self._lines + 1,
             "prev": self._head,
@@ -300,8 +400,8 @@ class AuditLog:
             line = _canonical(entry)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"record is not JSON-serialisable: {exc}") from None
-        if self._signing_key is not None:
-            entry["sig"] = self._signing_key.sign(_SIGNING_DOMAIN + line).hex()
+        if signing_key is not None:
+            entry["sig"] = signing_key.sign(_SIGNING_DOMAIN + line).hex()
             line = _canonical(entry)
         created = not self._path.exists()
         fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -3,7 +3,8 @@
 ``init``       create a federation: site keys and configs, Mosquitto TLS + ACL setup
 ``broker``     run the federation's Mosquitto in the foreground
 ``aggregate``  run one secure round as one site: ``--input X.npy`` → ``--output SUM.npy``
-``audit``      ``audit verify FILE``: check a site's hash-chained audit log
+``audit``      ``audit verify FILE``: check a site's hash-chained audit log; ``audit rotate``:
+               record a rotated key in it (a log kept outside the federation folder)
 ``roster``     ``roster rotate|revoke DIR --site NAME``: a site's new key, or its removal
 ``demo``       a whole federation on this machine: a broker, N site processes, R rounds,
                each result printed next to the plaintext sum
@@ -28,11 +29,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mpc_agg.crypto import VerifyKey
 from mpc_agg.dp import DpSettings, Mechanism, PrivacyBudgetExceededError, Unit
 from mpc_agg.errors import MpcAggError
 from peers.allocator import keep_freed_memory
-from peers.audit import verify_audit_log
-from peers.config import PROTOCOLS, ConfigError, load_federation, load_site
+from peers.audit import AuditError, AuditLog, verify_audit_log
+from peers.config import PROTOCOLS, ConfigError, load_federation, load_signing_key, load_site
 from peers.demo import BROKERS, DemoError, run_demo, run_site
 from peers.init import broker_command, find_program, init_federation
 from peers.node import AggregateResult, PeerNode, RoundAbortedError
@@ -230,7 +232,7 @@ def _roster(args: argparse.Namespace) -> int:
     operation = rotate_site_key if args.operation == "rotate" else revoke_site
     try:
         change = operation(Path(args.directory), args.site)
-    except ValueError as exc:
+    except (ValueError, AuditError) as exc:
         _err(f"roster {args.operation}: {exc}")
         return 2
     print(f"federation {change.federation.id}: {change.detail}")
@@ -265,6 +267,28 @@ def _audit(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.file}: BROKEN at line {report.line_number}: {report.problem}")
     return 1
+
+
+def _audit_rotate(args: argparse.Namespace) -> int:
+    site = load_site(args.config)  # the new key, checked against the roster
+    if not site.audit_log.is_file():
+        _err(f"no audit log at {site.audit_log}: nothing to record")
+        return 2
+    if verify_audit_log(site.audit_log, verify_key=VerifyKey(site.signing_key.public_bytes())).ok:
+        print(f"{site.audit_log}: already verifies under {site.name}'s current key; unchanged")
+        return 0
+    previous = load_signing_key(args.previous_key)
+    try:
+        log = AuditLog(site.audit_log, signing_key=previous)
+        log.rotate_key(site.signing_key)
+    except AuditError as exc:
+        _err(f"audit rotate: {exc}")
+        return 1
+    print(
+        f"{site.audit_log}: rotation to {site.name}'s current key recorded "
+        f"(line {log.lines}); the earlier lines verify under the key it names"
+    )
+    return 0
 
 
 # --------------------------------------------------------------------------- demo
@@ -361,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--site", default=None, help="the site that wrote the log")
     verify.set_defaults(handler=_audit)
+    rotate = audit_sub.add_parser(
+        "rotate",
+        help="after `roster rotate`, at a site whose audit log is kept elsewhere: record the "
+        "new key in the log (signed by the new key, naming the old one)",
+    )
+    rotate.add_argument("--config", required=True, help="the site's TOML file (with the new key)")
+    rotate.add_argument(
+        "--previous-key", required=True, help="the site's key file from before the rotation"
+    )
+    rotate.set_defaults(handler=_audit_rotate)
 
     roster = sub.add_parser("roster", help="key management: rotate a site's key, revoke a site")
     roster.add_argument("operation", choices=["rotate", "revoke"])
@@ -427,7 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mpc-agg`` console script."""
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # reuse a round's vector buffers instead of page-faulting them in
-    if args.command == "audit" and (args.federation is None) != (args.site is None):
+    if (
+        args.command == "audit"
+        and args.audit_command == "verify"
+        and (args.federation is None) != (args.site is None)
+    ):
         _err("audit verify: give both --federation and --site, or neither")
         return 2
     try:

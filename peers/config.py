@@ -767,6 +767,16 @@ def _signing_key(table: _Table, key_file: Path) -> SigningKey:
     return SigningKey(bytes.fromhex(text))
 
 
+def load_signing_key(path: Path | str) -> SigningKey:
+    """A site's Ed25519 key file as ``mpc-agg init`` writes it: 64 hex characters, mode 0600.
+
+    For a key outside a site file (``mpc-agg audit rotate --previous-key``); raises
+    :class:`ConfigError` as a site file's ``signing_key_file`` would.
+    """
+    path = Path(path)
+    return _signing_key(_Table(path, "", {}), path)
+
+
 def load_site(path: Path | str) -> SiteConfig:
     """Read a site file and the federation file it names; validate both and their match.
 

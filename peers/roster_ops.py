@@ -11,6 +11,13 @@ afterwards.
 The files of a revoked site move to ``sites/revoked/`` (nothing usable stays in place).
 ``federation.toml`` is replaced atomically (written beside, then renamed), and only
 after the new roster loads.
+
+A rotated site's audit log, when it is in the federation directory (``sites/``, where
+``mpc-agg init`` puts it), gets a rotation line (:meth:`peers.audit.AuditLog.rotate_key`)
+so that its earlier lines still verify against the new roster and the site keeps its
+round ids and privacy ledger. The old key stays in ``sites/<site>.key.previous`` until
+that line is written. A site that keeps its log elsewhere records the rotation itself
+with ``mpc-agg audit rotate --previous-key``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from pathlib import Path
 
 from mpc_agg.crypto import SigningKey
 from mpc_agg.randomness import SystemRandomSource
-from peers.config import ConfigError, FederationConfig, load_federation
+from peers.audit import AuditLog
+from peers.config import ConfigError, FederationConfig, load_federation, load_site
 from peers.init import _acl, _write, _write_password_file
 from protocols.robust.params import default_threshold as robust_default_threshold
 from protocols.secagg.machine import default_threshold as secagg_default_threshold
@@ -80,8 +88,10 @@ def _passwd_without(passwd: Path, site: str) -> list[str]:
 def rotate_site_key(directory: Path | str, site: str) -> RosterChange:
     """A new Ed25519 key and broker password for ``site``; the roster lists the new key.
 
-    Raises ``ValueError`` for an unknown site, :class:`ConfigError` for a federation that
-    does not load.
+    Records the rotation in the site's audit log when the log is in ``sites/`` (module
+    docstring). Raises ``ValueError`` for an unknown site, :class:`ConfigError` for a
+    federation or site file that does not load, :class:`~peers.audit.AuditError` for a
+    broken audit log; in each case before anything changes.
     """
     directory = Path(directory)
     path, federation = _load(directory, site)
@@ -90,8 +100,20 @@ def rotate_site_key(directory: Path | str, site: str) -> RosterChange:
     text = path.read_text()
     if text.count(old_key) != 1:
         raise ConfigError(path, "sites", f"cannot find {site}'s verify_key exactly once")
-    # the site's files first: a crash before the roster changes leaves the old key valid
     sites_dir = directory / "sites"
+    # The site's audit log, if it is here, verified under the old key before anything
+    # changes (a broken log stops the rotation, AuditError); a site file that does not
+    # load stops it too (ConfigError).
+    site_file = sites_dir / f"{site}.toml"
+    audit: AuditLog | None = None
+    previous: Path | None = None
+    if site_file.is_file():
+        config = load_site(site_file)
+        if config.audit_log.is_file():
+            audit = AuditLog(config.audit_log, signing_key=config.signing_key)
+            previous = sites_dir / f"{site}.key.previous"
+            _replace(previous, config.signing_key.private_bytes().hex() + "\n", secret=True)
+    # the site's files first: a crash before the roster changes leaves the old key valid
     new_password = secrets.token_urlsafe(24)
     staged_key = _stage(sites_dir / f"{site}.key", key.private_bytes().hex() + "\n", secret=True)
     passwd = directory / "broker" / "passwd"
@@ -105,11 +127,22 @@ def rotate_site_key(directory: Path | str, site: str) -> RosterChange:
     os.replace(staged_key, sites_dir / f"{site}.key")
     _replace(sites_dir / f"{site}.password", new_password + "\n", secret=True)
     _replace(passwd, "\n".join([*others, hashed]) + "\n", secret=True)
+    detail = f"{site}: new signing key {key.public_bytes().hex()[:16]}… and broker password"
+    if audit is not None and previous is not None:
+        audit.rotate_key(key)
+        previous.unlink()
+        detail += f"; rotation recorded in its audit log {audit.path} (line {audit.lines})"
+    else:
+        detail += (
+            f"; no audit log of {site} in {sites_dir}: at the site, after installing the new "
+            "key, record the rotation with `mpc-agg audit rotate --config SITE.toml "
+            "--previous-key OLD.key`"
+        )
     return RosterChange(
         federation=updated,
         old_digest=federation.roster.digest.hex(),
         new_digest=updated.roster.digest.hex(),
-        detail=f"{site}: new signing key {key.public_bytes().hex()[:16]}… and broker password",
+        detail=detail,
     )
 
 

@@ -62,10 +62,22 @@ def running_federation(
                 time.sleep(0.05)
         else:
             pytest.fail("broker did not start")
+        _BROKERS[root] = broker
         yield root, done.stdout
     finally:
+        _BROKERS.pop(root, None)
         broker.send_signal(signal.SIGTERM)
         broker.wait(10)
+
+
+#: The running broker (``mpc-agg broker`` execs Mosquitto) of each running federation.
+_BROKERS: dict[Path, subprocess.Popen[bytes]] = {}
+
+
+def reload_broker(root: Path) -> None:
+    """What the operator does after a roster change: ``kill -HUP`` the federation's broker."""
+    _BROKERS[root].send_signal(signal.SIGHUP)
+    time.sleep(0.5)  # Mosquitto rereads its password and ACL files on its next loop
 
 
 def start_sites(root: Path, sites: int) -> list[subprocess.Popen[str]]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from peers.config import load_federation
-from tests.e2e.federations import cli, run_sites, running_federation
+from tests.e2e.federations import cli, reload_broker, run_sites, running_federation
 
 
 def _roster(root: Path, operation: str, site: str) -> None:
@@ -80,3 +80,44 @@ def test_after_rotation_and_revocation_the_remaining_sites_aggregate(tmp_path: P
         asyncio.run(connect("site-1", site_password))  # the check itself works
         with pytest.raises(aiomqtt.MqttError):
             asyncio.run(connect("site-3", revoked_password))
+
+
+def test_a_site_rotated_after_rounds_goes_on_with_its_audit_log(tmp_path: Path) -> None:
+    # Rounds, then `roster rotate` and a broker reload, then rounds again: the rotated
+    # site's log records the new key and verifies against the new roster, and its round
+    # ids go on with the others'.
+    with running_federation(tmp_path / "fed", "--sites", "3", deadline=3.0) as (root, _):
+        rng = np.random.default_rng(5)
+        for k in range(3):
+            np.save(root / f"x{k}.npy", np.round(rng.uniform(-0.5, 0.5, 500) * 2**20) / 2**20)
+        for code, stdout, stderr in run_sites(root, 3, timeout=60):
+            assert code == 0, stderr
+            assert "round 1: sum of 3 sites" in stdout
+        done = subprocess.run(
+            cli("roster", "rotate", str(root), "--site", "site-0"),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "rotation recorded in its audit log" in done.stdout
+        reload_broker(root)
+        for code, stdout, stderr in run_sites(root, 3, timeout=60):
+            assert code == 0, stderr
+            assert "round 2: sum of 3 sites" in stdout
+        verified = subprocess.run(
+            cli(
+                "audit",
+                "verify",
+                str(root / "sites" / "site-0.audit.jsonl"),
+                "--federation",
+                str(root / "federation.toml"),
+                "--site",
+                "site-0",
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "ok, 5 lines" in verified.stdout  # two a round, and the rotation

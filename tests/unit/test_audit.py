@@ -379,3 +379,113 @@ def test_reopening_a_signed_log_resumes_signing(tmp_path: Path) -> None:
     path, key = _signed_log(tmp_path, lines=2)
     AuditLog(path, signing_key=key).append({"round": 3})
     assert verify_audit_log(path, verify_key=VerifyKey(key.public_bytes())).lines == 3
+
+
+# --------------------------------------------------------------------------- key rotation
+
+
+def _key(name: str) -> SigningKey:
+    return SigningKey.generate(DeterministicRandomSource(name))
+
+
+def _public(key: SigningKey) -> VerifyKey:
+    return VerifyKey(key.public_bytes())
+
+
+def _rotated_log(tmp_path: Path) -> tuple[Path, SigningKey, SigningKey, SigningKey]:
+    """Lines 1-2 under k0, rotation (3), line 4 under k1, rotation (5), line 6 under k2."""
+    k0, k1, k2 = _key("k0"), _key("k1"), _key("k2")
+    path = tmp_path / "rotated.jsonl"
+    log = AuditLog(path, signing_key=k0)
+    log.append({"round": 1})
+    log.append({"round": 2})
+    log.rotate_key(k1)
+    log.append({"round": 3})
+    AuditLog(path, signing_key=k1).rotate_key(k2)  # reopened under the key in force
+    AuditLog(path, signing_key=k2).append({"round": 4})
+    return path, k0, k1, k2
+
+
+def test_a_rotated_log_verifies_under_the_current_key_only(tmp_path: Path) -> None:
+    path, k0, k1, k2 = _rotated_log(tmp_path)
+    assert verify_audit_log(path, verify_key=_public(k2)) == AuditReport(lines=6, ok=True)
+    # an earlier key no longer speaks for the log's end
+    for old in (k0, k1):
+        report = verify_audit_log(path, verify_key=_public(old))
+        assert not report.ok
+        assert report.line_number is not None
+        assert report.line_number <= 5
+    rotation = json.loads(_lines(path)[2])
+    assert rotation["record"] == {
+        "audit": "signing-key-rotated",
+        "previous_key": k0.public_bytes().hex(),
+        "key": k1.public_bytes().hex(),
+    }
+    # every record is still there to read back (round ids, the privacy ledger)
+    rounds = [json.loads(line)["record"].get("round") for line in _lines(path)]
+    assert rounds == [1, 2, None, 3, None, 4]
+    log = AuditLog(path, signing_key=k2)
+    log.append({"round": 5})
+    assert verify_audit_log(path, verify_key=_public(k2)).lines == 7
+
+
+def test_a_forged_rotation_line_cannot_bring_in_another_key(tmp_path: Path) -> None:
+    # Someone without the current key rewrites the log under a key of their own: the
+    # rotation line that would name it has to verify under the roster key, and does not.
+    path, _, _, k2 = _rotated_log(tmp_path)
+    mallory = _key("mallory")
+    forged = tmp_path / "forged.jsonl"
+    log = AuditLog(forged, signing_key=mallory)
+    for k in range(1, 5):
+        log.append({"round": k})
+    log.rotate_key(_key("mallory-2"))  # a valid-looking rotation line, wrong signer
+    report = verify_audit_log(forged, verify_key=_public(k2))
+    assert not report.ok
+    assert report.line_number == 1  # nothing in it is trusted under the roster key
+    assert report.problem is not None
+    assert "rotation line 5" in report.problem
+    # and re-pointing a genuine rotation line at Mallory's key breaks that line
+    lines = _lines(path)
+    lines[2] = lines[2].replace(
+        json.loads(lines[2])["record"]["previous_key"].encode(),
+        mallory.public_bytes().hex().encode(),
+    )
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = verify_audit_log(path, verify_key=_public(k2))
+    assert not report.ok
+    assert report.line_number == 1
+    assert report.problem is not None
+    assert "rotation line 3, whose signature does not verify" in report.problem
+
+
+def test_a_line_signed_by_the_previous_key_after_the_rotation_is_refused(tmp_path: Path) -> None:
+    k0, k1 = _key("k0"), _key("k1")
+    path = tmp_path / "late.jsonl"
+    log = AuditLog(path, signing_key=k0)
+    log.append({"round": 1})
+    log.rotate_key(k1)
+    # the old key writes on, as if nothing had happened
+    stale = AuditLog.__new__(AuditLog)
+    for slot in AuditLog.__slots__:
+        setattr(stale, slot, getattr(log, slot))
+    stale._signing_key = k0
+    stale.append({"round": 2})
+    report = verify_audit_log(path, verify_key=_public(k1))
+    assert not report.ok
+    assert report.line_number == 3
+    with pytest.raises(AuditError, match="earlier key of the site"):
+        AuditLog(path, signing_key=k1)
+
+
+def test_rotation_needs_a_signed_log_and_a_new_key_and_is_not_an_ordinary_record(
+    tmp_path: Path,
+) -> None:
+    k0 = _key("k0")
+    with pytest.raises(AuditError, match="unsigned audit log"):
+        AuditLog(tmp_path / "plain.jsonl").rotate_key(k0)
+    log = AuditLog(tmp_path / "signed.jsonl", signing_key=k0)
+    with pytest.raises(AuditError, match="already signed with"):
+        log.rotate_key(_key("k0"))
+    with pytest.raises(AuditError, match="rotate_key"):
+        log.append({"audit": "signing-key-rotated", "previous_key": "00" * 32})
+    assert log.lines == 0

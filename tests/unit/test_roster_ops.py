@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from mpc_agg.crypto import VerifyKey
 from mpc_agg.envelope import BROADCAST, EnvelopeContext, authenticate, parse_envelope, seal_envelope
 from mpc_agg.errors import SignatureError
+from peers.audit import AuditError, AuditLog, verify_audit_log
+from peers.cli import main as cli_main
 from peers.config import ConfigError, load_federation, load_site
 from peers.init import init_federation
 from peers.roster_ops import revoke_site, rotate_site_key
@@ -80,3 +83,99 @@ def test_revocation_adjusts_an_invalid_threshold_and_refuses_too_few_sites(
         revoke_site(tmp_path, "site-1")
     with pytest.raises(ValueError, match="no site named"):
         rotate_site_key(tmp_path, "site-9")
+
+
+# --------------------------------------------------------------------------- audit logs
+
+
+def _rounds_logged(site: Path, rounds: int) -> Path:
+    """The site's audit log after ``rounds`` rounds, as PeerNode writes it (signed)."""
+    config = load_site(site)
+    log = AuditLog(config.audit_log, signing_key=config.signing_key)
+    for k in range(1, rounds + 1):
+        log.append({"federation": config.federation.id, "round": k, "outcome": "aggregate"})
+    return config.audit_log
+
+
+def test_rotation_records_itself_in_the_sites_audit_log(tmp_path: Path) -> None:
+    # A site that ran rounds keeps them: its log verifies under the new roster key, it
+    # appends under the new key, and its round ids go on (no reuse, no reset).
+    init_federation(tmp_path, sites=3)
+    site = tmp_path / "sites" / "site-0.toml"
+    log_path = _rounds_logged(site, rounds=2)
+    old_key = load_site(site).signing_key
+    change = rotate_site_key(tmp_path, "site-0")
+    assert f"rotation recorded in its audit log {log_path} (line 3)" in change.detail
+    assert not (tmp_path / "sites" / "site-0.key.previous").exists()
+    config = load_site(site)  # the new key, as the roster lists it
+    roster_key = load_federation(tmp_path / "federation.toml").roster.verify_key(0)
+    assert verify_audit_log(log_path, verify_key=roster_key).lines == 3
+    log = AuditLog(log_path, signing_key=config.signing_key)
+    assert log.last_round(config.federation.id) == 2
+    log.append({"federation": config.federation.id, "round": 3, "outcome": "aggregate"})
+    assert verify_audit_log(log_path, verify_key=roster_key).ok
+    # the old key no longer speaks for the log
+    assert not verify_audit_log(log_path, verify_key=VerifyKey(old_key.public_bytes())).ok
+
+
+def test_a_broken_audit_log_stops_the_rotation_before_anything_changes(tmp_path: Path) -> None:
+    path = init_federation(tmp_path, sites=3)
+    site = tmp_path / "sites" / "site-1.toml"
+    log_path = _rounds_logged(site, rounds=2)
+    log_path.write_text(log_path.read_text().replace('"round":1', '"round":7'))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "sites").iterdir()}
+    digest = load_federation(path).roster.digest
+    with pytest.raises(AuditError, match="broken audit log"):
+        rotate_site_key(tmp_path, "site-1")
+    assert load_federation(path).roster.digest == digest
+    assert {p.name: p.read_bytes() for p in (tmp_path / "sites").iterdir()} == before
+
+
+def test_without_the_sites_log_here_the_rotation_says_how_to_record_it(tmp_path: Path) -> None:
+    init_federation(tmp_path, sites=3)
+    change = rotate_site_key(tmp_path, "site-2")
+    assert "no audit log of site-2" in change.detail
+    assert "mpc-agg audit rotate" in change.detail
+    assert not (tmp_path / "sites" / "site-2.key.previous").exists()
+
+
+def test_audit_rotate_records_the_rotation_at_a_site_that_keeps_its_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("peers.cli.keep_freed_memory", lambda: None)  # not in pytest's heap
+    # The operator's copy has no log; the site's log is signed by the old key until the
+    # site records the rotation with its old key file (`mpc-agg audit rotate`).
+    init_federation(tmp_path, sites=3)
+    site = tmp_path / "sites" / "site-1.toml"
+    old_key_file = tmp_path / "old-site-1.key"
+    old_key_file.write_bytes((tmp_path / "sites" / "site-1.key").read_bytes())
+    old_key_file.chmod(0o600)
+    old_key = load_site(site).signing_key
+    rotate_site_key(tmp_path, "site-1")
+    log_path = load_site(site).audit_log
+    log = AuditLog(log_path, signing_key=old_key)  # the site's rounds, before it heard
+    log.append({"federation": "x", "round": 1})
+    with pytest.raises(AuditError, match="mpc-agg audit rotate"):
+        AuditLog(log_path, signing_key=load_site(site).signing_key)
+    # a wrong previous key is refused, and changes nothing
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes((tmp_path / "sites" / "site-0.key").read_bytes())
+    wrong.chmod(0o600)
+    before = log_path.read_bytes()
+    args = ["audit", "rotate", "--config", str(site), "--previous-key"]
+    assert cli_main([*args, str(wrong)]) == 1
+    assert "broken audit log" in capsys.readouterr().err
+    assert log_path.read_bytes() == before
+    assert cli_main([*args, str(old_key_file)]) == 0
+    assert "rotation to site-1's current key recorded (line 2)" in capsys.readouterr().out
+    roster_key = load_federation(tmp_path / "federation.toml").roster.verify_key(1)
+    assert verify_audit_log(log_path, verify_key=roster_key).lines == 2
+    assert cli_main([*args, str(old_key_file)]) == 0  # once is enough
+    assert "already verifies" in capsys.readouterr().out
+    assert verify_audit_log(log_path, verify_key=roster_key).lines == 2
+    # a previous key file that is not one is a configuration error
+    (tmp_path / "bad.key").write_text("nope\n")
+    (tmp_path / "bad.key").chmod(0o600)
+    log_path.write_bytes(before)
+    assert cli_main([*args, str(tmp_path / "bad.key")]) == 2
+    assert "64 hex characters" in capsys.readouterr().err
