@@ -452,6 +452,9 @@ class PeerNode:
         self._presence_changed = asyncio.Event()
         self._current: _Round | None = None
         self._last_round = last_round
+        # the round id of each roster site's latest message since the last round ended
+        # (see _drift_hint)
+        self._latest_round: dict[int, int] = {}
         self._joined = False
         # (round, claimed sender) -> messages held for that round
         self._early: dict[tuple[int, int], _Held] = {}
@@ -609,6 +612,8 @@ class PeerNode:
 
     def _route(self, round_id: int, claimed: int | None, data: bytes | memoryview) -> None:
         current = self._current
+        if claimed is not None:  # bounded by the roster; for a round-id mismatch's abort
+            self._latest_round[claimed] = round_id
         if current is not None and round_id == current.round_id:
             self._admit(current, claimed, data)
         elif round_id > self._last_round and claimed is not None:
@@ -655,6 +660,30 @@ class PeerNode:
                 state.message_limit,
                 state.byte_limit,
             )
+
+    def _drift_hint(self, state: _Round) -> str:
+        """Why an abort may be a round-id mismatch, when it looks like one; else ``""``.
+
+        Roster sites whose latest message since the last round ended was for another round
+        id: by default each site continues after the last round in its *own* audit log, so
+        a site that ran a round the others did not (alone, or while they were down) is
+        ahead of them from then on, and every round aborts until they agree again.
+        """
+        drifted = {
+            site: other for site, other in self._latest_round.items() if other != state.round_id
+        }
+        if not drifted:
+            return ""
+        sites = ", ".join(
+            f"{self.roster.name(site)} (round {other})" for site, other in sorted(drifted.items())
+        )
+        ahead = max(state.round_id, *drifted.values()) + 1
+        return (
+            f"; the latest messages of {sites} are for another round than {state.round_id}: "
+            "if the sites' round ids differ (each continues after the last round in its own "
+            f"audit log), give every site the same round id (`--round {ahead}`, or "
+            "aggregate(round_id=…))"
+        )
 
     def _take_early(self, state: _Round) -> None:
         """Admit the held messages of the round in arrival order; drop older rounds'."""
@@ -778,6 +807,7 @@ class PeerNode:
             raise
         finally:
             self._current = None
+            self._latest_round.clear()
         if dp_round is None:
             # the ring total is this round's own array: its buffer becomes the floats
             total = plan.codec.decode(ready.total, overwrite=True).reshape(shape)
@@ -1154,6 +1184,7 @@ class PeerNode:
                 detail = "; ignored messages: " + ", ".join(
                     f"{reason} ×{count}" for reason, count in ignored.most_common(3)
                 )
+            detail += self._drift_hint(state)
             raise RoundAbortedError(
                 f"{printable(effect.reason, 500)} (phase {effect.phase.name}){detail}",
                 round_id=state.round_id,

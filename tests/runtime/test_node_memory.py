@@ -230,3 +230,43 @@ def test_a_background_peer_lets_go_of_an_update_once_it_is_encoded() -> None:
     assert len(results) == 2
     for result in results:
         assert np.array_equal(result.total, expected)
+
+
+@pytest.mark.asyncio
+async def test_sites_whose_round_ids_drifted_apart_are_told_so_when_the_round_aborts() -> None:
+    # site-0 once ran a round the others did not take part in (alone: it aborted), so by
+    # default it is a round ahead of them from then on; each abort says why and how to
+    # realign, and the sites agree again on the suggested round id.
+    rng = np.random.default_rng(9)
+    async with running_nodes(3, _memory(MemoryBroker()), threshold=3, deadline=0.6) as nodes:
+        with pytest.raises(RoundAbortedError):
+            await nodes[0].aggregate(on_grid(rng, (20,)))  # round 1, alone
+        results = await run_round(nodes, [on_grid(rng, (20,)) for _ in range(3)])
+        ahead, *behind = results
+        assert isinstance(ahead, RoundAbortedError)
+        assert ahead.round_id == 2
+        assert "the latest messages of site-1 (round 1), site-2 (round 1) are for another" in str(
+            ahead
+        )
+        assert "give every site the same round id (`--round 3`" in str(ahead)
+        for result in behind:
+            assert isinstance(result, RoundAbortedError)
+            assert result.round_id == 1
+            assert "the latest messages of site-0 (round 2) are for another round than 1" in (
+                str(result)
+            )
+        updates = [on_grid(rng, (20,)) for _ in range(3)]
+        again = await asyncio.gather(
+            *(n.aggregate(u, round_id=3) for n, u in zip(nodes, updates, strict=True))
+        )
+    assert all(r.round_id == 3 and np.array_equal(r.total, sum(updates)) for r in again)
+
+
+@pytest.mark.asyncio
+async def test_an_abort_of_sites_in_the_same_round_does_not_blame_round_ids() -> None:
+    rng = np.random.default_rng(10)
+    async with running_nodes(3, _memory(MemoryBroker()), threshold=3, deadline=0.6) as nodes:
+        results = await run_round(nodes[:2], [on_grid(rng, (20,)) for _ in range(2)])
+    for result in results:
+        assert isinstance(result, RoundAbortedError)
+        assert "round ids differ" not in str(result)
