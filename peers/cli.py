@@ -9,8 +9,9 @@
 ``demo``       a whole federation on this machine: a broker, N site processes, R rounds,
                each result printed next to the plaintext sum
 
-Exit codes: 0 success, 1 round aborted or audit log broken, 2 bad usage or configuration,
-3 broker unreachable, 4 the round would exceed the federation's ε budget (nothing sent).
+Exit codes: 0 success, 1 round aborted or audit log broken, 2 bad usage or configuration
+(a login the broker refuses included), 3 broker unreachable, 4 the round would exceed the
+federation's ε budget (nothing sent).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from peers.demo import BROKERS, DemoError, run_demo, run_site
 from peers.init import broker_command, find_program, init_federation
 from peers.node import AggregateResult, PeerNode, RoundAbortedError
 from peers.roster_ops import revoke_site, rotate_site_key
-from peers.transport import TransportError
+from peers.transport import BrokerRefusedError, TransportError
 
 
 def _err(message: str) -> None:
@@ -476,6 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RoundAbortedError as exc:
         _err(str(exc))
         return 1
+    except BrokerRefusedError as exc:  # credentials or a revoked site: configuration
+        _err(str(exc))
+        return 2
     except TransportError as exc:
         _err(str(exc))
         return 3

@@ -35,7 +35,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -44,6 +44,7 @@ from peers.chunking import ChunkError, Reassembler, split
 from peers.transport import (
     OFFLINE,
     ONLINE,
+    BrokerRefusedError,
     Delivery,
     TransportError,
     parse_topic,
@@ -56,6 +57,25 @@ log = logging.getLogger(__name__)
 _PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
 #: Sessions of other processes remembered as answered (each is answered once).
 _ANSWERED_SESSIONS = 1024
+
+
+#: CONNACK codes that refuse a login for good (retrying the same login cannot succeed):
+#: MQTT 3.1.1 return codes 1, 2, 4, 5 and their MQTT 5 reason codes (unsupported protocol
+#: version, client identifier not valid, bad user name or password, not authorized,
+#: banned, bad authentication method). "Server unavailable" and "busy" are retried.
+_REFUSED_V3: Final = frozenset({1, 2, 4, 5})
+_REFUSED_V5: Final = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
+
+
+def _permanent_refusal(exc: aiomqtt.MqttError) -> str | None:
+    """The broker's reason when ``exc`` is a CONNACK that refuses the login for good."""
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return None
+    rc = exc.rc
+    if isinstance(rc, int) and not isinstance(rc, bool):
+        return str(exc) if rc in _REFUSED_V3 else None
+    value = getattr(rc, "value", None)
+    return str(exc) if isinstance(value, int) and value in _REFUSED_V5 else None
 
 
 def _no_delay(client: aiomqtt.Client) -> None:
@@ -205,6 +225,14 @@ class MqttTransport:
             try:
                 await client.__aenter__()
             except aiomqtt.MqttError as exc:
+                refusal = _permanent_refusal(exc)
+                if refusal is not None:
+                    raise BrokerRefusedError(
+                        f"the MQTT broker at {self.host}:{self.port} refused the login of "
+                        f"{self._username or 'an anonymous client'}: {refusal} (check the "
+                        "site's password_file against the broker's password file and ACL; "
+                        "a revoked site is refused)"
+                    ) from None
                 last = exc
                 if loop.time() + delay > give_up:
                     break

@@ -70,6 +70,14 @@ class TransportError(MpcAggError):
     """The transport cannot deliver (broker unreachable, refused, gone for too long)."""
 
 
+class BrokerRefusedError(TransportError):
+    """The broker refused this site's login for good, so it is raised at once.
+
+    Credentials, a revoked account, a banned client or an unsupported protocol version:
+    retrying the same login cannot help.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One complete incoming message.

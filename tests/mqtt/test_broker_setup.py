@@ -12,6 +12,7 @@ import contextlib
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,8 +27,16 @@ from peers import init as init_module
 from peers.config import load_federation, load_site
 from peers.demo import free_port
 from peers.init import broker_command, init_federation
+from peers.mqtt import MqttTransport
 from peers.node import AggregateResult
-from peers.transport import federation_filter, inbox_filter, message_topic, presence_topic
+from peers.transport import (
+    BrokerRefusedError,
+    TransportError,
+    federation_filter,
+    inbox_filter,
+    message_topic,
+    presence_topic,
+)
 from tests.runtime.relay import PRIVATE, RelayNode
 from tests.runtime.relay import PROTOCOL as RELAY_PROTOCOL
 
@@ -342,6 +351,60 @@ async def test_wrong_credentials_are_refused(broker: Broker, user: str, password
     with pytest.raises(aiomqtt.MqttError, match=r"[Nn]ot authori[sz]ed|[Bb]ad user name"):
         async with broker.client(user, password):
             pass
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mqtt_version", ["5", "3.1.1"])
+async def test_a_refused_login_fails_at_once_with_a_typed_error(
+    broker: Broker, mqtt_version: str
+) -> None:
+    # A wrong password (or a revoked account) is not an unreachable broker: the transport
+    # raises BrokerRefusedError on the first CONNACK instead of retrying for 60 s.
+    site = load_site(broker.directory / "sites" / "site-0.toml")
+    assert site.broker.ca_file is not None
+    transport = MqttTransport(
+        host=HOST,
+        port=broker.port,
+        client_id=f"refused-{uuid.uuid4().hex[:8]}",
+        username="site-0",
+        password="not the password",
+        ca_file=site.broker.ca_file,
+        presence_topic=presence_topic(broker.federation, "site-0"),
+        mqtt_version=mqtt_version,
+        reconnect_timeout=60.0,
+    )
+    started = time.monotonic()
+    with pytest.raises(BrokerRefusedError, match="refused the login of site-0") as caught:
+        async with transport:
+            pass
+    assert time.monotonic() - started < 10
+    assert isinstance(caught.value, TransportError)
+    assert "not the password" not in str(caught.value)
+
+
+def test_aggregate_with_a_refused_login_exits_2_at_once(broker: Broker, tmp_path: Path) -> None:
+    sites = broker.directory / "sites"
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not the password\n")
+    wrong.chmod(0o600)
+    config = tmp_path / "site-0.toml"
+    text = (sites / "site-0.toml").read_text()
+    text = text.replace('password_file = "site-0.password"', f'password_file = "{wrong}"')
+    for name in ("federation", "signing_key_file", "audit_log"):  # relative to sites/
+        text = text.replace(f'{name} = "', f'{name} = "{sites}/', 1)
+    config.write_text(text)
+    np.save(tmp_path / "x.npy", np.zeros(10))
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "peers.cli", "aggregate", "--config", str(config),
+            "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "sum.npy"),
+        ],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "refused the login of site-0" in done.stderr
+    assert time.monotonic() - started < 20
 
 
 @pytest.mark.asyncio
