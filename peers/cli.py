@@ -6,8 +6,9 @@
 ``audit``      ``audit verify FILE``: check a site's hash-chained audit log; ``audit rotate``:
                record a rotated key in it (a log kept outside the federation folder)
 ``roster``     ``roster rotate|revoke DIR --site NAME``: a site's new key, or its removal
-``demo``       a whole federation on this machine: a broker, N site processes, R rounds,
-               each result printed next to the plaintext sum
+``demo``       a whole federation on this machine: a broker and one process per site train
+               a model with secure aggregation, beside the same training in the clear
+               (``--task sum``: R rounds of sums, each checked against the plaintext sum)
 
 Exit codes: 0 success, 1 round aborted or audit log broken, 2 bad usage or configuration
 (a login the broker refuses included), 3 broker unreachable, 4 the round would exceed the
@@ -114,7 +115,10 @@ def _init(args: argparse.Namespace) -> int:
     print(f"  {root / 'sites'}/site-K.toml, .key, .password (one set per site; keep them private)")
     print(f"  {root / 'broker'}/mosquitto.conf, acl, passwd, ca.crt, server.crt")
     print(f"next: mpc-agg broker {root}   # then, at each site:")
-    print("      mpc-agg aggregate --config sites/site-K.toml --input x.npy --output sum.npy")
+    print(
+        f"      mpc-agg aggregate --config {root / 'sites' / 'site-K.toml'} "
+        "--input x.npy --output sum.npy"
+    )
     return 0
 
 
@@ -315,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpc-agg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{init,broker,aggregate,audit,roster,demo}"
+    )
 
     init = sub.add_parser("init", help="create a federation (keys, configs, broker setup)")
     init.add_argument("directory")
@@ -410,7 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--task", choices=["train", "sum"], default="train", help="default train")
     demo.add_argument("--sites", type=int, default=4, help="number of sites (default 4)")
     demo.add_argument(
-        "--rounds", type=int, default=None, help="rounds (default 20 for train, 3 for sum)"
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds (default 20 for train, 100 with --epsilon, 3 for sum)",
     )
     demo.add_argument(
         "--protocol",

@@ -104,8 +104,9 @@ def describe_broker(kind: str, port: int) -> str:
     """One line for the user: which broker, which guarantees."""
     if kind == "mosquitto":
         return f"mosquitto with TLS + per-site passwords and ACL on 127.0.0.1:{port}"
+    why = "" if find_program("mosquitto") else "; mosquitto not found"
     return (
-        f"amqtt (pure Python; mosquitto not found) with TLS + per-site passwords and ACL on "
+        f"amqtt (pure Python{why}) with TLS + per-site passwords and ACL on "
         f"127.0.0.1:{port}, MQTT 3.1.1"
     )
 
@@ -552,6 +553,8 @@ def _train_summary(
         "seconds_per_round_median": float(np.median(seconds)),
         "bytes_out_per_site_per_round": float(np.mean([x["bytes_out"] for x in secure])),
         "sites_agree": agree,
+        # per round, the result digest every site computed (site-0 first)
+        "result_digests": [[site[r]["digest"] for site in per_site] for r in range(rounds)],
         # JSON has no infinity: the noiseless DP-SGD run records the string "inf".
         "epsilon_target": None if epsilon is None else (epsilon if epsilon < inf else "inf"),
         "epsilon_spent": secure[-1].get("epsilon"),

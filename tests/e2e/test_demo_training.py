@@ -39,6 +39,10 @@ def test_training_demo_over_mosquitto_matches_plaintext(tmp_path: Path) -> None:
     rows = [line for line in done.stdout.splitlines() if "/4 " in line]
     assert len(rows) == 4  # one progress line per round, as it completes
     assert record["sites_agree"] is True
+    digests = record["result_digests"]  # per round, one per site, all equal
+    assert [len(d) for d in digests] == [3, 3, 3, 3]
+    assert all(len(set(d)) == 1 for d in digests)
+    assert [d[0] for d in digests] == [x["digest"] for x in record["secure"]]
     assert [x["round"] for x in record["secure"]] == [1, 2, 3, 4]
     assert all(x["count"] == 3 for x in record["secure"])
     # same data, same initialisation, same clipping: only the aggregation differs
