@@ -180,7 +180,7 @@ def revoke_site(directory: Path | str, site: str) -> RosterChange:
     _replace(directory / "broker" / "acl", _acl(updated.id, names))
     revoked = directory / "sites" / "revoked"
     revoked.mkdir(exist_ok=True)
-    for suffix in (".key", ".password", ".toml"):
+    for suffix in (".key", ".password", ".toml", ".audit.jsonl"):  # init's names
         source = directory / "sites" / f"{site}{suffix}"
         if source.exists():
             os.replace(source, revoked / source.name)

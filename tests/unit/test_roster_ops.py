@@ -54,7 +54,10 @@ def test_rotation_changes_the_key_the_password_and_the_roster_digest(tmp_path: P
 
 def test_revocation_removes_the_site_everywhere(tmp_path: Path) -> None:
     path = init_federation(tmp_path, sites=4)
+    log = _rounds_logged(tmp_path / "sites" / "site-2.toml", rounds=1).read_bytes()
     change = revoke_site(tmp_path, "site-2")
+    assert not (tmp_path / "sites" / "site-2.audit.jsonl").exists()  # its history moves too
+    assert (tmp_path / "sites" / "revoked" / "site-2.audit.jsonl").read_bytes() == log
     federation = load_federation(path)
     assert [e.name for e in federation.roster.entries] == ["site-0", "site-1", "site-3"]
     assert federation.threshold == 3  # still valid for 3 sites: kept
