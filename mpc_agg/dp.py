@@ -131,8 +131,10 @@ class DpSettings:
             raise ValueError(f"clip_norm must be finite and > 0, got {self.clip_norm}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
-        if self.epsilon_budget is not None and not self.epsilon_budget > 0:
-            raise ValueError(f"epsilon_budget must be > 0, got {self.epsilon_budget}")
+        if self.epsilon_budget is not None and not (
+            math.isfinite(self.epsilon_budget) and self.epsilon_budget > 0
+        ):  # as federation.toml's [dp] epsilon: no budget is None, not inf
+            raise ValueError(f"epsilon_budget must be finite and > 0, got {self.epsilon_budget}")
         if not 0 < self.sampling_probability <= 1:
             raise ValueError(
                 f"sampling_probability must be in (0, 1], got {self.sampling_probability}"
@@ -455,8 +457,17 @@ def plan_round(
     )
     for bits in range(frac_bits, -1, -1):
         bound = example_sensitivity_bound if settings.unit is Unit.EXAMPLE else l2_sensitivity_bound
-        delta2 = bound(settings.clip_norm * (1 << bits), dimension)
-        variance = (settings.noise_multiplier * delta2) ** 2 / k
+        try:
+            delta2 = bound(settings.clip_norm * (1 << bits), dimension)
+            variance = (settings.noise_multiplier * delta2) ** 2 / k
+        except OverflowError:
+            variance = math.inf
+        if not (math.isfinite(variance) and variance > 0):  # 1e300, or 1e-300, in the config
+            raise EncodingError(
+                f"noise multiplier {settings.noise_multiplier:g} with clip_norm "
+                f"{settings.clip_norm:g} gives a noise variance of {variance:g} at frac_bits "
+                f"{bits}: outside what any sampler can draw (check [dp] in federation.toml)"
+            )
         if settings.mechanism is Mechanism.DISCRETE_GAUSSIAN:
             # The sampler's grid rounds σ² up by at most t ≈ σ: test what will be drawn.
             grid = math.isqrt(math.floor(variance)) + 1

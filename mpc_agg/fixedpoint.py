@@ -159,7 +159,7 @@ class FixedPointCodec:
         coordinate above ``max_abs_value`` (after optional clipping).
         """
         array = np.asarray(values)
-        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        if array.dtype.kind not in "fiu":  # not timedelta64, which numpy calls an integer
             raise EncodingError(f"cannot encode dtype {array.dtype}; expected floats")
         flat = np.ascontiguousarray(array).reshape(-1)
         if not np.isfinite(flat).all():

@@ -126,7 +126,7 @@ def _check_line(
     """
     try:
         entry = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
         return "not valid UTF-8 JSON"
     if not isinstance(entry, dict) or set(entry) not in (_FIELDS, _SIGNED_FIELDS):
         return "not an audit entry (expected exactly the keys prev, record, seq, time[, sig])"
@@ -177,7 +177,7 @@ def _rotated_from(line: bytes) -> VerifyKey | None:
         if not isinstance(previous, str) or not _HEX_DIGEST.fullmatch(previous):
             return None
         return VerifyKey(bytes.fromhex(previous))
-    except (UnicodeDecodeError, ValueError, AttributeError, MpcAggError):
+    except (UnicodeDecodeError, ValueError, AttributeError, RecursionError, MpcAggError):
         return None
 
 

@@ -11,8 +11,9 @@
                (``--task sum``: R rounds of sums, each checked against the plaintext sum)
 
 Exit codes: 0 success, 1 round aborted or audit log broken, 2 bad usage or configuration
-(a login the broker refuses included), 3 broker unreachable, 4 the round would exceed the
-federation's ε budget (nothing sent).
+(a login the broker refuses, or an output that cannot be written, included), 3 broker
+unreachable, 4 the round would exceed the federation's ε budget (nothing sent), 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import json
 import os
 import resource
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,7 +38,14 @@ from mpc_agg.dp import DpSettings, Mechanism, PrivacyBudgetExceededError, Unit
 from mpc_agg.errors import MpcAggError
 from peers.allocator import keep_freed_memory
 from peers.audit import AuditError, AuditLog, verify_audit_log
-from peers.config import PROTOCOLS, ConfigError, load_federation, load_signing_key, load_site
+from peers.config import (
+    PROTOCOLS,
+    ConfigError,
+    SiteConfig,
+    load_federation,
+    load_signing_key,
+    load_site,
+)
 from peers.demo import BROKERS, DemoError, run_demo, run_site
 from peers.init import broker_command, find_program, init_federation
 from peers.node import AggregateResult, PeerNode, RoundAbortedError
@@ -92,6 +101,9 @@ def _init(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad argument: one line, exit 2
         _err(f"init: {exc}")
         return 2
+    except OSError as exc:  # not a directory, not writable, …: nothing was left behind
+        _err(f"init: cannot create {args.directory}: {exc.strerror or exc}")
+        return 2
     federation = load_federation(path)
     root = Path(args.directory)
     if federation.protocol == "robust":
@@ -126,6 +138,10 @@ def _broker(args: argparse.Namespace) -> int:  # noqa: RET503 - execv does not r
     if find_program("mosquitto") is None:
         _err("mosquitto is not installed (e.g. `apt install mosquitto`)")
         return 2
+    conf = Path(args.directory) / "broker" / "mosquitto.conf"
+    if not conf.is_file():
+        _err(f"no broker configuration at {conf} (is {args.directory} made by mpc-agg init?)")
+        return 2
     command = broker_command(Path(args.directory))
     print(f"starting: {' '.join(command)}", flush=True)
     os.execv(command[0], command)  # noqa: S606 - the foreground broker replaces this process
@@ -136,29 +152,58 @@ def _broker(args: argparse.Namespace) -> int:  # noqa: RET503 - execv does not r
 
 def _aggregate(args: argparse.Namespace) -> int:
     site = load_site(args.config)
-    if args.round is not None and not 1 <= args.round < 2**64:  # SPEC §2.1; 0 is never run
-        _err(f"--round must be in [1, 2^64), got {args.round}")
+    # SPEC §2.1: 0 is never run, and an id must leave room for the next one
+    if args.round is not None and not 1 <= args.round < 2**64 - 1:
+        _err(f"--round must be in [1, 2^64 − 1) (a later round needs an id), got {args.round}")
         return 2
+    update = _read_update(args.input, site.federation.limits.max_vector_length)
+    if isinstance(update, str):
+        _err(f"cannot read {args.input}: {update}")
+        return 2
+    # Outputs are checked before the round, by creating them: a typo must not waste the
+    # other sites' round, and no output may land on one of the site's own files.
+    targets = {"--output": args.output, "--report": args.report}
+    problem = _output_problem(site, args.input, targets)
+    if problem:
+        _err(problem)
+        return 2
+    staged: dict[str, tuple[Path, Path]] = {}
     try:
-        update = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        _err(f"cannot read {args.input}: {exc}")
-        return 2
-    # Outputs are checked before the round: a typo must not waste the other sites' round.
-    for option, target in (("--output", args.output), ("--report", args.report)):
-        problem = _unwritable(target)
-        if problem:
-            _err(f"{option} {target}: {problem}")
+        for option, target in targets.items():
+            if target is not None:
+                try:
+                    staged[option] = (_stage_output(Path(target)), Path(target))
+                except OSError as exc:
+                    _err(f"{option} {target}: cannot be written: {exc.strerror or exc}")
+                    return 2
+        # handed over (PeerNode.aggregate keeps no reference once it has encoded it): the
+        # input is not in memory for the round (peak RSS at large d)
+        handover = [update]
+        del update
+        result = asyncio.run(
+            _one_round(site_path=args.config, handover=handover, round_id=args.round)
+        )
+        try:
+            temp, target = staged["--output"]
+            with temp.open("wb") as handle:  # exactly this path (np.save(str) adds .npy)
+                np.save(handle, result.total)
+                _sync(handle)
+            os.replace(temp, target)
+            if "--report" in staged:
+                temp, target = staged["--report"]
+                with temp.open("w") as text:
+                    text.write(json.dumps(_report(result), indent=2) + "\n")
+                    _sync(text)
+                os.replace(temp, target)
+        except OSError as exc:
+            _err(
+                f"round {result.round_id} finished (result digest {result.result_digest}) but "
+                f"its output could not be written: {exc}"
+            )
             return 2
-    # handed over (PeerNode.aggregate keeps no reference once it has encoded it): the
-    # input is not in memory for the round (peak RSS at large d)
-    handover = [update]
-    del update
-    result = asyncio.run(_one_round(site_path=args.config, handover=handover, round_id=args.round))
-    with open(args.output, "wb") as handle:  # exactly this path (np.save(str) adds .npy)
-        np.save(handle, result.total)
-    if args.report:
-        Path(args.report).write_text(json.dumps(_report(result), indent=2) + "\n")
+    finally:
+        for temp, _target in staged.values():
+            temp.unlink(missing_ok=True)
     print(
         f"{site.name}: round {result.round_id}: sum of {result.count} sites "
         f"({', '.join(result.included)}) written to {args.output}"
@@ -174,19 +219,76 @@ def _aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unwritable(target: str | None) -> str:
-    """Why ``target`` cannot be written (``""`` when it can, or when it is ``None``)."""
-    if target is None:
-        return ""
-    path = Path(target)
-    if path.is_dir():
-        return "is a directory"
-    parent = path.parent if str(path.parent) else Path()
-    if not parent.is_dir():
-        return f"directory {parent} does not exist"
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return "not writable"
+def _read_update(path: str, max_length: int) -> NDArray[Any] | str:
+    """The update in ``path`` (a .npy of floats or integers), or why it cannot be used.
+
+    The header is read first (memory-mapped, nothing loaded): a file whose header claims
+    more entries than the federation allows, or a dtype that is not numbers, is refused
+    before anything is allocated; pickles are never loaded.
+    """
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+        if magic != b"\x93NUMPY":
+            kind = "an .npz archive" if magic.startswith(b"PK") else "not a .npy file"
+            return f"{'the file is empty' if not magic else kind}: save one array with numpy.save"
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        return str(exc) or type(exc).__name__
+    if not isinstance(mapped, np.ndarray):  # unreachable after the magic check
+        return "not a single array: save one array with numpy.save"
+    if mapped.dtype.kind not in "fiu":
+        return f"dtype {mapped.dtype} is not floats or integers"
+    if not 1 <= mapped.size <= max_length:
+        return f"{mapped.size} entries; the federation allows 1..{max_length}"
+    try:
+        return np.array(mapped)
+    except (OSError, ValueError, MemoryError) as exc:
+        return str(exc) or type(exc).__name__
+
+
+def _output_problem(site: SiteConfig, source: str, targets: dict[str, str | None]) -> str:
+    """Why the ``--output``/``--report`` paths cannot be used (``""`` when they can)."""
+    own = {
+        "the site file": site.path,
+        "federation.toml": site.federation.path,
+        "the signing key": site.signing_key_file,
+        "the password file": site.password_file,
+        "the audit log": site.audit_log,
+        "the broker's CA": site.broker.ca_file,
+        "--input": Path(source),
+    }
+    seen: dict[Path, str] = {}
+    for option, target in targets.items():
+        if target is None:
+            continue
+        path = Path(target).absolute()
+        resolved = path.resolve()
+        for name, file in own.items():
+            if file is not None and file.absolute().resolve() == resolved:
+                return f"{option} {target} is {name}; refusing to overwrite it"
+        if resolved in seen:
+            return f"{option} and {seen[resolved]} are the same file, {target}"
+        seen[resolved] = option
+        if path.is_dir():
+            return f"{option} {target}: is a directory"
+        if path.exists() and not path.is_file():
+            return f"{option} {target}: exists and is not a regular file"
+        if not path.parent.is_dir():
+            return f"{option} {target}: directory {path.parent} does not exist"
     return ""
+
+
+def _stage_output(target: Path) -> Path:
+    """An empty file beside ``target``, renamed onto it once written (raises OSError)."""
+    fd, name = tempfile.mkstemp(dir=target.absolute().parent, prefix=f".{target.name}.")
+    os.close(fd)
+    return Path(name)
+
+
+def _sync(handle: IO[Any]) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 async def _one_round(
@@ -498,6 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MpcAggError as exc:
         _err(str(exc))
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the round (if any) is recorded as cancelled
+        _err("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import enum
 import math
 import os
 import re
+import ssl
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -272,6 +273,9 @@ class SiteConfig:
     broker: BrokerConfig
     audit_log: Path
     path: Path
+    signing_key_file: Path | None = None
+    """The key file (``None`` when built in code); a CLI output must never overwrite it."""
+    password_file: Path | None = None
 
 
 # --------------------------------------------------------------------------- reading
@@ -465,6 +469,12 @@ def _broker(table: _Table) -> BrokerConfig:
         ca_file = _relative(table.file, ca_value)
         if not ca_file.is_file():
             raise table.error("ca_file", f"file {os.path.normpath(ca_file)} not found")
+        try:  # what the transport will do: a file that is not a CA fails here, not mid-round
+            ssl.create_default_context(cafile=str(ca_file))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise table.error(
+                "ca_file", f"{os.path.normpath(ca_file)} holds no usable CA certificate ({exc})"
+            ) from None
     elif tls:
         # Explicit even for a public CA (point it at the system bundle): the transport
         # enables TLS from this file, so a missing one must not mean "no TLS".
@@ -809,12 +819,15 @@ def load_site(path: Path | str) -> SiteConfig:
             f"{name!r} (sites[{index}].verify_key) in {os.path.normpath(federation_path)}",
         )
     password = None
-    if password_value is not None:
-        password = _read_secret(site, "password_file", _relative(path, password_value))
+    password_file = None if password_value is None else _relative(path, password_value)
+    if password_file is not None:
+        password = _read_secret(site, "password_file", password_file)
         if not password:
             raise site.error("password_file", "the password file is empty")
     if not audit_log.parent.is_dir():
         raise site.error("audit_log", f"directory {os.path.normpath(audit_log.parent)} not found")
+    if audit_log.exists() and not audit_log.is_file():
+        raise site.error("audit_log", f"{os.path.normpath(audit_log)} is not a regular file")
     broker = replace(
         federation.broker,
         username=name if password is not None else None,
@@ -828,4 +841,6 @@ def load_site(path: Path | str) -> SiteConfig:
         broker=broker,
         audit_log=audit_log,
         path=path.absolute(),
+        signing_key_file=key_file,
+        password_file=password_file,
     )

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import math
 import random
 import secrets
 import signal
@@ -241,13 +242,20 @@ def site_failure(outputs: list[tuple[str, str]], processes: list[subprocess.Pope
 
 # --------------------------------------------------------------------------- entry
 
+#: The demo starts one process per site on this machine.
+MAX_DEMO_SITES = 64
+
 
 def run_demo(args: argparse.Namespace) -> int:
     """``mpc-agg demo``: validate, pick the broker, run the task. Raises :class:`DemoError`."""
-    if args.sites < 2:
-        raise DemoError("need --sites ≥ 2")
+    if not 2 <= args.sites <= MAX_DEMO_SITES:
+        raise DemoError(f"need --sites in [2, {MAX_DEMO_SITES}] (one process each, here)")
     if args.rounds is not None and args.rounds < 1:
         raise DemoError("need --rounds ≥ 1")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise DemoError("need --seed in [0, 2^32)")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise DemoError("need a --timeout > 0 (seconds)")
     threshold = args.threshold
     robust = getattr(args, "protocol", "secagg") == "robust"
     if robust:

@@ -34,6 +34,7 @@ on a command line (passwords are hashed with ``mosquitto_passwd -U`` on a 0600 f
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import getpass
 import hashlib
@@ -45,6 +46,7 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Final
 
@@ -139,9 +141,61 @@ def init_federation(
     federation_file = directory / "federation.toml"
     if federation_file.exists():
         raise ConfigError(federation_file, None, "already exists; refusing to overwrite")
+    list(_alt_names(broker_host))  # the certificate's name rules, before anything is written
+    created: list[Path] = []
+    token = _CREATED.set(created)
+    try:
+        return _init_files(
+            directory,
+            sites=sites,
+            protocol=protocol,
+            threshold=threshold,
+            broker_host=broker_host,
+            broker_port=broker_port,
+            fed_id=fed_id,
+            mqtt_version=mqtt_version,
+            max_norm=max_norm,
+            dp=dp,
+            max_abs_value=max_abs_value,
+            reduce_scatter=reduce_scatter,
+        )
+    except BaseException:
+        # A failed init leaves nothing behind (so it can simply be run again): what it
+        # created goes, newest first; files and folders that were there before stay.
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() else path.unlink()
+        raise
+    finally:
+        _CREATED.reset(token)
+
+
+#: The files and folders the running ``init_federation`` created (for its rollback).
+_CREATED: ContextVar[list[Path] | None] = ContextVar("_CREATED", default=None)
+
+
+def _init_files(
+    directory: Path,
+    *,
+    sites: int,
+    protocol: str,
+    threshold: int,
+    broker_host: str,
+    broker_port: int,
+    fed_id: str,
+    mqtt_version: str,
+    max_norm: float | None,
+    dp: DpSettings | None,
+    max_abs_value: float,
+    reduce_scatter: bool,
+) -> Path:
+    """The files of :func:`init_federation`, its arguments checked."""
+    federation_file = directory / "federation.toml"
     site_dir, broker_dir = directory / "sites", directory / "broker"
     for folder in (directory, site_dir, broker_dir):
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
+        _note_created(*reversed(missing))
 
     names = [f"site-{k}" for k in range(sites)]
     random_source = SystemRandomSource()
@@ -154,6 +208,9 @@ def init_federation(
         passwords[name] = secrets.token_urlsafe(24)
         _write(site_dir / f"{name}.password", passwords[name] + "\n", secret=True)
         _write(site_dir / f"{name}.toml", _site_toml(name))
+        # an empty audit log: from now on a missing one means a lost one (its round ids
+        # and privacy ledger), which PeerNode.from_config refuses to start without
+        _write(site_dir / f"{name}.audit.jsonl", "")
     passwords[ADMIN_USER] = secrets.token_urlsafe(24)
     _write(broker_dir / "admin.password", passwords[ADMIN_USER] + "\n", secret=True)
 
@@ -220,9 +277,16 @@ def broker_command(directory: Path) -> list[str]:
 # --------------------------------------------------------------------------- files
 
 
+def _note_created(*paths: Path) -> None:
+    created = _CREATED.get()
+    if created is not None:
+        created.extend(paths)
+
+
 def _write(path: Path, text: str, *, secret: bool = False) -> None:
     """Create ``path`` exclusively (never overwrite); secrets get mode 0600 from the start."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+    _note_created(path)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         if secret:
             os.fchmod(handle.fileno(), 0o600)

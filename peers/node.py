@@ -483,7 +483,17 @@ class PeerNode:
             )
         robust = federation.protocol == "robust"
         # Round ids are never reused (SPEC §2.1): continue after the last one this site
-        # recorded, across process restarts too.
+        # recorded, across process restarts too. A missing log is a lost one, not a new
+        # site's (init creates it empty): starting afresh would reuse round ids and forget
+        # the privacy already spent.
+        if not site.audit_log.is_file():
+            raise ConfigError(
+                site.path,
+                "audit_log",
+                f"{os.path.normpath(site.audit_log)} not found. It holds this site's round "
+                "ids and privacy ledger (mpc-agg init creates it empty): restore it; only "
+                "for a site that never ran a round, create an empty file",
+            )
         audit = AuditLog(site.audit_log, signing_key=site.signing_key)
         if transport is None:
             transport = site_transport(site)
@@ -728,6 +738,11 @@ class PeerNode:
 
     async def _aggregate(self, handover: list[ArrayLike], round_id: int | None) -> AggregateResult:
         round_id = self._last_round + 1 if round_id is None else round_id
+        if round_id >= 1 << 64:
+            raise ProtocolMisuseError(
+                f"round ids are exhausted: the last round was {self._last_round} and ids are "
+                "64-bit (SPEC §2.1)"
+            )
         if round_id <= self._last_round:
             raise ProtocolMisuseError(
                 f"round {round_id} is not after the last round {self._last_round}; "
@@ -775,8 +790,13 @@ class PeerNode:
             self._joined = True
             try:
                 await self.wait_for_peers(self.join_timeout)
-            except BaseException:
+            except BaseException as exc:
                 self._last_round = round_id  # recorded as started: never used again
+                if isinstance(exc, Exception):
+                    reason = f"{type(exc).__name__}: {exc}"
+                    self._record(round_id, plan, {"outcome": "failed", "reason": reason})
+                else:  # cancelled (a timeout, Ctrl-C) while waiting for the peers
+                    self._record(round_id, plan, {"outcome": "cancelled"})
                 raise
         state = _Round(
             round_id,

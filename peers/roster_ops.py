@@ -68,16 +68,58 @@ def _replace(path: Path, text: str, *, secret: bool = False) -> None:
     os.replace(_stage(path, text, secret=secret), path)
 
 
-def _replace_atomically(path: Path, text: str) -> FederationConfig:
-    """Stage ``text`` beside ``federation.toml``, check that it loads, then rename it."""
+#: What a roster change may change in ``federation.toml``; anything else changing is a bug.
+_ROSTER_FIELDS = frozenset({"roster", "threshold", "path"})
+
+
+def _replace_atomically(path: Path, text: str, before: FederationConfig) -> FederationConfig:
+    """Stage ``text`` beside ``federation.toml``, check it, then rename it into place.
+
+    The staged file must load and must equal ``before`` in everything but the roster and
+    the threshold (``[dp]``, ``[hygiene]``, deadlines, encoding, limits, broker, …): a
+    roster change that lost a table would otherwise switch off, say, the DP noise.
+    """
     staged = _stage(path, text)
     try:
-        load_federation(staged)
+        after = load_federation(staged)
+        changed = [
+            name
+            for name in FederationConfig.__dataclass_fields__
+            if name not in _ROSTER_FIELDS and getattr(after, name) != getattr(before, name)
+        ]
+        if changed:
+            raise ConfigError(
+                path, None, f"the roster change would also change {', '.join(changed)}; not done"
+            )
     except ConfigError:
         staged.unlink()
         raise
     os.replace(staged, path)
     return load_federation(path)
+
+
+def _without_site_block(path: Path, text: str, site: str) -> str:
+    """``text`` without the one ``[[sites]]`` table of ``site``.
+
+    The table runs from its header to the next table header (``[…]`` or ``[[…]]``) or the
+    end of the file: tables after it (an appended ``[dp]``) stay.
+    """
+    lines = text.splitlines(keepends=True)
+    headers = [i for i, line in enumerate(lines) if line.lstrip().startswith("[")]
+    name = re.compile(rf'^\s*name\s*=\s*"{re.escape(site)}"\s*$')
+    blocks = []
+    for k, start in enumerate(headers):
+        if lines[start].strip() != "[[sites]]":
+            continue
+        end = headers[k + 1] if k + 1 < len(headers) else len(lines)
+        if any(name.match(line) for line in lines[start:end]):
+            blocks.append((start, end))
+    if len(blocks) != 1:
+        raise ConfigError(path, "sites", f"cannot find {site}'s [[sites]] entry exactly once")
+    start, end = blocks[0]
+    while start > 0 and not lines[start - 1].strip():  # the blank line before it, too
+        start -= 1
+    return "".join(lines[:start] + lines[end:])
 
 
 def _passwd_without(passwd: Path, site: str) -> list[str]:
@@ -123,7 +165,7 @@ def rotate_site_key(directory: Path | str, site: str) -> RosterChange:
     _write_password_file(one, {site: new_password})
     hashed = one.read_text().strip()
     one.unlink()
-    updated = _replace_atomically(path, text.replace(old_key, key.public_bytes().hex()))
+    updated = _replace_atomically(path, text.replace(old_key, key.public_bytes().hex()), federation)
     os.replace(staged_key, sites_dir / f"{site}.key")
     _replace(sites_dir / f"{site}.password", new_password + "\n", secret=True)
     _replace(passwd, "\n".join([*others, hashed]) + "\n", secret=True)
@@ -170,11 +212,7 @@ def revoke_site(directory: Path | str, site: str) -> RosterChange:
         if count != 1:
             raise ConfigError(path, "federation.threshold", "cannot find it exactly once")
         detail += f"; threshold {threshold} → {new} (the old one is invalid for {len(names)})"
-    blocks = text.split("\n[[sites]]\n")
-    kept = [b for b in blocks[1:] if not re.search(rf'(?m)^name = "{re.escape(site)}"$', b)]
-    if len(kept) != len(blocks) - 2:
-        raise ConfigError(path, "sites", f"cannot find {site}'s [[sites]] entry exactly once")
-    updated = _replace_atomically(path, "\n[[sites]]\n".join([blocks[0], *kept]))
+    updated = _replace_atomically(path, _without_site_block(path, text, site), federation)
     passwd = directory / "broker" / "passwd"
     _replace(passwd, "\n".join(_passwd_without(passwd, site)) + "\n", secret=True)
     _replace(directory / "broker" / "acl", _acl(updated.id, names))

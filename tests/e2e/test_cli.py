@@ -82,7 +82,7 @@ def test_aggregate_checks_its_output_paths_before_the_round(tmp_path: Path) -> N
         )  # fmt: skip
         assert done.returncode == 2
         assert f"--output {output}: {message}" in done.stderr
-    assert not (tmp_path / "fed" / "sites" / "site-0.audit.jsonl").exists()  # no round began
+    assert (tmp_path / "fed" / "sites" / "site-0.audit.jsonl").read_bytes() == b""  # no round
 
 
 def test_init_robust_writes_the_protocol_threshold_and_max_norm(tmp_path: Path) -> None:

@@ -312,7 +312,18 @@ def test_the_cli_hands_its_loaded_input_over(
 ) -> None:
     source = tmp_path / "x.npy"
     np.save(source, np.arange(12, dtype=np.float32).reshape(3, 4))
-    monkeypatch.setattr(cli, "load_site", lambda _path: SimpleNamespace(name="site-0"))
+    site = SimpleNamespace(
+        name="site-0",
+        path=tmp_path / "site-0.toml",
+        federation=SimpleNamespace(
+            path=tmp_path / "federation.toml", limits=SimpleNamespace(max_vector_length=1000)
+        ),
+        signing_key_file=None,
+        password_file=None,
+        audit_log=tmp_path / "site-0.audit.jsonl",
+        broker=SimpleNamespace(ca_file=None),
+    )
+    monkeypatch.setattr(cli, "load_site", lambda _path: site)
     monkeypatch.setattr(cli, "PeerNode", _StandInNode)
     monkeypatch.setattr(_StandInNode, "freed_in_round", None)
     args = argparse.Namespace(

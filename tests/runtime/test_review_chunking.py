@@ -172,6 +172,7 @@ def test_review_a_large_federation_reassembles_every_peers_interleaved_message(
         audit_log=tmp_path / "site-0.audit.jsonl",
         path=tmp_path / "site-0.toml",
     )
+    site.audit_log.touch()  # as init creates it
     node = PeerNode.from_config(site)
     reassembler = node._transport._reassembler  # type: ignore[attr-defined]
     assert isinstance(reassembler, Reassembler)

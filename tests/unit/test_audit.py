@@ -489,3 +489,13 @@ def test_rotation_needs_a_signed_log_and_a_new_key_and_is_not_an_ordinary_record
     with pytest.raises(AuditError, match="rotate_key"):
         log.append({"audit": "signing-key-rotated", "previous_key": "00" * 32})
     assert log.lines == 0
+
+
+def test_a_deeply_nested_line_is_reported_not_a_crash(log_path: Path) -> None:
+    with log_path.open("ab") as handle:
+        handle.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    report = verify_audit_log(log_path)
+    assert not report.ok
+    assert report.line_number == N_LINES + 1
+    assert report.problem is not None
+    assert "not valid UTF-8 JSON" in report.problem

@@ -32,7 +32,7 @@ def test_layout_and_parameters(generated: Path) -> None:
     files = {p.relative_to(generated).as_posix() for p in generated.rglob("*") if p.is_file()}
     expected = {"federation.toml"}
     for k in range(4):
-        expected |= {f"sites/site-{k}.{ext}" for ext in ("toml", "key", "password")}
+        expected |= {f"sites/site-{k}.{ext}" for ext in ("toml", "key", "password", "audit.jsonl")}
     expected |= {
         f"broker/{name}"
         for name in (

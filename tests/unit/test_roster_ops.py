@@ -136,6 +136,7 @@ def test_a_broken_audit_log_stops_the_rotation_before_anything_changes(tmp_path:
 
 def test_without_the_sites_log_here_the_rotation_says_how_to_record_it(tmp_path: Path) -> None:
     init_federation(tmp_path, sites=3)
+    (tmp_path / "sites" / "site-2.audit.jsonl").unlink()  # the log lives at the site
     change = rotate_site_key(tmp_path, "site-2")
     assert "no audit log of site-2" in change.detail
     assert "mpc-agg audit rotate" in change.detail
@@ -154,8 +155,9 @@ def test_audit_rotate_records_the_rotation_at_a_site_that_keeps_its_log(
     old_key_file.write_bytes((tmp_path / "sites" / "site-1.key").read_bytes())
     old_key_file.chmod(0o600)
     old_key = load_site(site).signing_key
-    rotate_site_key(tmp_path, "site-1")
     log_path = load_site(site).audit_log
+    log_path.unlink()  # not in the operator's copy: at the site
+    rotate_site_key(tmp_path, "site-1")
     log = AuditLog(log_path, signing_key=old_key)  # the site's rounds, before it heard
     log.append({"federation": "x", "round": 1})
     with pytest.raises(AuditError, match="mpc-agg audit rotate"):
@@ -182,3 +184,60 @@ def test_audit_rotate_records_the_rotation_at_a_site_that_keeps_its_log(
     log_path.write_bytes(before)
     assert cli_main([*args, str(tmp_path / "bad.key")]) == 2
     assert "64 hex characters" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("site", ["site-2", "site-0"])
+def test_revoking_keeps_the_tables_after_the_sites_block(tmp_path: Path, site: str) -> None:
+    # init writes [[sites]] last, so an operator's appended [dp] or [hygiene] follows the
+    # last site's block: revoking that site must not take them with it (DP off, silently).
+    path = init_federation(tmp_path, sites=3)
+    with path.open("a") as toml:
+        toml.write(
+            "\n[dp]\nnoise_multiplier = 1.0\nclip_norm = 1.0\ndelta = 1e-5\nepsilon = 10.0\n"
+            "\n[hygiene]\npad_frames = true\n"
+        )
+    before = load_federation(path)
+    assert before.dp is not None
+    revoke_site(tmp_path, site)
+    after = load_federation(path)
+    assert [e.name for e in after.roster.entries] == [
+        e.name for e in before.roster.entries if e.name != site
+    ]
+    assert after.dp == before.dp
+    assert after.hygiene == before.hygiene
+
+
+def test_a_roster_change_that_would_change_anything_else_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the safety net under the text surgery: the new file must equal the old one but for
+    # the roster and the threshold, or federation.toml is left as it was
+    path = init_federation(tmp_path, sites=3)
+    text = path.read_text()
+    monkeypatch.setattr(
+        "peers.roster_ops._without_site_block",
+        lambda _path, t, _site: t.replace(
+            "\n[[sites]]", "\n[hygiene]\nshuffle = true\n\n[[sites]]", 1
+        ),
+    )
+    with pytest.raises(ConfigError, match="would also change hygiene; not done"):
+        revoke_site(tmp_path, "site-1")
+    assert path.read_text() == text
+    assert not path.with_name("federation.toml.new").exists()
+
+
+def test_init_creates_every_sites_audit_log_empty(tmp_path: Path) -> None:
+    init_federation(tmp_path, sites=3)
+    for k in range(3):
+        log = tmp_path / "sites" / f"site-{k}.audit.jsonl"
+        assert log.read_bytes() == b""
+        assert verify_audit_log(log).ok
+
+
+def test_a_rotation_before_any_round_starts_the_log_with_it(tmp_path: Path) -> None:
+    init_federation(tmp_path, sites=3)
+    change = rotate_site_key(tmp_path, "site-0")
+    assert "(line 1)" in change.detail
+    log_path = tmp_path / "sites" / "site-0.audit.jsonl"
+    roster_key = load_federation(tmp_path / "federation.toml").roster.verify_key(0)
+    assert verify_audit_log(log_path, verify_key=roster_key).lines == 1
