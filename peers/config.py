@@ -29,6 +29,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import os
 import re
@@ -407,9 +408,18 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+#: A federation.toml of 1024 sites is about 150 kB; anything far larger is not one.
+_MAX_CONFIG_FILE = 1 << 22
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):  # /dev/zero would be read forever
+                raise ConfigError(path, None, "is not a regular file")
+            if info.st_size > _MAX_CONFIG_FILE:
+                raise ConfigError(path, None, f"is larger than {_MAX_CONFIG_FILE} bytes")
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found") from None
@@ -455,10 +465,31 @@ def _read_secret(table: _Table, name: str, path: Path) -> str:
 # --------------------------------------------------------------------------- federation
 
 
+def host_problem(host: str) -> str:
+    """Why ``host`` is not a host name or IP address a client can connect to (``""`` if it is).
+
+    Printable, no spaces, quotes or ``#`` (``mosquitto.conf`` syntax), and IDNA-encodable
+    (labels of 1..63 characters, 253 in all).
+    """
+    if not host or not host.isprintable() or any(c.isspace() or c in "\"'#" for c in host):
+        return f"must be a host name or IP address, got {host!r}"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            encoded = host.encode("idna")
+        except UnicodeError as exc:
+            return f"is not a valid host name ({exc}): {host!r}"
+        if len(encoded) > 253:
+            return f"is longer than 253 characters: {host[:40]!r}…"
+    return ""
+
+
 def _broker(table: _Table) -> BrokerConfig:
     host = table.string("host")
-    if any(c.isspace() for c in host):
-        raise table.error("host", f"must be a host name or IP address, got {host!r}")
+    problem = host_problem(host)
+    if problem:
+        raise table.error("host", problem)
     port = table.integer("port", low=1, high=65535)
     tls = table.boolean("tls", default=True)
     ca_value = table.optional_string("ca_file")

@@ -65,6 +65,7 @@ from peers.config import (
     ConfigError,
     Deadlines,
     deadline_keys,
+    host_problem,
     load_federation,
 )
 from peers.transport import PREFIX, PRESENCE
@@ -127,8 +128,9 @@ def init_federation(
         )
     if not 1 <= broker_port <= 65535:
         raise ValueError(f"broker_port must be in [1, 65535], got {broker_port}")
-    if not broker_host or any(c.isspace() for c in broker_host):
-        raise ValueError(f"broker_host must be a host name or IP address, got {broker_host!r}")
+    problem = host_problem(broker_host)
+    if problem:
+        raise ValueError(f"broker_host {problem}")
     if mqtt_version not in MQTT_VERSIONS:
         raise ValueError(f"mqtt_version must be one of {', '.join(MQTT_VERSIONS)}")
     fed_id = federation_id if federation_id is not None else f"fed-{secrets.token_hex(4)}"

@@ -351,24 +351,31 @@ class MqttTransport:
     ) -> None:
         """Keep up to ``window`` frames in flight instead of waiting for each PUBACK."""
         in_flight: set[asyncio.Future[None]] = set()
+        unchecked: set[asyncio.Future[None]] = set()  # finished, result not yet taken
         try:
             frames = split(
                 payload, chunk_size=self.chunk_size, message_id=message_id, pad=self.pad_frames
             )
             for frame in frames:
                 if len(in_flight) >= self.window:
-                    done, in_flight = await asyncio.wait(
+                    unchecked, in_flight = await asyncio.wait(
                         in_flight, return_when=asyncio.FIRST_COMPLETED
                     )
-                    for task in done:
-                        task.result()
+                    while unchecked:
+                        unchecked.pop().result()
                 in_flight.add(asyncio.ensure_future(client.publish(topic, frame, qos=1)))
                 self.bytes_out += len(frame)
             for task in asyncio.as_completed(in_flight):
                 await task
         finally:
-            for task in in_flight:
-                task.cancel()
+            # The first failure propagates; the others (a broker gone away fails every
+            # frame in flight) are taken here, not reported by asyncio as never retrieved.
+            for task in in_flight | unchecked:
+                if task.done():
+                    if not task.cancelled():
+                        task.exception()
+                else:
+                    task.cancel()
 
     async def subscribe(self, topic_filter: str, *more: str) -> None:
         """Subscribe with QoS 1 (kept across reconnections); then announce presence.

@@ -337,6 +337,8 @@ class _Round:
     received_bytes: Counter[int | None] = field(default_factory=Counter)
     flooding: set[int | None] = field(default_factory=set)
     shuffled: list[tuple[int | None, bytes | memoryview]] = field(default_factory=list)
+    # the first context mismatch (protocol, ring, length, data path, roster), for the abort
+    mismatch: str | None = None
     # the encoded update until the machine has taken its own copy (then freed: d = 10^8)
     update: NDArray[np.uint64] | None = None
     # publications in flight: started in the machine's order, awaited together, so a phase
@@ -539,8 +541,8 @@ class PeerNode:
         while True:
             online = others & self._live.keys()
             remaining = give_up - loop.time()
-            if online == others or remaining <= 0:
-                return online
+            if online == others or remaining <= 0 or self._reader_error is not None:
+                return online  # (a dead transport: the round reports it at once)
             self._presence_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._presence_changed.wait(), remaining)
@@ -604,6 +606,7 @@ class PeerNode:
             self._reader_error = exc
         else:
             self._reader_error = TransportError("the transport stopped delivering messages")
+        self._presence_changed.set()  # a wait for the peers ends now, not at its timeout
         if self._current is not None:
             self._current.inbox.put_nowait((None, b""))
 
@@ -1185,6 +1188,8 @@ class PeerNode:
                 state.deadline_phase = phase
         elif isinstance(effect, MessageIgnored):
             _note_ignored(ignored, effect.reason)
+            if state.mismatch is None and effect.reason.startswith("not for this federation"):
+                state.mismatch = printable(effect.reason.partition(": ")[2], 160)
             log.debug(
                 "round %d: ignored a message from %s: %s",
                 state.round_id,
@@ -1203,6 +1208,11 @@ class PeerNode:
             if ignored:
                 detail = "; ignored messages: " + ", ".join(
                     f"{reason} ×{count}" for reason, count in ignored.most_common(3)
+                )
+            if state.mismatch is not None:
+                detail += (
+                    f"; e.g. {state.mismatch} (the sites' round parameters differ: update "
+                    "length, ring, data path or roster)"
                 )
             detail += self._drift_hint(state)
             raise RoundAbortedError(

@@ -197,6 +197,9 @@ def revoke_site(directory: Path | str, site: str) -> RosterChange:
     """
     directory = Path(directory)
     path, federation = _load(directory, site)
+    revoked = directory / "sites" / "revoked"
+    if revoked.exists() and not revoked.is_dir():  # checked before anything changes
+        raise ValueError(f"{revoked} exists and is not a directory")
     names = [e.name for e in federation.roster.entries if e.name != site]
     robust = federation.protocol == "robust"
     minimum = 3 if robust else 2

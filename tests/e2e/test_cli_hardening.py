@@ -7,6 +7,7 @@ a clear one-line error and an exit code, never a traceback, and nothing of the s
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from peers.config import ConfigError, load_site
 from peers.init import find_program, init_federation
 from peers.memory import MemoryBroker, MemoryTransport
 from peers.node import AggregateResult, PeerNode
+from peers.roster_ops import revoke_site
 
 ERROR = 2
 
@@ -322,3 +324,36 @@ def test_demo_arguments_out_of_range_are_one_line(
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: None)
     assert cli.main(["demo", "--out", str(tmp_path / "o"), *extra]) == ERROR
     assert message in capsys.readouterr().err
+
+
+def test_a_config_that_is_a_device_is_refused_not_read_forever(
+    fed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        cli.main(["aggregate", "--config", "/dev/zero", "--input", "x.npy", "--output", "s.npy"])
+        == ERROR
+    )
+    assert "/dev/zero: is not a regular file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "host", ["a\x00b", "a" * 64 + ".example", 'x"y', "h#comment", "\x01", "a b", ""]
+)
+def test_broker_hosts_a_client_cannot_use_are_refused(
+    fed: Path, capsys: pytest.CaptureFixture[str], host: str
+) -> None:
+    toml = fed / "federation.toml"
+    text = toml.read_text()
+    toml.write_text(text.replace('host = "127.0.0.1"', f"host = {json.dumps(host)}", 1))
+    with pytest.raises(ConfigError, match=r"broker\.host: "):
+        load_site(fed / "sites" / "site-0.toml")
+    with pytest.raises(ValueError, match="broker_host "):
+        init_federation(fed.parent / "other", sites=3, broker_host=host or " ")
+
+
+def test_revoke_refuses_before_changing_anything_when_revoked_is_a_file(fed: Path) -> None:
+    (fed / "sites" / "revoked").write_text("not a folder")
+    before = {p: p.read_bytes() for p in fed.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        revoke_site(fed, "site-1")
+    assert {p: p.read_bytes() for p in fed.rglob("*") if p.is_file()} == before

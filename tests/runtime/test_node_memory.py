@@ -270,3 +270,15 @@ async def test_an_abort_of_sites_in_the_same_round_does_not_blame_round_ids() ->
     for result in results:
         assert isinstance(result, RoundAbortedError)
         assert "round ids differ" not in str(result)
+
+
+@pytest.mark.asyncio
+async def test_sites_with_different_update_lengths_are_told_why_the_round_aborts() -> None:
+    rng = np.random.default_rng(11)
+    async with running_nodes(3, _memory(MemoryBroker()), threshold=3, deadline=0.6) as nodes:
+        shapes = [(6,), (10,), (10,)]
+        results = await run_round(nodes, [on_grid(rng, shape) for shape in shapes])
+    for result in results:
+        assert isinstance(result, RoundAbortedError)
+        assert "the sites' round parameters differ: update length" in str(result)
+    assert "e.g. protocol 'secagg/4 b32 L6' is not 'secagg/4 b32 L10'" in str(results[1])

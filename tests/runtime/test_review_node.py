@@ -208,3 +208,29 @@ async def test_review_presence_is_kept_for_roster_sites_only() -> None:
         await intruder.publish(presence_topic("fed-test", "site-1"), b"online")
         await asyncio.sleep(0.01)
         assert set(nodes[0].presence) == {"site-1"}
+
+
+class _DyingReader(MemoryTransport):
+    """Its message stream fails after a while (the broker went away during the join wait)."""
+
+    def messages(self) -> AsyncIterator[Delivery]:
+        return self
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        await asyncio.sleep(0.2)
+        raise TransportError("cannot connect to the MQTT broker within 60s")
+
+
+@pytest.mark.asyncio
+async def test_a_transport_that_dies_during_the_join_wait_ends_it_at_once() -> None:
+    # Before, the wait for the other sites ran to its own timeout (here 30 s) after the
+    # transport had given up; now the round fails as soon as the reader does.
+    loop = asyncio.get_running_loop()
+    async with _node(_DyingReader(MemoryBroker()), join=30.0) as node:
+        started = loop.time()
+        with pytest.raises(TransportError, match="cannot connect"):
+            await asyncio.wait_for(node.aggregate(np.zeros(4)), 10)
+        assert loop.time() - started < 5
