@@ -132,7 +132,7 @@ def _check_line(
         return "not an audit entry (expected exactly the keys prev, record, seq, time[, sig])"
     try:
         canonical = _canonical(entry)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "not canonical JSON"
     if canonical != line:
         return "not in canonical form (changed after it was written)"

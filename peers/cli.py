@@ -233,7 +233,7 @@ def _read_update(path: str, max_length: int) -> NDArray[Any] | str:
             kind = "an .npz archive" if magic.startswith(b"PK") else "not a .npy file"
             return f"{'the file is empty' if not magic else kind}: save one array with numpy.save"
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, OverflowError) as exc:
         return str(exc) or type(exc).__name__
     if not isinstance(mapped, np.ndarray):  # unreachable after the magic check
         return "not a single array: save one array with numpy.save"
@@ -264,19 +264,25 @@ def _output_problem(site: SiteConfig, source: str, targets: dict[str, str | None
         if target is None:
             continue
         path = Path(target).absolute()
-        resolved = path.resolve()
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long, …
+            return f"{option} {target}: {exc}"
         for name, file in own.items():
             if file is not None and file.absolute().resolve() == resolved:
                 return f"{option} {target} is {name}; refusing to overwrite it"
         if resolved in seen:
             return f"{option} and {seen[resolved]} are the same file, {target}"
         seen[resolved] = option
-        if path.is_dir():
-            return f"{option} {target}: is a directory"
-        if path.exists() and not path.is_file():
-            return f"{option} {target}: exists and is not a regular file"
-        if not path.parent.is_dir():
-            return f"{option} {target}: directory {path.parent} does not exist"
+        try:
+            if path.is_dir():
+                return f"{option} {target}: is a directory"
+            if path.exists() and not path.is_file():
+                return f"{option} {target}: exists and is not a regular file"
+            if not path.parent.is_dir():
+                return f"{option} {target}: directory {path.parent} does not exist"
+        except OSError as exc:  # a name too long, …
+            return f"{option} {target}: {exc.strerror or exc}"
     return ""
 
 

@@ -220,6 +220,10 @@ def _note_ignored(ignored: Counter[str], reason: str, count: int = 1) -> None:
     ignored[key] += count
 
 
+#: The largest round-id difference the abort message quotes as a drift between sites.
+_DRIFT_WINDOW = 1000
+
+
 class RoundAbortedError(MpcAggError):
     """The round ended without a result; ``reason`` says why in one line."""
 
@@ -682,8 +686,13 @@ class PeerNode:
         a site that ran a round the others did not (alone, or while they were down) is
         ahead of them from then on, and every round aborts until they agree again.
         """
+        # The round id is read from the topic, before any signature: a forged one far away
+        # must not make the hint suggest burning the 64-bit round ids (a drift is a few
+        # rounds; beyond the window, the ids are not quoted).
         drifted = {
-            site: other for site, other in self._latest_round.items() if other != state.round_id
+            site: other
+            for site, other in self._latest_round.items()
+            if other != state.round_id and abs(other - state.round_id) <= _DRIFT_WINDOW
         }
         if not drifted:
             return ""

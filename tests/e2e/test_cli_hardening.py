@@ -357,3 +357,27 @@ def test_revoke_refuses_before_changing_anything_when_revoked_is_a_file(fed: Pat
     with pytest.raises(ValueError, match="exists and is not a directory"):
         revoke_site(fed, "site-1")
     assert {p: p.read_bytes() for p in fed.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("kind", ["loop", "long"])
+def test_output_paths_that_cannot_be_resolved_are_one_line(
+    fed: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    if kind == "loop":
+        (fed.parent / "loop1").symlink_to("loop2")
+        (fed.parent / "loop2").symlink_to("loop1")
+        output = "loop1/sum.npy"
+    else:
+        output = "x" * 300 + ".npy"
+    assert cli.main(_aggregate(output=output)) == ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"mpc-agg: --output {output}")
+    assert "Traceback" not in err
+
+
+def test_a_header_with_an_impossible_shape_is_one_line(
+    fed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (fed.parent / "x.npy").write_bytes(_npy_claiming(2**63))
+    assert cli.main(_aggregate()) == ERROR
+    assert capsys.readouterr().err.startswith("mpc-agg: cannot read x.npy: ")

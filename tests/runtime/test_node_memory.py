@@ -11,7 +11,7 @@ import pytest
 from mpc_agg.errors import EncodingError, ProtocolMisuseError
 from peers.memory import MemoryBroker, MemoryFaults, MemoryTransport
 from peers.node import AggregateResult, RoundAbortedError
-from peers.transport import Transport
+from peers.transport import Transport, message_topic
 from protocols.common import Roster, RosterEntry
 from protocols.harness import make_roster
 from tests.runtime.nodes import background_peers, on_grid, run_round, running_nodes
@@ -282,3 +282,24 @@ async def test_sites_with_different_update_lengths_are_told_why_the_round_aborts
         assert isinstance(result, RoundAbortedError)
         assert "the sites' round parameters differ: update length" in str(result)
     assert "e.g. protocol 'secagg/4 b32 L6' is not 'secagg/4 b32 L10'" in str(results[1])
+
+
+@pytest.mark.asyncio
+async def test_a_forged_far_round_id_is_never_suggested() -> None:
+    # The round id in a topic is read before any signature: one junk message claiming a
+    # round near 2^64 must not make the abort suggest it (following the advice would use
+    # up the site's round ids for good). Nearby drifts are still quoted.
+    broker = MemoryBroker()
+    rng = np.random.default_rng(12)
+    async with running_nodes(3, _memory(broker), threshold=3, deadline=0.4) as nodes:
+        junk = MemoryTransport(broker, name="junk")
+        async with junk:
+            await junk.publish(message_topic("fed-test", 2**64 - 3, "site-2"), b"junk")
+            await junk.publish(message_topic("fed-test", 3, "site-1"), b"junk")
+            with pytest.raises(RoundAbortedError) as caught:
+                await nodes[0].aggregate(on_grid(rng, (5,)))
+    message = str(caught.value)
+    assert str(2**64 - 3) not in message
+    assert str(2**64 - 2) not in message
+    assert "site-1 (round 3)" in message
+    assert "`--round 4`" in message

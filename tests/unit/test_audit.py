@@ -499,3 +499,15 @@ def test_a_deeply_nested_line_is_reported_not_a_crash(log_path: Path) -> None:
     assert report.line_number == N_LINES + 1
     assert report.problem is not None
     assert "not valid UTF-8 JSON" in report.problem
+
+
+@pytest.mark.parametrize("depth", [985, 990, 995])
+def test_a_line_nested_just_below_the_parser_limit_is_reported(log_path: Path, depth: int) -> None:
+    # json.loads takes it, the canonical re-encoding does not: still a report, not a crash
+    record = "[" * depth + "]" * depth
+    line = '{"prev":"' + "0" * 64 + '","record":' + '{"x":' + record + '},"seq":7,"time":"x"}'
+    with log_path.open("ab") as handle:
+        handle.write(line.encode() + b"\n")
+    report = verify_audit_log(log_path)
+    assert not report.ok
+    assert report.line_number == N_LINES + 1

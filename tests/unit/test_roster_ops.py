@@ -9,6 +9,7 @@ import pytest
 from mpc_agg.crypto import VerifyKey
 from mpc_agg.envelope import BROADCAST, EnvelopeContext, authenticate, parse_envelope, seal_envelope
 from mpc_agg.errors import SignatureError
+from peers import roster_ops
 from peers.audit import AuditError, AuditLog, verify_audit_log
 from peers.cli import main as cli_main
 from peers.config import ConfigError, load_federation, load_site
@@ -138,7 +139,7 @@ def test_without_the_sites_log_here_the_rotation_says_how_to_record_it(tmp_path:
     init_federation(tmp_path, sites=3)
     (tmp_path / "sites" / "site-2.audit.jsonl").unlink()  # the log lives at the site
     change = rotate_site_key(tmp_path, "site-2")
-    assert "no audit log of site-2" in change.detail
+    assert "no rounds in an audit log of site-2" in change.detail
     assert "mpc-agg audit rotate" in change.detail
     assert not (tmp_path / "sites" / "site-2.key.previous").exists()
 
@@ -214,9 +215,11 @@ def test_a_roster_change_that_would_change_anything_else_is_refused(
     # the roster and the threshold, or federation.toml is left as it was
     path = init_federation(tmp_path, sites=3)
     text = path.read_text()
+    cut = roster_ops._without_site_block
     monkeypatch.setattr(
-        "peers.roster_ops._without_site_block",
-        lambda _path, t, _site: t.replace(
+        roster_ops,
+        "_without_site_block",
+        lambda p, t, site: cut(p, t, site).replace(
             "\n[[sites]]", "\n[hygiene]\nshuffle = true\n\n[[sites]]", 1
         ),
     )
@@ -234,10 +237,100 @@ def test_init_creates_every_sites_audit_log_empty(tmp_path: Path) -> None:
         assert verify_audit_log(log).ok
 
 
-def test_a_rotation_before_any_round_starts_the_log_with_it(tmp_path: Path) -> None:
+def test_a_rotation_before_any_round_leaves_the_empty_log_and_says_so(tmp_path: Path) -> None:
+    # An empty log here may be init's copy of a site that keeps its own log elsewhere:
+    # nothing is recorded in it (the site's real log would never be), and the operator
+    # is told how the site records the rotation.
     init_federation(tmp_path, sites=3)
     change = rotate_site_key(tmp_path, "site-0")
-    assert "(line 1)" in change.detail
+    assert "no rounds in an audit log of site-0" in change.detail
     log_path = tmp_path / "sites" / "site-0.audit.jsonl"
-    roster_key = load_federation(tmp_path / "federation.toml").roster.verify_key(0)
-    assert verify_audit_log(log_path, verify_key=roster_key).lines == 1
+    assert log_path.read_bytes() == b""
+    assert not (tmp_path / "sites" / "site-0.key.previous").exists()
+    load_site(tmp_path / "sites" / "site-0.toml")  # the new key, and the (empty) log, load
+
+
+def _files(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_revoke_never_removes_another_site_than_asked(tmp_path: Path) -> None:
+    # A comment in site-2's entry holds U+2028 (a line break to str.splitlines, not to
+    # TOML) before a name line of site-1, and site-1's own name line has a comment: the
+    # text surgery must not take site-2 out instead (refused, nothing changed).
+    path = init_federation(tmp_path, sites=3)
+    text = path.read_text()
+    text = text.replace('name = "site-1"', 'name = "site-1" # the lab', 1)
+    text = text.replace('name = "site-2"', 'name = "site-2"\n# moved\u2028name = "site-1"', 1)
+    path.write_text(text)
+    before = _files(tmp_path)
+    with pytest.raises(ConfigError):
+        revoke_site(tmp_path, "site-1")
+    assert _files(tmp_path) == before
+
+
+def test_rotate_changes_nothing_when_only_a_comment_would_change(tmp_path: Path) -> None:
+    # The roster key in upper-case hex and the lower-case key in a comment: replacing the
+    # comment is not a rotation; refused, no key file replaced or left behind.
+    path = init_federation(tmp_path, sites=3)
+    federation = load_federation(path)
+    key = federation.roster.entries[1].verify_key.hex()
+    text = path.read_text().replace(key, key.upper(), 1) + f"\n# site-1 was {key}\n"
+    path.write_text(text)
+    site = tmp_path / "sites" / "site-1.toml"
+    _rounds_logged(site, rounds=1)
+    before = _files(tmp_path)
+    with pytest.raises(ConfigError, match="not the intended one"):
+        rotate_site_key(tmp_path, "site-1")
+    assert _files(tmp_path) == before
+
+
+def test_a_failed_rotation_leaves_no_key_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    init_federation(tmp_path, sites=3)
+    _rounds_logged(tmp_path / "sites" / "site-1.toml", rounds=1)
+    before = _files(tmp_path)
+
+    def fails(*_: object) -> None:
+        raise ConfigError(tmp_path / "broker" / "passwd", None, "mosquitto_passwd -U failed")
+
+    monkeypatch.setattr(roster_ops, "_write_password_file", fails)
+    with pytest.raises(ConfigError, match="mosquitto_passwd"):
+        rotate_site_key(tmp_path, "site-1")
+    assert _files(tmp_path) == before
+
+
+def test_a_log_that_grew_during_the_rotation_is_reported_with_the_way_to_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The roster has changed by then: the rotation is not undone, the operator is told
+    # how to record it, and the old key is kept for that.
+    init_federation(tmp_path, sites=3)
+    site = tmp_path / "sites" / "site-1.toml"
+    _rounds_logged(site, rounds=1)
+
+    def grown(self: AuditLog, _key: object) -> str:
+        raise AuditError(f"{self.path}: changed by someone else since it was opened")
+
+    monkeypatch.setattr(AuditLog, "rotate_key", grown)
+    change = rotate_site_key(tmp_path, "site-1")
+    previous = tmp_path / "sites" / "site-1.key.previous"
+    assert "the rotation could NOT be recorded" in change.detail
+    assert f"mpc-agg audit rotate --config {site} --previous-key {previous}" in change.detail
+    assert previous.is_file()
+
+
+def test_revoking_a_second_site_of_the_same_name_keeps_the_first_ones_files(
+    tmp_path: Path,
+) -> None:
+    # an earlier site-1 was revoked (its files are in sites/revoked): revoking the current
+    # site-1 must not overwrite its audit trail and key; refused before anything changes
+    init_federation(tmp_path, sites=4)
+    revoked = tmp_path / "sites" / "revoked"
+    revoked.mkdir()
+    (revoked / "site-1.audit.jsonl").write_text("the earlier site-1's history\n")
+    before = _files(tmp_path)
+    with pytest.raises(ValueError, match=r"already holds site-1\.audit\.jsonl of an earlier"):
+        revoke_site(tmp_path, "site-1")
+    assert _files(tmp_path) == before
