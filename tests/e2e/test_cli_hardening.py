@@ -28,9 +28,13 @@ from peers.roster_ops import revoke_site
 ERROR = 2
 
 
+@pytest.fixture(autouse=True)
+def _pytests_heap_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: None)  # cli.main runs in process
+
+
 @pytest.fixture
 def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: None)  # not in pytest's heap
     init_federation(tmp_path / "fed", sites=3, broker_port=1)  # no broker: nothing connects
     np.save(tmp_path / "x.npy", np.full(10, 0.25))
     monkeypatch.chdir(tmp_path)
@@ -243,11 +247,9 @@ def test_a_log_left_by_init_is_used_and_verifies(fed: Path) -> None:
 def test_a_failed_init_leaves_nothing_and_can_be_run_again(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
     extra: tuple[str, ...],
     message: str,
 ) -> None:
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: None)
     target = tmp_path / "fed"
     assert cli.main(["init", str(target), "--sites", "3", *extra]) == ERROR
     assert message in capsys.readouterr().err
@@ -257,9 +259,9 @@ def test_a_failed_init_leaves_nothing_and_can_be_run_again(
 
 
 def test_init_into_a_file_or_an_unwritable_place_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: None)
     (tmp_path / "afile").write_text("x")
     for target in (tmp_path / "afile", tmp_path / "afile" / "sub", Path("/proc/mpc-agg-x")):
         assert cli.main(["init", str(target), "--sites", "3"]) == ERROR
@@ -296,9 +298,9 @@ def test_dp_settings_no_sampler_can_meet_are_a_one_line_error(
 
 
 def test_broker_for_a_folder_without_a_federation_is_a_usage_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: None)
     if find_program("mosquitto") is None:
         pytest.fail("mosquitto must be installed on this machine kind")
     assert cli.main(["broker", str(tmp_path / "nowhere")]) == ERROR
@@ -317,11 +319,9 @@ def test_broker_for_a_folder_without_a_federation_is_a_usage_error(
 def test_demo_arguments_out_of_range_are_one_line(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
     extra: tuple[str, ...],
     message: str,
 ) -> None:
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: None)
     assert cli.main(["demo", "--out", str(tmp_path / "o"), *extra]) == ERROR
     assert message in capsys.readouterr().err
 
