@@ -214,6 +214,16 @@ def _key_schedule(
     return keys
 
 
+def _signer(key: VerifyKey | _Unverifiable | None) -> VerifyKey | None:
+    """The key a line's signature is checked under in the forward pass.
+
+    A line before a rotation line that does not verify has no trusted key: only its form
+    and its link are checked, so the report names the first line that is actually damaged
+    (the rotation line itself, at the latest, fails its own signature) rather than line 1.
+    """
+    return None if isinstance(key, _Unverifiable) else key
+
+
 def verify_audit_log(
     path: Path | str,
     *,
@@ -239,7 +249,7 @@ def verify_audit_log(
     prev = GENESIS
     keys = _key_schedule(lines, verify_key)
     for number, line in enumerate(lines, start=1):
-        problem = _check_line(number, line, prev, keys[number - 1])
+        problem = _check_line(number, line, prev, _signer(keys[number - 1]))
         if problem is not None:
             bad = number
             if problem.startswith("prev does not match") and number > 1:
@@ -249,7 +259,7 @@ def verify_audit_log(
                 nxt = lines[number] if number < len(lines) else None
                 if (
                     nxt is not None
-                    and _check_line(number + 1, nxt, _digest(line), keys[number]) is None
+                    and _check_line(number + 1, nxt, _digest(line), _signer(keys[number])) is None
                 ):
                     bad = number - 1
                     problem = f"changed after line {number} committed to its digest"

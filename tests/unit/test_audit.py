@@ -441,9 +441,9 @@ def test_a_forged_rotation_line_cannot_bring_in_another_key(tmp_path: Path) -> N
     log.rotate_key(_key("mallory-2"))  # a valid-looking rotation line, wrong signer
     report = verify_audit_log(forged, verify_key=_public(k2))
     assert not report.ok
-    assert report.line_number == 1  # nothing in it is trusted under the roster key
+    assert report.line_number == 5  # the rotation line that would bring Mallory's key in
     assert report.problem is not None
-    assert "rotation line 5" in report.problem
+    assert "signature does not verify" in report.problem
     # and re-pointing a genuine rotation line at Mallory's key breaks that line
     lines = _lines(path)
     lines[2] = lines[2].replace(
@@ -453,9 +453,9 @@ def test_a_forged_rotation_line_cannot_bring_in_another_key(tmp_path: Path) -> N
     path.write_bytes(b"\n".join(lines) + b"\n")
     report = verify_audit_log(path, verify_key=_public(k2))
     assert not report.ok
-    assert report.line_number == 1
+    assert report.line_number == 3  # the re-pointed rotation line, not line 1
     assert report.problem is not None
-    assert "rotation line 3, whose signature does not verify" in report.problem
+    assert "signature does not verify" in report.problem
 
 
 def test_a_line_signed_by_the_previous_key_after_the_rotation_is_refused(tmp_path: Path) -> None:
@@ -511,3 +511,15 @@ def test_a_line_nested_just_below_the_parser_limit_is_reported(log_path: Path, d
     report = verify_audit_log(log_path)
     assert not report.ok
     assert report.line_number == N_LINES + 1
+
+
+def test_damage_before_a_rotation_is_named_where_it_is(tmp_path: Path) -> None:
+    path, _, _, k2 = _rotated_log(tmp_path)
+    lines = _lines(path)
+    del lines[1]  # line 2 (signed by k0) removed
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = verify_audit_log(path, verify_key=_public(k2))
+    assert not report.ok
+    assert report.line_number in (1, 2)  # the broken link, not a signature on line 1
+    assert report.problem is not None
+    assert "signature" not in report.problem
