@@ -118,7 +118,7 @@ def _check_line(
     number: int,
     line: bytes,
     prev: str | None,
-    verify_key: VerifyKey | _Unverifiable | None = None,
+    verify_key: VerifyKey | None = None,
 ) -> str | None:
     """Problem with line ``number`` on its own and against ``prev``; ``None`` when fine.
 
@@ -147,11 +147,6 @@ def _check_line(
         return "record is not an object"
     if prev is not None and entry["prev"] != prev:
         return "prev does not match the digest of the previous line"
-    if isinstance(verify_key, _Unverifiable):
-        return (
-            f"cannot be checked: its key is named by the rotation line "
-            f"{verify_key.rotation_line}, whose signature does not verify"
-        )
     if verify_key is not None:
         signature = entry.pop("sig", None)
         if not isinstance(signature, str) or not _HEX_SIGNATURE.fullmatch(signature):
@@ -181,47 +176,28 @@ def _rotated_from(line: bytes) -> VerifyKey | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class _Unverifiable:
-    """The key of the lines before a rotation line that does not verify: none is trusted."""
-
-    rotation_line: int
-
-
-def _key_schedule(
-    lines: list[bytes], verify_key: VerifyKey | None
-) -> list[VerifyKey | _Unverifiable | None]:
-    """The key each line must be signed by, from the last line back.
+def _key_schedule(lines: list[bytes], verify_key: VerifyKey | None) -> list[VerifyKey | None]:
+    """The key each line's signature is checked under, from the last line back.
 
     ``verify_key`` for the lines after the last rotation line and for that line itself;
     the key it names for the lines before it, but only if the rotation line's signature
     verifies under the key after it (so an earlier key is trusted only through an
     authentic line); and so on back. Lines before a rotation line that does not verify
-    have no trusted key (:class:`_Unverifiable`).
+    have no trusted key (``None``): only their form and links are checked, and the
+    rotation line itself then fails its own signature, so the report names the first line
+    that is actually damaged.
     """
-    if verify_key is None:
-        return [None] * len(lines)
-    keys: list[VerifyKey | _Unverifiable | None] = []
-    current: VerifyKey | _Unverifiable = verify_key
+    keys: list[VerifyKey | None] = []
+    current = verify_key
     for number in range(len(lines), 0, -1):
         line = lines[number - 1]
         keys.append(current)
-        previous = _rotated_from(line)
-        if previous is not None and isinstance(current, VerifyKey):
+        previous = _rotated_from(line) if current is not None else None
+        if previous is not None:
             signed = _check_line(number, line, None, current) is None
-            current = previous if signed else _Unverifiable(number)
+            current = previous if signed else None
     keys.reverse()
     return keys
-
-
-def _signer(key: VerifyKey | _Unverifiable | None) -> VerifyKey | None:
-    """The key a line's signature is checked under in the forward pass.
-
-    A line before a rotation line that does not verify has no trusted key: only its form
-    and its link are checked, so the report names the first line that is actually damaged
-    (the rotation line itself, at the latest, fails its own signature) rather than line 1.
-    """
-    return None if isinstance(key, _Unverifiable) else key
 
 
 def verify_audit_log(
@@ -249,7 +225,7 @@ def verify_audit_log(
     prev = GENESIS
     keys = _key_schedule(lines, verify_key)
     for number, line in enumerate(lines, start=1):
-        problem = _check_line(number, line, prev, _signer(keys[number - 1]))
+        problem = _check_line(number, line, prev, keys[number - 1])
         if problem is not None:
             bad = number
             if problem.startswith("prev does not match") and number > 1:
@@ -259,7 +235,7 @@ def verify_audit_log(
                 nxt = lines[number] if number < len(lines) else None
                 if (
                     nxt is not None
-                    and _check_line(number + 1, nxt, _digest(line), _signer(keys[number])) is None
+                    and _check_line(number + 1, nxt, _digest(line), keys[number]) is None
                 ):
                     bad = number - 1
                     problem = f"changed after line {number} committed to its digest"

@@ -26,7 +26,7 @@ import os
 import resource
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -183,18 +183,11 @@ def _aggregate(args: argparse.Namespace) -> int:
         result = asyncio.run(
             _one_round(site_path=args.config, handover=handover, round_id=args.round)
         )
-        try:
-            temp, target = staged["--output"]
-            with temp.open("wb") as handle:  # exactly this path (np.save(str) adds .npy)
-                np.save(handle, result.total)
-                _sync(handle)
-            os.replace(temp, target)
+        try:  # exactly these paths (np.save(str) would add .npy)
+            _write_whole(staged["--output"], "wb", lambda out: np.save(out, result.total))
             if "--report" in staged:
-                temp, target = staged["--report"]
-                with temp.open("w") as text:
-                    text.write(json.dumps(_report(result), indent=2) + "\n")
-                    _sync(text)
-                os.replace(temp, target)
+                report = json.dumps(_report(result), indent=2) + "\n"
+                _write_whole(staged["--report"], "w", lambda out: out.write(report))
         except OSError as exc:
             _err(
                 f"round {result.round_id} finished (result digest {result.result_digest}) but "
@@ -235,8 +228,6 @@ def _read_update(path: str, max_length: int) -> NDArray[Any] | str:
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError, OverflowError) as exc:
         return str(exc) or type(exc).__name__
-    if not isinstance(mapped, np.ndarray):  # unreachable after the magic check
-        return "not a single array: save one array with numpy.save"
     if mapped.dtype.kind not in "fiu":
         return f"dtype {mapped.dtype} is not floats or integers"
     if not 1 <= mapped.size <= max_length:
@@ -293,9 +284,14 @@ def _stage_output(target: Path) -> Path:
     return Path(name)
 
 
-def _sync(handle: IO[Any]) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
+def _write_whole(staged: tuple[Path, Path], mode: str, write: Callable[[IO[Any]], object]) -> None:
+    """Write the staged file, make it durable, then rename it onto its target."""
+    temp, target = staged
+    with temp.open(mode) as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, target)
 
 
 async def _one_round(

@@ -32,7 +32,13 @@ from pathlib import Path
 from mpc_agg.crypto import SigningKey
 from mpc_agg.randomness import SystemRandomSource
 from peers.audit import AuditError, AuditLog
-from peers.config import ConfigError, FederationConfig, load_federation, load_site
+from peers.config import (
+    ConfigError,
+    FederationConfig,
+    load_federation,
+    load_signing_key,
+    load_site,
+)
 from peers.init import _acl, _write, _write_password_file
 from protocols.common import RosterEntry
 from protocols.robust.params import default_threshold as robust_default_threshold
@@ -205,7 +211,7 @@ def rotate_site_key(directory: Path | str, site: str) -> RosterChange:
     if audit is not None:
         try:
             # reopened: a round that ended meanwhile is verified and kept
-            log = AuditLog(audit.path, signing_key=_previous_key(previous))
+            log = AuditLog(audit.path, signing_key=load_signing_key(previous))
             log.rotate_key(key)
         except (AuditError, ConfigError, OSError) as exc:
             detail += (
@@ -229,10 +235,6 @@ def rotate_site_key(directory: Path | str, site: str) -> RosterChange:
     )
 
 
-def _previous_key(path: Path) -> SigningKey:
-    return SigningKey(bytes.fromhex(path.read_text().strip()))
-
-
 def revoke_site(directory: Path | str, site: str) -> RosterChange:
     """Remove ``site`` from the roster, the broker's passwords and its ACL.
 
@@ -251,7 +253,8 @@ def revoke_site(directory: Path | str, site: str) -> RosterChange:
             f"{revoked} already holds {', '.join(sorted(earlier))} of an earlier {site}; "
             "move them away first"
         )
-    names = [e.name for e in federation.roster.entries if e.name != site]
+    kept = [e for e in federation.roster.entries if e.name != site]
+    names = [e.name for e in kept]
     robust = federation.protocol == "robust"
     minimum = 3 if robust else 2
     if len(names) < minimum:
@@ -266,12 +269,10 @@ def revoke_site(directory: Path | str, site: str) -> RosterChange:
         if count != 1:
             raise ConfigError(path, "federation.threshold", "cannot find it exactly once")
         detail += f"; threshold {threshold} → {new} (the old one is invalid for {len(names)})"
-    kept = [e for e in federation.roster.entries if e.name != site]
     updated = _replace_atomically(path, _without_site_block(path, text, site), federation, kept)
     passwd = directory / "broker" / "passwd"
     _replace(passwd, "\n".join(_passwd_without(passwd, site)) + "\n", secret=True)
     _replace(directory / "broker" / "acl", _acl(updated.id, names))
-    revoked = directory / "sites" / "revoked"
     revoked.mkdir(exist_ok=True)
     for suffix in (".key", ".password", ".toml", ".audit.jsonl"):  # init's names
         source = directory / "sites" / f"{site}{suffix}"
