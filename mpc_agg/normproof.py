@@ -16,9 +16,9 @@ The dealer supplies, as a second shared vector (the *proof*):
   d·2^(2m') + 2^m ≤ p, so the squared norm then cannot wrap modulo p;
 * a fully linear proof (Boneh et al. 2019, the FLP behind Prio3) that the gadget outputs
   are right: the coordinates of x form an M × L matrix whose columns are interpolated by
-  wire polynomials U_l (a random seed at node 0, the data at nodes 1..M), and the proof
-  carries P_x(T) = Σ_l U_l(T)² as its values at the nodes 0..2M; likewise the bits, with
-  the per-wire gadget u² − u.
+  wire polynomials U_l (random seeds at the nodes 0..k−1, the data at the nodes k..k+M−1,
+  k = the number of query points), and the proof carries P_x(T) = Σ_l U_l(T)² as its
+  values at the nodes 0..2(M+k−1); likewise the bits, with the per-wire gadget u² − u.
 
 Every verifier query is an *affine* function of (x, proof), so each holder computes it on
 its own shares and the results are themselves Shamir shares of the query on the secret:
@@ -26,15 +26,18 @@ holders never multiply shares. The decision uses the reconstructed queries only:
 P_x(r) = Σ_l U_l(r)², P_b,l(r) = U_b,l(r)² − U_b,l(r) for every bit wire, and one random
 linear combination of every linear relation equal to zero. The opened values are
 uniformly random (the seeds) or determined by them, so they reveal nothing about an
-honest dealer's x beyond validity.
+honest dealer's x beyond validity: a wire opened at k points has k random seeds, and the
+points are chosen so that the k × k matrix of the seed nodes' Lagrange weights at them is
+invertible (one seed per wire opened at two points revealed a linear function of x — a
+review found it; ``tests/protocol/robust/test_review_attack.py``).
 
 Parameters and error probabilities (SPEC §6.4): α = 6 gives an honest dealer a failed
 projection with probability ≤ 2R·e^(−α²) (sub-Gaussian tail of a lazy ±1 sum, variance
 proxy 1/2); R = ⌈40 + log₂ K⌉ makes K·2^−R ≤ 2^−40 where K counts the challenges that
 colluders and the broker can choose between by making reveals miss a phase's close
 (:func:`challenge_candidates`); the polynomial identities fail at a random point with
-probability ≤ 2·max(M, M_b)/p each and are checked at enough points for K times that to
-stay below 2^−40.
+probability ≤ 2·(max(M, M_b) + k − 1)/p each and are checked at k points, enough for K
+times that to stay below 2^−40.
 """
 
 from __future__ import annotations
@@ -173,11 +176,14 @@ class NormProofShape:
         wrap_bits = (2 * ALPHA * norm_bound).bit_length()
         bits = slack_bits + repetitions * wrap_bits
         bit_calls = math.isqrt(bits - 1) + 1
-        # each polynomial identity fails at one random point w.p. ≤ 2·max(M, M_b)/p
-        per_point = math.log2(gf.P) - math.log2(2 * max(calls, bit_calls))
+        # k points, each with its own random seed per wire (zero knowledge): P has degree
+        # 2·(max(M, M_b) + k − 1), so each identity fails at a random point w.p. ≤ that / p
         target = SECURITY_BITS + math.log2(challenge_candidates(n, threshold))
+        points = 1
+        while points * (math.log2(gf.P) - math.log2(_degree(calls, bit_calls, points))) < target:
+            points += 1
         return cls(
-            points=math.ceil(target / per_point),
+            points=points,
             vector_length=vector_length,
             norm_bound=norm_bound,
             repetitions=repetitions,
@@ -188,6 +194,16 @@ class NormProofShape:
             slack_bits=slack_bits,
             wrap_bits=wrap_bits,
         )
+
+    @property
+    def nodes(self) -> int:
+        """Interpolation nodes of an x wire: k seeds, then M data values."""
+        return self.points + self.calls
+
+    @property
+    def bit_nodes(self) -> int:
+        """Interpolation nodes of a bit wire: k seeds, then M_b bits."""
+        return self.points + self.bit_calls
 
     @property
     def input_length(self) -> int:
@@ -201,19 +217,21 @@ class NormProofShape:
 
     @property
     def proof_length(self) -> int:
-        """Bits ‖ x seeds (L) ‖ P_x at 0..2M ‖ bit seeds (L_b) ‖ P_b at 0..2M_b (× L_b) ‖ pad.
+        """Bits ‖ x seeds ‖ P_x ‖ bit seeds ‖ P_b ‖ pad.
 
-        The last element is a uniformly random pad π: the query publishes μ + π, which
-        puts the input's mask coordinate μ under the same consistency check as x.
+        With N = M + k and N_b = M_b + k nodes: k × L x seeds, P_x at 0..2(N−1), k × L_b
+        bit seeds, P_b at 0..2(N_b−1) (× L_b). The last element is a uniformly random pad
+        π: the query publishes μ + π, which puts the input's mask coordinate μ under the
+        same consistency check as x.
         """
         return (
             1
             + self.bits
-            + self.wires
-            + 2 * self.calls
-            + 1
-            + self.bit_wires
-            + (2 * self.bit_calls + 1) * self.bit_wires
+            + self.points * self.wires
+            + 2 * self.nodes
+            - 1
+            + self.points * self.bit_wires
+            + (2 * self.bit_nodes - 1) * self.bit_wires
         )
 
     @property
@@ -228,9 +246,9 @@ class NormProofShape:
 
     def _slices(self) -> tuple[slice, slice, slice, slice, slice]:
         bits = self.bits
-        seeds = bits + self.wires
-        px = seeds + 2 * self.calls + 1
-        bit_seeds = px + self.bit_wires
+        seeds = bits + self.points * self.wires
+        px = seeds + 2 * self.nodes - 1
+        bit_seeds = px + self.points * self.bit_wires
         return (
             slice(0, bits),
             slice(bits, seeds),
@@ -241,17 +259,22 @@ class NormProofShape:
 
     @property
     def _extrapolation(self) -> NDArray[np.uint64]:
-        return _extrapolation_matrix(self.calls)
+        return _extrapolation_matrix(self.nodes)
 
     @property
     def _bit_extrapolation(self) -> NDArray[np.uint64]:
-        return _extrapolation_matrix(self.bit_calls)
+        return _extrapolation_matrix(self.bit_nodes)
+
+
+def _degree(calls: int, bit_calls: int, points: int) -> int:
+    """Degree of the gadget polynomials P_x, P_b with ``points`` seeds per wire."""
+    return 2 * (max(calls, bit_calls) + points - 1)
 
 
 @functools.lru_cache(maxsize=16)
-def _extrapolation_matrix(calls: int) -> NDArray[np.uint64]:
-    """Nodes 0..calls → values at calls+1..2·calls (read-only, shared)."""
-    matrix = gf.extrapolation_matrix(calls + 1, calls)
+def _extrapolation_matrix(nodes: int) -> NDArray[np.uint64]:
+    """Nodes 0..N−1 → values at N..2N−2 (read-only, shared)."""
+    matrix = gf.extrapolation_matrix(nodes, nodes - 1)
     matrix.flags.writeable = False
     return matrix
 
@@ -331,8 +354,10 @@ class WrapChallenge:
 class QueryChallenge:
     """The verifier's randomness, fixed after the proof was committed (SPEC §6.5).
 
-    Every point r avoids every interpolation node (0..2·max(M, M_b)) so the opened wire
-    values stay uniformly random; the points are distinct; the weights batch every linear
+    Every point r avoids every interpolation node (0..2·(max(M, M_b) + k − 1)); the points
+    are distinct, and taken in order from the seed's draws only while the Lagrange weights
+    of the k seed nodes at them stay linearly independent, for the x wires and for the bit
+    wires, so the opened wire values are uniformly random; the weights batch every linear
     relation into one value.
     """
 
@@ -347,12 +372,17 @@ class QueryChallenge:
         key = derive_key(seed, info=b"mpc-agg/robust/query/v1")
         count = 2 + shape.repetitions + shape.bit_calls * shape.bit_wires
         values = gf.expand(key, count + 64 * shape.points)
-        nodes = 2 * max(shape.calls, shape.bit_calls)
-        candidates = list(dict.fromkeys(int(v) for v in values[count:] if int(v) > nodes))
-        if len(candidates) < shape.points:  # 64 draws per point in < 2^13 values: never
+        nodes = _degree(shape.calls, shape.bit_calls, shape.points)
+        chosen: list[int] = []
+        for value in dict.fromkeys(int(v) for v in values[count:] if int(v) > nodes):
+            if len(chosen) == shape.points:
+                break
+            if _independent(shape, [*chosen, value]):
+                chosen.append(value)
+        if len(chosen) < shape.points:  # 64 draws per point in < 2^13 values: never
             raise AssertionError("no admissible query points")
         return cls(
-            points=tuple(candidates[: shape.points]),
+            points=tuple(chosen),
             norm_weight=int(values[0]),
             wrap_weights=values[2 : 2 + shape.repetitions],
             bit_weights=values[2 + shape.repetitions : count].reshape(
@@ -366,6 +396,37 @@ class QueryChallenge:
         return self.points[0]
 
 
+def _independent(shape: NormProofShape, points: list[int]) -> bool:
+    """The seed nodes' Lagrange weights at ``points`` have full row rank, x and bit wires."""
+    k = shape.points
+    for nodes in (shape.nodes, shape.bit_nodes):
+        rows = [[int(w) for w in gf.lagrange_consecutive(nodes, r)[:k]] for r in points]
+        if _rank(rows) < len(rows):
+            return False
+    return True
+
+
+def _rank(rows: list[list[int]]) -> int:
+    """Rank over GF(p) of a small matrix (Gaussian elimination on Python integers)."""
+    p = gf.P
+    matrix = [[value % p for value in row] for row in rows]
+    rank = 0
+    for column in range(len(matrix[0]) if matrix else 0):
+        pivot = next((i for i in range(rank, len(matrix)) if matrix[i][column]), None)
+        if pivot is None:
+            continue
+        matrix[rank], matrix[pivot] = matrix[pivot], matrix[rank]
+        inverse = pow(matrix[rank][column], p - 2, p)
+        for i in range(len(matrix)):
+            if i != rank and matrix[i][column]:
+                factor = matrix[i][column] * inverse % p
+                matrix[i] = [
+                    (a - factor * b) % p for a, b in zip(matrix[i], matrix[rank], strict=True)
+                ]
+        rank += 1
+    return rank
+
+
 # --------------------------------------------------------------------------- prover
 
 
@@ -377,11 +438,11 @@ def _bits_of(values: list[int], width: int) -> NDArray[np.uint64]:
 def _wire_matrix(
     seeds: NDArray[np.uint64], data: NDArray[np.uint64], calls: int
 ) -> NDArray[np.uint64]:
-    """Rows: node 0 (seeds), nodes 1..calls (data, zero-padded, row-major)."""
-    wires = seeds.shape[0]
-    matrix = np.zeros((calls + 1, wires), dtype=np.uint64)
-    matrix[0] = seeds
-    flat = matrix[1:].reshape(-1)
+    """Rows: nodes 0..k−1 (the k × L seeds), nodes k..k+calls−1 (data, zero-padded)."""
+    k, wires = seeds.shape
+    matrix = np.zeros((k + calls, wires), dtype=np.uint64)
+    matrix[:k] = seeds
+    flat = matrix[k:].reshape(-1)
     flat[: data.shape[0]] = data
     return matrix
 
@@ -396,39 +457,40 @@ def _evaluations(
 def _gadget_values(
     shape: NormProofShape, seeds: NDArray[np.uint64], x: IntVector
 ) -> NDArray[np.uint64]:
-    """P_x at the nodes 0..2M: Σ_l U_l(T)² (SPEC §6.4), using that x is small.
+    """P_x at the nodes 0..2(N−1): Σ_l U_l(T)² (SPEC §6.4), using that x is small.
 
-    Data nodes 1..M: row sums of x² in int64 (≤ ‖x‖² ≤ B² < p). Extrapolated nodes:
-    E·[seeds; X] = E₀ ⊗ seeds + E₁·X, the second as three float64 products of E's 21-bit
-    limbs with the signed integers X (exact while M·2^21·B < 2^53), then squared mod p.
+    Seed nodes 0..k−1: Σ seeds². Data nodes k..N−1: row sums of x² in int64 (≤ ‖x‖² ≤ B²
+    < p). Extrapolated nodes: E·[seeds; X] = E₀·seeds + E₁·X, the second as three float64
+    products of E's 21-bit limbs with the signed integers X (exact while M·2^21·B < 2^53),
+    then squared mod p.
     """
-    calls, wires = shape.calls, shape.wires
+    calls, wires, k, nodes = shape.calls, shape.wires, shape.points, shape.nodes
     flat = np.zeros(calls * wires, dtype=np.int64)
     flat[: x.shape[0]] = x
     data = flat.reshape(calls, wires)
-    values = np.empty(2 * calls + 1, dtype=np.uint64)
-    values[0] = gf.sum_rows(gf.square(seeds))
-    values[1 : calls + 1] = np.einsum("ml,ml->m", data, data).astype(np.uint64)
+    values = np.empty(2 * nodes - 1, dtype=np.uint64)
+    values[:k] = gf.sum_rows(gf.square(seeds), axis=1)
+    values[k:nodes] = np.einsum("ml,ml->m", data, data).astype(np.uint64)
     extrapolation = shape._extrapolation
     if calls * (1 << 21) * shape.norm_bound < 1 << 53:
         # in blocks of wires, so that the dozen passes of field arithmetic over each block
         # stay in cache (one pass over the whole M × L matrix each: twice the time)
-        limbs = gf._limbs(extrapolation[:, 1:])
-        first = extrapolation[:, :1]
-        squares = np.zeros(calls, dtype=np.uint64)
+        limbs = gf._limbs(extrapolation[:, k:])
+        first = extrapolation[:, :k]
+        squares = np.zeros(nodes - 1, dtype=np.uint64)
         for start in range(0, wires, _GADGET_COLUMNS):
             stop = min(start + _GADGET_COLUMNS, wires)
             floats = data[:, start:stop].astype(np.float64)
-            extended = gf.mul(np.broadcast_to(seeds[start:stop], (calls, stop - start)), first)
-            for k in range(3):
-                part = np.rint(limbs[k] @ floats).astype(np.int64)
-                extended = gf.add(extended, gf.shift(gf.reduce_signed(part), 21 * k))
+            extended = gf.matmul(first, seeds[:, start:stop])
+            for j in range(3):
+                part = np.rint(limbs[j] @ floats).astype(np.int64)
+                extended = gf.add(extended, gf.shift(gf.reduce_signed(part), 21 * j))
             squares = gf.add(squares, gf.sum_rows(gf.square(extended), axis=1))
-        values[calls + 1 :] = squares
+        values[nodes:] = squares
     else:  # very short vectors with a large B: the generic exact product
         wires_matrix = _wire_matrix(seeds, gf.from_signed(x), calls)
         extended = gf.matmul(extrapolation, wires_matrix)
-        values[calls + 1 :] = gf.sum_rows(gf.square(extended), axis=1)
+        values[nodes:] = gf.sum_rows(gf.square(extended), axis=1)
     return values
 
 
@@ -462,15 +524,28 @@ def prove(
     if any(not 0 <= w < 1 << shape.wrap_bits for w in shifted):
         raise WrapRangeError("a random projection of the update left its range (p ≤ 2^-45)")
     bits = np.concatenate([_bits_of([slack], shape.slack_bits), _bits_of(shifted, shape.wrap_bits)])
-    seeds = gf.random_vector(randomness, shape.wires)
+    k = shape.points
+    seeds = gf.random_vector(randomness, k * shape.wires).reshape(k, shape.wires)
+    bit_seeds = gf.random_vector(randomness, k * shape.bit_wires).reshape(k, shape.bit_wires)
+    pad = gf.random_vector(randomness, 1)
+    return _proof(shape, x, bits, seeds, bit_seeds, pad)
+
+
+def _proof(
+    shape: NormProofShape,
+    x: IntVector,
+    bits: NDArray[np.uint64],
+    seeds: NDArray[np.uint64],
+    bit_seeds: NDArray[np.uint64],
+    pad: NDArray[np.uint64],
+) -> NDArray[np.uint64]:
+    """The proof vector from its random parts (k × L seeds, k × L_b bit seeds, the pad)."""
     px = _gadget_values(shape, seeds, x)
-    bit_seeds = gf.random_vector(randomness, shape.bit_wires)
     bit_wires = _evaluations(
         _wire_matrix(bit_seeds, bits, shape.bit_calls), shape._bit_extrapolation
     )
     pb = gf.sub(gf.square(bit_wires), bit_wires)
-    pad = gf.random_vector(randomness, 1)
-    return np.concatenate([bits, seeds, px, bit_seeds, pb.reshape(-1), pad])
+    return np.concatenate([bits, seeds.reshape(-1), px, bit_seeds.reshape(-1), pb.reshape(-1), pad])
 
 
 # --------------------------------------------------------------------------- verifier
@@ -513,14 +588,15 @@ class Verifier:
         self.challenge = challenge
         calls, wires = shape.calls, shape.wires
         self._padded = -(-calls * wires // _BLOCK) * _BLOCK
-        points = challenge.points
+        points, k = challenge.points, shape.points
         # one row per query point
-        self._lam_x = np.vstack([gf.lagrange_consecutive(calls + 1, r) for r in points])
-        self._lam_data = gf._limbs(self._lam_x[:, 1:])  # 3 × points × M
-        self._lam_px = np.vstack([gf.lagrange_consecutive(2 * calls + 1, r) for r in points])
-        self._lam_b = np.vstack([gf.lagrange_consecutive(shape.bit_calls + 1, r) for r in points])
+        self._lam_x = np.vstack([gf.lagrange_consecutive(shape.nodes, r) for r in points])
+        self._lam_data = gf._limbs(self._lam_x[:, k:])  # 3 × points × M
+        self._lam_seeds = np.ascontiguousarray(self._lam_x[:, :k])  # points × k
+        self._lam_px = np.vstack([gf.lagrange_consecutive(2 * shape.nodes - 1, r) for r in points])
+        self._lam_b = np.vstack([gf.lagrange_consecutive(shape.bit_nodes, r) for r in points])
         self._lam_pb = np.vstack(
-            [gf.lagrange_consecutive(2 * shape.bit_calls + 1, r) for r in points]
+            [gf.lagrange_consecutive(2 * shape.bit_nodes - 1, r) for r in points]
         )
         combined = np.zeros(self._padded, dtype=np.uint64)
         combined[: shape.vector_length] = wrap_combined
@@ -536,17 +612,18 @@ class Verifier:
         x = input_share[: shape.vector_length]
         bits = proof_share[bits_slice]
         px = proof_share[px_slice]
-        pb = proof_share[pb_slice].reshape(2 * shape.bit_calls + 1, shape.bit_wires)
+        pb = proof_share[pb_slice].reshape(2 * shape.bit_nodes - 1, shape.bit_wires)
         u, dot = self._x_functionals(x)  # points × L
-        seeds = proof_share[seeds_slice]
+        seeds = proof_share[seeds_slice].reshape(shape.points, shape.wires)
+        u = gf.add(u, gf.matmul(self._lam_seeds, seeds))
         px_r = gf.matmul(self._lam_px, px)
-        bit_wires = _wire_matrix(proof_share[bit_seeds_slice], bits, shape.bit_calls)
+        bit_seeds = proof_share[bit_seeds_slice].reshape(shape.points, shape.bit_wires)
+        bit_wires = _wire_matrix(bit_seeds, bits, shape.bit_calls)
         ub = gf.matmul(self._lam_b, bit_wires)
         pb_r = gf.matmul(self._lam_pb, pb)
         parts = []
         for k in range(shape.points):
-            u_k = gf.add(u[k], gf.mul(seeds, int(self._lam_x[k, 0])))
-            parts += [u_k, px_r[k : k + 1], ub[k], pb_r[k]]
+            parts += [u[k], px_r[k : k + 1], ub[k], pb_r[k]]
         z = _batched_relations(shape, bits, px, pb, self.challenge, dot)
         masked = gf.add(input_share[shape.vector_length :], proof_share[-1:])  # μ + π
         return np.concatenate([*parts, np.array([z], dtype=np.uint64), masked])
@@ -597,9 +674,10 @@ def _batched_relations(
     bound = shape.norm_bound
     p = gf.P
     slack = gf.inner(bits[: shape.slack_bits], _powers_of_two(shape.slack_bits))
-    norm = int(gf.sum_rows(px[1 : shape.calls + 1]))
+    k = shape.points  # the data nodes follow the k seed nodes
+    norm = int(gf.sum_rows(px[k : shape.nodes]))
     total = challenge.norm_weight * (norm + slack - bound * bound) % p
-    total += gf.inner(pb[1 : shape.bit_calls + 1].reshape(-1), challenge.bit_weights.reshape(-1))
+    total += gf.inner(pb[k : shape.bit_nodes].reshape(-1), challenge.bit_weights.reshape(-1))
     wrap_bits = bits[shape.slack_bits :].reshape(shape.repetitions, shape.wrap_bits)
     shifted = gf.matmul(wrap_bits, _powers_of_two(shape.wrap_bits))
     total += gf.inner(challenge.wrap_weights, gf.sub(shifted, ALPHA * bound))

@@ -10,6 +10,7 @@ becomes ``MessageIgnored`` (unattributable: malformed, forged, replayed) or
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -165,3 +166,17 @@ class RoundAborted(Effect):
 def format_peers(peers: Sequence[int]) -> str:
     """Render a set of peer ids for a reason string."""
     return "{" + ", ".join(str(p) for p in sorted(peers)) + "}"
+
+
+_CONTEXT = re.compile(r"x[0-9a-f]{16}")
+
+
+def check_context(context: str) -> None:
+    """Raise ``ValueError`` unless ``context`` is ``""`` or ``"x"`` and 16 hex digits.
+
+    A round's context (secagg and robust SPEC §2.1) is appended to the protocol string
+    bound into every envelope and key derivation: the runtime's digest of what else the
+    sites must agree on (DP calibration, the caller's layout).
+    """
+    if context and not _CONTEXT.fullmatch(context):
+        raise ValueError(f"a round context is 'x' and 16 hex digits, got {context!r}")

@@ -224,16 +224,17 @@ def forged_proof(
             normproof._bits_of(shifted, shape.wrap_bits),
         ]
     )
-    seeds = gf.random_vector(randomness, shape.wires)
+    k = shape.points
+    seeds = gf.random_vector(randomness, k * shape.wires).reshape(k, shape.wires)
     wires = normproof._wire_matrix(seeds, x_field, shape.calls)
     px = gf.sum_rows(gf.square(normproof._evaluations(wires, shape._extrapolation)), axis=1)
-    bit_seeds = gf.random_vector(randomness, shape.bit_wires)
+    bit_seeds = gf.random_vector(randomness, k * shape.bit_wires).reshape(k, shape.bit_wires)
     bit_wires = normproof._evaluations(
         normproof._wire_matrix(bit_seeds, bits, shape.bit_calls), shape._bit_extrapolation
     )
     pb = gf.sub(gf.square(bit_wires), bit_wires)
     pad = gf.random_vector(randomness, 1)
-    return np.concatenate([bits, seeds, px, bit_seeds, pb.reshape(-1), pad])
+    return np.concatenate([bits, seeds.reshape(-1), px, bit_seeds.reshape(-1), pb.reshape(-1), pad])
 
 
 class InconsistentDealer(RobustMachine):

@@ -43,6 +43,7 @@ from mpc_agg.crypto import (
 )
 from mpc_agg.envelope import (
     BROADCAST,
+    MAX_PROTOCOL_LEN,
     Envelope,
     EnvelopeContext,
     parse_envelope,
@@ -82,7 +83,7 @@ from protocols.robust.messages import (
     Verify,
     VerifyEntry,
 )
-from protocols.robust.params import PROTOCOL, RobustParams
+from protocols.robust.params import RobustParams
 from protocols.robust.phases import ACTIVE_PHASES, MessageKind, Phase
 
 FieldVector = NDArray[np.uint64]
@@ -168,7 +169,7 @@ class RobustMachine:
         self._signing_key = signing_key
         self._rng = randomness
         self._context = EnvelopeContext(
-            protocol=PROTOCOL,
+            protocol=params.protocol_id,
             federation=params.federation,
             roster_digest=params.roster.digest,
             round_id=params.round_id,
@@ -477,7 +478,7 @@ class RobustMachine:
 
     def _info(self, label: bytes, *values: int) -> bytes:
         w = Writer().raw(b"mpc-agg/robust/" + label + b"\x00")
-        w.text(PROTOCOL, 32).text(self.params.federation, 128)
+        w.text(self.params.protocol_id, MAX_PROTOCOL_LEN).text(self.params.federation, 128)
         w.fixed(self.params.roster.digest, 32).u64(self.params.round_id)
         for v in values:
             w.u16(v)

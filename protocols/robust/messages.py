@@ -1,4 +1,4 @@
-"""Wire messages of ``robust/2`` (SPEC §5): frozen, slotted, keyword-only, validated when built.
+"""Wire messages of ``robust/3`` (SPEC §5): frozen, slotted, keyword-only, validated when built.
 
 Each message is the payload of a signed envelope whose ``kind`` is its
 :class:`~protocols.robust.phases.MessageKind`. Encodings are canonical

@@ -1,4 +1,4 @@
-"""Round parameters of ``robust/2`` (SPEC §2) and the norm bound on the fixed-point grid."""
+"""Round parameters of ``robust/3`` (SPEC §2) and the norm bound on the fixed-point grid."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 
 from mpc_agg.normproof import NormProofShape, check_norm_bound
-from protocols.common import Roster
+from protocols.common import Roster, check_context
 
-PROTOCOL = "robust/2"
+PROTOCOL = "robust/3"
 
 
 def default_threshold(n: int) -> int:
@@ -49,8 +49,12 @@ class RobustParams:
     threshold: int
     vector_length: int
     norm_bound: int
+    context: str = ""
+    """SPEC §2.1 — ``""`` or ``"x"`` and 16 hex digits, appended to the protocol string:
+    the runtime's digest of what else the sites must agree on (the caller's layout)."""
 
     def __post_init__(self) -> None:
+        check_context(self.context)
         n = len(self.roster)
         if self.threshold < 1 or 2 * self.threshold + 1 > n:
             raise ValueError(f"threshold t={self.threshold} needs 1 ≤ t and 2t + 1 ≤ n={n}")
@@ -64,6 +68,11 @@ class RobustParams:
     def n(self) -> int:
         """Roster size."""
         return len(self.roster)
+
+    @property
+    def protocol_id(self) -> str:
+        """SPEC §2.1 — the protocol string of every envelope and key derivation."""
+        return PROTOCOL + (f" {self.context}" if self.context else "")
 
     @property
     def shape(self) -> NormProofShape:

@@ -1,4 +1,4 @@
-"""Phases and message kinds of ``robust/2`` (SPEC §4).
+"""Phases and message kinds of ``robust/3`` (SPEC §4).
 
 Kept apart from the messages so that the runtime (deadlines, configuration) can name the
 phases without importing the wire formats.

@@ -53,14 +53,14 @@ def test_five_site_processes_get_the_exact_sum_with_norm_bound_and_audit(
     for k in range(SITES):
         assert np.array_equal(np.load(federation / f"sum{k}.npy"), sum(updates))
     reports = [json.loads((federation / f"report{k}.json").read_text()) for k in range(SITES)]
-    assert {r["protocol"] for r in reports} == {"robust/2"}
+    assert {r["protocol"] for r in reports} == {"robust/3"}
     assert len({r["result_digest"] for r in reports}) == 1
     assert all(r["excluded"] == {} for r in reports)
     fed = str(federation / "federation.toml")
     for k in range(SITES):
         audit = federation / "sites" / f"site-{k}.audit.jsonl"
         record = json.loads(audit.read_text().splitlines()[-1])["record"]
-        assert record["protocol"] == "robust/2"
+        assert record["protocol"] == "robust/3"
         assert record["parameters"]["threshold"] == 2
         assert record["parameters"]["max_norm"] == 1.0
         assert record["parameters"]["norm_bound"] == 2**FRAC_BITS + 1 + 71  # + ⌈√5000⌉

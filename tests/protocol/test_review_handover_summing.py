@@ -204,7 +204,7 @@ async def test_a_robust_round_lets_go_of_the_update() -> None:
     )
     assert freed, "the robust path (_round_codec) still holds the update"
     for r in (result, *rest):
-        assert r.protocol == "robust/2"
+        assert r.protocol == "robust/3"
         assert r.total.shape == (8, 4)
         assert np.array_equal(r.total, mine + sum(others))
 

@@ -107,7 +107,9 @@ class RelayNode(PeerNode):
     byte_budget: int | None = None
     machines: list[RelayMachine]
 
-    def _plan_round(self, round_id: int, vector_length: int, codec: FixedPointCodec) -> RoundPlan:
+    def _plan_round(
+        self, round_id: int, vector_length: int, codec: FixedPointCodec, context: str = ""
+    ) -> RoundPlan:
         machine = RelayMachine(n=len(self.roster), me=self.me, vector_length=vector_length)
         if not hasattr(self, "machines"):
             self.machines = []

@@ -41,7 +41,7 @@ async def test_five_sites_agree_on_the_exact_sum() -> None:
         results = await run_round(nodes, updates)
     for result in results:
         assert isinstance(result, AggregateResult), result
-        assert result.protocol == "robust/2"
+        assert result.protocol == "robust/3"
         assert result.total.shape == (40, 5)
         assert np.array_equal(result.total, sum(updates))
         assert result.included == tuple(f"site-{i}" for i in range(5))
@@ -112,8 +112,10 @@ class PoisoningNode(PeerNode):
         honest = super()._round_codec(np.zeros(np.asarray(array).size))  # same frac_bits
         return FixedPointCodec(frac_bits=honest.frac_bits, n_peers=5, max_abs_value=100.0)
 
-    def _plan_round(self, round_id: int, vector_length: int, codec: FixedPointCodec) -> RoundPlan:
-        plan = super()._plan_round(round_id, vector_length, codec)
+    def _plan_round(
+        self, round_id: int, vector_length: int, codec: FixedPointCodec, context: str = ""
+    ) -> RoundPlan:
+        plan = super()._plan_round(round_id, vector_length, codec, context)
         machine = plan.machine
         assert isinstance(machine, RobustMachine)
         poisoned = UncheckedDealer(
@@ -170,7 +172,7 @@ async def test_a_poisoned_update_is_excluded_in_the_result_and_the_audit_log(
         assert np.array_equal(result.total, updates[0] + updates[1] + updates[2] + updates[4])
     lines = (tmp_path / "site-0.jsonl").read_text().splitlines()
     record = json.loads(lines[-1])["record"]
-    assert record["protocol"] == "robust/2"
+    assert record["protocol"] == "robust/3"
     assert record["excluded"]["site-3"].startswith("input failed the validity check")
     assert record["parameters"]["max_norm"] == 1.0
     assert record["parameters"]["norm_bound"] == (1 << FRAC_BITS) + 1 + 8  # ⌈C(1+2^-30)2^f⌉ + ⌈√64⌉

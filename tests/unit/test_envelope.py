@@ -330,7 +330,7 @@ def test_check_context_names_each_mismatch(changes: dict[str, object], word: str
 @pytest.mark.parametrize(
     "changes",
     [
-        {"protocol": "p" * 33},
+        {"protocol": "p" * 65},
         {"federation": "f" * 129},
         {"federation": "é" * 65},
         {"roster_digest": bytes(31)},

@@ -119,9 +119,84 @@ def test_query_point_is_never_an_interpolation_node() -> None:
     shape, _ = _setup(_honest())
     for k in range(50):
         challenge = npf.QueryChallenge.from_seed(bytes([k]) * 32, shape)
-        assert challenge.point > 2 * max(shape.calls, shape.bit_calls)
+        assert challenge.point > 2 * (max(shape.calls, shape.bit_calls) + shape.points - 1)
         assert challenge.wrap_weights.shape == (shape.repetitions,)
         assert challenge.bit_weights.shape == (shape.bit_calls, shape.bit_wires)
+
+
+def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """matrix⁻¹ · rhs over GF(p) for a small square matrix (Gauss–Jordan on integers)."""
+    p = gf.P
+    k = matrix.shape[0]
+    rows = [[int(v) for v in matrix[i]] + [int(v) for v in rhs[i]] for i in range(k)]
+    for col in range(k):
+        pivot = next(i for i in range(col, k) if rows[i][col] % p)
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        inverse = pow(rows[col][col], p - 2, p)
+        rows[col] = [v * inverse % p for v in rows[col]]
+        for i in range(k):
+            if i != col and rows[i][col]:
+                f = rows[i][col]
+                rows[i] = [(a - f * b) % p for a, b in zip(rows[i], rows[col], strict=True)]
+    return np.array([row[k:] for row in rows], dtype=np.uint64)
+
+
+@pytest.mark.parametrize(("peers", "threshold", "d"), [(20, 6, 1), (20, 6, 300), (40, 6, 50)])
+def test_the_opened_verifier_is_the_same_for_another_input_at_several_points(
+    peers: int, threshold: int, d: int
+) -> None:
+    # Zero knowledge (SPEC §3.2, §6.5) when the identities are checked at k ≥ 2 points: for
+    # any other valid input x', seeds exist that give x' exactly the verifier x gave, so
+    # the verifier says nothing about which. One seed per wire opened at two points
+    # revealed x itself (a review recovered x = 12345 at d = 1 from a public Verify).
+    shape = npf.NormProofShape.for_round(
+        vector_length=d, norm_bound=B, threshold=threshold, peers=peers
+    )
+    k = shape.points
+    assert k >= 2
+    wrap = npf.WrapChallenge(b"w" * 32, shape.repetitions, d)
+    challenge = npf.QueryChallenge.from_seed(b"q" * 32, shape)
+    verifier = npf.Verifier(shape, challenge, wrap.combined(challenge.wrap_weights))
+    rng = np.random.default_rng(d)
+
+    def bits_of(x: np.ndarray) -> np.ndarray:
+        slack = B * B - npf.squared_norm(x)
+        shifted = [v + npf.ALPHA * B for v in wrap.projections(x)]
+        return np.concatenate(
+            [npf._bits_of([slack], shape.slack_bits), npf._bits_of(shifted, shape.wrap_bits)]
+        )
+
+    def opened(x: np.ndarray, seeds: np.ndarray, bit_seeds: np.ndarray) -> np.ndarray:
+        proof = npf._proof(shape, x, bits_of(x), seeds, bit_seeds, np.zeros(1, np.uint64))
+        secret = np.concatenate([gf.from_signed(x), np.zeros(1, np.uint64)])
+        return verifier.query(secret, proof)
+
+    def wire_values(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        step, wires, bit_wires = shape.point_length, shape.wires, shape.bit_wires
+        u = np.vstack([v[j * step : j * step + wires] for j in range(k)])
+        ub = np.vstack(
+            [v[j * step + wires + 1 : j * step + wires + 1 + bit_wires] for j in range(k)]
+        )
+        return u, ub
+
+    limit = int(B / (4 * d**0.5)) + 1
+    x = rng.integers(-limit, limit, d)
+    other = rng.integers(-limit, limit, d)
+    assert not np.array_equal(x, other)
+    source = DeterministicRandomSource(d)
+    seeds = gf.random_vector(source, k * shape.wires).reshape(k, shape.wires)
+    bit_seeds = gf.random_vector(source, k * shape.bit_wires).reshape(k, shape.bit_wires)
+    seen = opened(x, seeds, bit_seeds)
+    assert npf.decide(shape, seen) is None
+    # the seeds that make `other` open to the same wire values: S' = A⁻¹·(U − U'(0))
+    u, ub = wire_values(seen)
+    zero_u, zero_ub = wire_values(opened(other, np.zeros_like(seeds), np.zeros_like(bit_seeds)))
+    points = challenge.points
+    lam = np.vstack([gf.lagrange_consecutive(shape.nodes, r)[:k] for r in points])
+    lam_b = np.vstack([gf.lagrange_consecutive(shape.bit_nodes, r)[:k] for r in points])
+    seeds_other = _solve(lam, gf.sub(u, zero_u))
+    bit_seeds_other = _solve(lam_b, gf.sub(ub, zero_ub))
+    assert np.array_equal(opened(other, seeds_other, bit_seeds_other), seen)
 
 
 def test_parameters_and_feasibility() -> None:
@@ -135,7 +210,7 @@ def test_parameters_and_feasibility() -> None:
         shape = npf.NormProofShape.for_round(
             vector_length=1 << 20, norm_bound=1 << 12, threshold=t, peers=n
         )
-        per_point = 2 * max(shape.calls, shape.bit_calls) / gf.P
+        per_point = 2 * (max(shape.calls, shape.bit_calls) + shape.points - 1) / gf.P
         assert candidates * per_point**shape.points <= 2.0**-40  # §6.4 (iii)
         # completeness: 2R·e^(−α²) ≤ 2^-40 with α = 6
         assert 2 * shape.repetitions * math.exp(-(npf.ALPHA**2)) < 2.0**-40
@@ -152,8 +227,8 @@ def test_parameters_and_feasibility() -> None:
 
 
 def test_shape_layout_is_consistent() -> None:
-    for d in (1, 2, 63, 64, 65, 4810, 100_000):
-        shape = npf.NormProofShape.for_round(vector_length=d, norm_bound=1000, threshold=1)
+    for d, n, t in ((1, 3, 1), (2, 3, 1), (63, 3, 1), (64, 20, 6), (65, 3, 1), (4810, 20, 6)):
+        shape = npf.NormProofShape.for_round(vector_length=d, norm_bound=1000, threshold=t, peers=n)
         assert shape.calls * shape.wires >= d
         assert shape.bit_calls * shape.bit_wires >= shape.bits
         slices = shape._slices()

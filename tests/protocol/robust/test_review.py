@@ -560,7 +560,8 @@ def test_query_challenge_grinding_stays_below_two_to_the_minus_40() -> None:
     assert candidates > 2**t
     assert candidates == normproof.challenge_candidates(n, t)
     # fixed: the identities are checked at enough points, and R counts every candidate
-    per_point = 2 * max(shape.calls, shape.bit_calls) / gf.P  # §6.4 (iii)
+    degree = 2 * (max(shape.calls, shape.bit_calls) + shape.points - 1)  # k seeds per wire
+    per_point = degree / gf.P  # §6.4 (iii)
     bound = candidates * per_point**shape.points
     assert bound <= 2.0**-40, math.log2(bound)
     assert candidates * 0.5**shape.repetitions <= 2.0**-40  # §6.4 (i)
