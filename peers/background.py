@@ -161,12 +161,14 @@ class BackgroundPeer:
             if self._owns_loop:
                 self._loop.close()
 
-    def aggregate(self, update: ArrayLike, *, round_id: int | None = None) -> AggregateResult:
-        """Blocking :meth:`PeerNode.aggregate` (same errors)."""
+    def aggregate(
+        self, update: ArrayLike, *, round_id: int | None = None, context: bytes | None = None
+    ) -> AggregateResult:
+        """Blocking :meth:`PeerNode.aggregate` (same arguments, same errors)."""
         if self._loop is None:
             raise RuntimeError("BackgroundPeer is not started: use it in a `with` block")
         # the coroutine holds the only reference of ours: PeerNode lets go of it once it is
         # encoded (a caller that keeps none does not hold the update for the round)
-        round_ = self.node.aggregate(update, round_id=round_id)
+        round_ = self.node.aggregate(update, round_id=round_id, context=context)
         del update
         return self._loop.run(round_, self.timeout)

@@ -45,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hashlib
+import json
 import logging
 import math
 import os
@@ -62,6 +64,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from mpc_agg import dp
 from mpc_agg.crypto import SigningKey
+from mpc_agg.envelope import peek_phase
 from mpc_agg.errors import EncodingError, MpcAggError, ProtocolMisuseError
 from mpc_agg.fixedpoint import FixedPointCodec, sum_of_squares
 from mpc_agg.normproof import max_norm_bound
@@ -345,6 +348,9 @@ class _Round:
     mismatch: str | None = None
     # the encoded update until the machine has taken its own copy (then freed: d = 10^8)
     update: NDArray[np.uint64] | None = None
+    # the round id was the node's own choice (aggregate() without round_id), which
+    # follows the other sites' (see PeerNode._rejoin_target)
+    implicit: bool = False
     # publications in flight: started in the machine's order, awaited together, so a phase
     # with n − 1 private messages costs one broker round trip, not n − 1
     publishing: set[asyncio.Future[None]] = field(default_factory=set)
@@ -362,6 +368,40 @@ class _Held:
 
     def __len__(self) -> int:
         return len(self.messages)
+
+
+def _round_context(dp_round: dp.DpRound | None, caller: bytes | None) -> str:
+    """The round's context (SPEC §2.1): ``""`` or a digest every site must share.
+
+    It covers the DP calibration (DP.md §5.1) and the caller's context bytes.
+    """
+    if dp_round is None and caller is None:
+        return ""
+    calibration = b""
+    if dp_round is not None:
+        settings = dp_round.settings
+        calibration = json.dumps(
+            {
+                "mechanism": settings.mechanism.value,
+                "noise_multiplier": repr(settings.noise_multiplier),
+                "clip_norm": repr(settings.clip_norm),
+                "delta": repr(settings.delta),
+                "unit": settings.unit.value,
+                "sampling_probability": repr(settings.sampling_probability),
+                "local": settings.local,
+                "rotation": settings.rotation,
+                "min_sites": dp_round.min_sites,
+                "frac_bits": dp_round.frac_bits,
+                "dimension": dp_round.dimension,
+                "sigma_squared": dp_round.sigma_squared,
+                "skellam_mu": repr(dp_round.skellam_mu),
+            },
+            sort_keys=True,
+        ).encode()
+    digest = hashlib.sha256(b"mpc-agg/round-context/v1\x00")
+    for part in (calibration, b"" if caller is None else bytes(caller)):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return "x" + digest.hexdigest()[:16]
 
 
 class PeerNode:
@@ -458,9 +498,16 @@ class PeerNode:
         self._presence_changed = asyncio.Event()
         self._current: _Round | None = None
         self._last_round = last_round
-        # the round id of each roster site's latest message since the last round ended
-        # (see _drift_hint)
+        # the round id of each roster site's latest message since the last round ended, or
+        # before it if for a later round (see _drift_hint, _rejoin_target)
         self._latest_round: dict[int, int] = {}
+        # the highest phase of each roster site's messages for that round (header field,
+        # unauthenticated): above the first, the site's round went on without this one
+        self._latest_phase: dict[int, int] = {}
+        # sites whose latest round (after this node's last one) was seen while this node
+        # ran its own and that round aborted: the two ran concurrently (the ids differ),
+        # and by the time this node starts the next one, theirs is over
+        self._latest_stale: set[int] = set()
         self._joined = False
         # (round, claimed sender) -> messages held for that round
         self._early: dict[tuple[int, int], _Held] = {}
@@ -629,8 +676,14 @@ class PeerNode:
 
     def _route(self, round_id: int, claimed: int | None, data: bytes | memoryview) -> None:
         current = self._current
-        if claimed is not None:  # bounded by the roster; for a round-id mismatch's abort
-            self._latest_round[claimed] = round_id
+        if claimed is not None:  # bounded by the roster: where the other sites are
+            phase = peek_phase(data) or 0
+            if self._latest_round.get(claimed) != round_id:
+                self._latest_round[claimed] = round_id
+                self._latest_phase[claimed] = phase
+                self._latest_stale.discard(claimed)
+            else:
+                self._latest_phase[claimed] = max(self._latest_phase[claimed], phase)
         if current is not None and round_id == current.round_id:
             self._admit(current, claimed, data)
         elif round_id > self._last_round and claimed is not None:
@@ -700,12 +753,62 @@ class PeerNode:
             f"{self.roster.name(site)} (round {other})" for site, other in sorted(drifted.items())
         )
         ahead = max(state.round_id, *drifted.values()) + 1
+        rejoins = (
+            "; a node that keeps running joins the others' round by itself at its next "
+            "aggregate() without round_id"
+            if state.implicit
+            else ""
+        )
         return (
             f"; the latest messages of {sites} are for another round than {state.round_id}: "
             "if the sites' round ids differ (each continues after the last round in its own "
             f"audit log), give every site the same round id (`--round {ahead}`, or "
-            "aggregate(round_id=…))"
+            f"aggregate(round_id=…)){rejoins}"
         )
+
+    def _rejoin_target(self) -> int | None:
+        """The id of the next implicit round when the other sites are ahead; else None.
+
+        By default each site continues after its own last round, so a site that missed one
+        (its update could not be encoded, its training loop skipped a step, it was away,
+        it ran one alone) would run every later round one id behind the others — or they
+        behind it — and abort each time. Each roster site whose latest message is for a
+        later round r (within the drift window) is expected next in r if it is still in
+        r's first phase (waiting for the others), else in r + 1: r went on without this
+        node, or was seen while this node's last round ran and aborted (concurrent rounds
+        of drifted ids: theirs is over too). After a finished round, a later round seen
+        during it is the next one, which a faster site started and waits in. The round
+        most sites are expected in wins (ties: the higher). Ids and phases are read
+        before any signature, so a forged message can at most move the next round up to
+        ``_DRIFT_WINDOW`` ids ahead: a wasted round, which a broker can cause anyway.
+        """
+        after = self._last_round
+        expected: Counter[int] = Counter()
+        for site, other in self._latest_round.items():
+            if not after < other <= after + _DRIFT_WINDOW:
+                continue
+            waiting = site not in self._latest_stale and self._latest_phase.get(site, 0) <= 1
+            expected[other if waiting else other + 1] += 1
+        if not expected:
+            return None
+        target = max(expected, key=lambda other: (expected[other], other))
+        return target if after + 1 < target < 1 << 64 else None
+
+    def _forget_rounds_up_to(self, round_id: int, *, finished: bool) -> None:
+        """At the end of round ``round_id``: keep only the sites seen in later rounds.
+
+        If the round did not finish, a later round seen during it ran concurrently (the
+        sites' ids differ) and is taken as over by now (stale); after a finished round it
+        is the next one, which a faster site has started and waits in for this one.
+        """
+        for site, other in list(self._latest_round.items()):
+            if other > round_id:
+                if not finished:
+                    self._latest_stale.add(site)
+            else:
+                del self._latest_round[site]
+                self._latest_phase.pop(site, None)
+                self._latest_stale.discard(site)
 
     def _take_early(self, state: _Round) -> None:
         """Admit the held messages of the round in arrival order; drop older rounds'."""
@@ -721,8 +824,17 @@ class PeerNode:
 
     # ------------------------------------------------------------------ rounds
 
-    async def aggregate(self, update: ArrayLike, *, round_id: int | None = None) -> AggregateResult:
+    async def aggregate(
+        self, update: ArrayLike, *, round_id: int | None = None, context: bytes | None = None
+    ) -> AggregateResult:
         """Run one secure aggregation round with ``update``; return the decoded sum.
+
+        ``round_id``: by default the round after this node's last one, or the round the
+        other sites are on if they are ahead (:meth:`_rejoin_target`). ``context``: bytes
+        every site must pass alike (e.g. the layout of the model's parameters, which
+        ``SecureAggOptimizer`` passes): bound into the round with the DP calibration, so
+        sites that differ hear nothing from each other and the round aborts naming the
+        mismatch (SPEC §2.1) instead of summing unlike vectors.
 
         Raises :class:`RoundAbortedError` when the round aborts (the reason names the
         phase and the peers), :class:`EncodingError` for NaN/inf or out-of-range input,
@@ -744,12 +856,16 @@ class PeerNode:
         handover = [update]
         del update
         try:
-            return await self._aggregate(handover, round_id)
+            return await self._aggregate(handover, round_id, context)
         finally:
             self._busy = False
 
-    async def _aggregate(self, handover: list[ArrayLike], round_id: int | None) -> AggregateResult:
-        round_id = self._last_round + 1 if round_id is None else round_id
+    async def _aggregate(
+        self, handover: list[ArrayLike], round_id: int | None, context: bytes | None
+    ) -> AggregateResult:
+        implicit = round_id is None
+        if round_id is None:
+            round_id = self._rejoin_target() or self._last_round + 1
         if round_id >= 1 << 64:
             raise ProtocolMisuseError(
                 f"round ids are exhausted: the last round was {self._last_round} and ids are "
@@ -786,7 +902,7 @@ class PeerNode:
             )
             ring = privatized.ring
         del array  # encoded: the ring vector (or the privatized one) is what the round uses
-        plan = self._plan_round(round_id, ring.shape[0], codec)
+        plan = self._plan_round(round_id, ring.shape[0], codec, _round_context(dp_round, context))
         report: PrivacyReport | None = None
         # On disk before the first message (and before waiting for the peers): a site
         # killed from here on restarts at the next round id, as the others do, and never
@@ -816,6 +932,7 @@ class PeerNode:
             byte_limit=plan.byte_budget,
             message_limit=plan.message_budget,
             update=ring,
+            implicit=implicit,
         )
         del ring, privatized  # the state holds the only reference, until begin()
         self._current = state
@@ -825,8 +942,10 @@ class PeerNode:
             state.inbox.put_nowait((None, b""))
         bytes_out_before = self._bytes_out_total()
         bytes_in_before = self._bytes_in
+        finished = False
         try:
             ready, ignored, timings = await self._run(state)
+            finished = True
         except RoundAbortedError as exc:
             self._record(round_id, plan, {"outcome": "aborted", "reason": exc.reason})
             raise
@@ -839,7 +958,7 @@ class PeerNode:
             raise
         finally:
             self._current = None
-            self._latest_round.clear()
+            self._forget_rounds_up_to(round_id, finished=finished)
         if dp_round is None:
             # the ring total is this round's own array: its buffer becomes the floats
             total = plan.codec.decode(ready.total, overwrite=True).reshape(shape)
@@ -969,7 +1088,9 @@ class PeerNode:
             frac_bits=frac_bits, n_peers=len(self.roster), max_abs_value=self.max_norm
         )
 
-    def _plan_round(self, round_id: int, vector_length: int, codec: FixedPointCodec) -> RoundPlan:
+    def _plan_round(
+        self, round_id: int, vector_length: int, codec: FixedPointCodec, context: str = ""
+    ) -> RoundPlan:
         """The machine and per-sender budgets of round ``round_id`` for ``self.protocol``.
 
         The one protocol-dependent step of a round: each protocol builds its machine and
@@ -985,6 +1106,7 @@ class PeerNode:
                 threshold=self.threshold,
                 vector_length=vector_length,
                 norm_bound=bound,
+                context=context,
             )
             return RoundPlan(
                 protocol=ROBUST_PROTOCOL,
@@ -996,7 +1118,7 @@ class PeerNode:
                 byte_budget=robust.max_bytes_per_sender,
                 message_budget=self.messages_per_site or _ROBUST_MESSAGES_PER_PEER,
                 codec=codec,
-                parameters={"max_norm": self.max_norm, "norm_bound": bound},
+                parameters={"max_norm": self.max_norm, "norm_bound": bound, "context": context},
             )
         params = SecAggParams(
             federation=self.federation,
@@ -1006,6 +1128,7 @@ class PeerNode:
             vector_length=vector_length,
             ring_bits=codec.ring_bits,
             reduce_scatter=self.reduce_scatter,
+            context=context,
         )
         machine = SecAggMachine(
             params, me=self.me, signing_key=self._signing_key, randomness=self._rng
@@ -1018,7 +1141,11 @@ class PeerNode:
             byte_budget=_byte_budget(params.vector_length, params.ring_bits, params.n),
             message_budget=self.messages_per_site or _ROUND_LIMIT_PER_PEER,
             codec=codec,
-            parameters={"ring_bits": params.ring_bits, "reduce_scatter": params.reduce_scatter},
+            parameters={
+                "ring_bits": params.ring_bits,
+                "reduce_scatter": params.reduce_scatter,
+                "context": context,
+            },
         )
 
     def _append_audit(self, protocol: str, round_id: int, fields: Mapping[str, object]) -> None:
@@ -1221,7 +1348,8 @@ class PeerNode:
             if state.mismatch is not None:
                 detail += (
                     f"; e.g. {state.mismatch} (the sites' round parameters differ: update "
-                    "length, ring, data path or roster)"
+                    "length, ring, data path, roster, [dp] table or the caller's context, "
+                    "such as the model's layout)"
                 )
             detail += self._drift_hint(state)
             raise RoundAbortedError(

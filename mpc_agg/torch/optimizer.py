@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from mpc_agg.errors import MpcAggError
+from mpc_agg.errors import EncodingError, MpcAggError
 from mpc_agg.fixedpoint import sum_of_squares
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,11 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         self.noise_multiplier = noise_multiplier
         self.expected_batch_size = expected_batch_size
         self._privacy_checked = False
+        # the parameters' layout, passed as the round's context to an aggregator that
+        # takes one (PeerNode, BackgroundPeer): sites whose layouts differ abort the round
+        # instead of averaging one site's head into another's backbone
+        self._passes_context = _takes_context(aggregator)
+        self._layout = b""
         self._optimizer_step_pre_hooks = OrderedDict()
         self._optimizer_step_post_hooks = OrderedDict()
         self._optimizer_state_dict_pre_hooks = OrderedDict()
@@ -183,9 +188,10 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         """Steps skipped after a failed aggregation (``on_failure="skip"``)."""
         self.last_result: Any = None
         """The aggregator's result of the last successful round."""
-        self._anchor: list[torch.Tensor] | None = None
-        if mode == "delta":
-            self._anchor = [p.detach().clone() for p in self._params()]
+        # delta mode: the trainable parameters and their values at the start of the
+        # synchronisation period (taken at its first local step, so weights loaded after
+        # the optimizer was built are the starting point)
+        self._anchor: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ forwarding
 
@@ -224,7 +230,7 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         """Load into the wrapped optimizer (delta mode: the parameters become the anchor)."""
         self.original_optimizer.load_state_dict(state_dict)
         if self.mode == "delta":
-            self._anchor = [p.detach().clone() for p in self._params()]
+            self._anchor = None  # a new period starts at the next step
             self.local_steps = 0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -234,8 +240,8 @@ class SecureAggOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the wrapped optimizer (and, in delta mode, to the anchor)."""
         self.original_optimizer.add_param_group(param_group)
-        if self._anchor is not None:
-            self._anchor = [p.detach().clone() for p in self._params()]
+        if self.mode == "delta":
+            self._anchor = None  # a new period starts at the next step
             self.local_steps = 0
 
     def __repr__(self) -> str:
@@ -247,8 +253,13 @@ class SecureAggOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ steps
 
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One training step with securely aggregated gradients or deltas (synchronous)."""
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One training step with securely aggregated gradients or deltas (synchronous).
+
+        Returns the closure's loss, if a closure was given. Step hooks registered on this
+        wrapper (``register_step_pre_hook``/``register_step_post_hook``) run around it.
+        """
+        closure = self._pre_hooks(closure)
         gen = self._step(closure)
         with torch.no_grad():
             try:
@@ -259,12 +270,21 @@ class SecureAggOptimizer(torch.optim.Optimizer):
                         outcome = self._call_sync(request)  # empties the hand-over list
                     except Exception as exc:  # to the generator: rollback, raise or skip
                         error = exc
+                    except BaseException as exc:  # Ctrl-C: roll back, then re-raised
+                        gen.throw(exc)
                     request = gen.send((outcome, error))
             except StopIteration as stop:
-                return cast("float | None", stop.value)
+                loss = stop.value
+        self._post_hooks(closure)
+        return loss
 
-    async def astep(self, closure: Callable[[], float] | None = None) -> float | None:
-        """:meth:`step` for an aggregator whose ``aggregate`` is a coroutine."""
+    async def astep(self, closure: Callable[[], Any] | None = None) -> Any:
+        """:meth:`step` for an aggregator whose ``aggregate`` is a coroutine.
+
+        Cancelling it (``asyncio.wait_for``'s timeout, task cancellation) rolls the step
+        back exactly as a failed round does, then lets the cancellation through.
+        """
+        closure = self._pre_hooks(closure)
         gen = self._step(closure)
         try:
             with torch.no_grad():
@@ -274,17 +294,49 @@ class SecureAggOptimizer(torch.optim.Optimizer):
                 try:
                     # handed over (the list is emptied): the step holds no reference to
                     # the vector while the round runs
-                    result = self.aggregator.aggregate(request.pop())
+                    result = self._aggregate(request)
                     outcome = await result if inspect.isawaitable(result) else result
                 except Exception as exc:
                     error = exc
+                except BaseException as exc:  # cancelled: roll back, then re-raised
+                    with torch.no_grad():
+                        gen.throw(exc)
                 with torch.no_grad():
                     request = gen.send((outcome, error))
         except StopIteration as stop:
-            return cast("float | None", stop.value)
+            loss = stop.value
+        self._post_hooks(closure)
+        return loss
+
+    def _pre_hooks(self, closure: Callable[[], Any] | None) -> Callable[[], Any] | None:
+        """Run this wrapper's step pre-hooks (torch's contract); the closure they leave."""
+        args: tuple[Any, ...] = (self,)
+        kwargs: dict[str, Any] = {} if closure is None else {"closure": closure}
+        for hook in list(self._optimizer_step_pre_hooks.values()):
+            result = hook(self, args, kwargs)
+            if result is not None:
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise RuntimeError(
+                        f"a step pre-hook must return None or (args, kwargs), got {result!r}"
+                    )
+                args, kwargs = result
+        if len(args) > 1:
+            return cast("Callable[[], Any] | None", args[1])
+        return cast("Callable[[], Any] | None", kwargs.get("closure"))
+
+    def _post_hooks(self, closure: Callable[[], Any] | None) -> None:
+        kwargs: dict[str, Any] = {} if closure is None else {"closure": closure}
+        for hook in list(self._optimizer_step_post_hooks.values()):
+            hook(self, (self,), kwargs)
+
+    def _aggregate(self, request: list[NDArray[np.float64]]) -> Any:
+        """Hand the vector over (popped in the call: no frame of ours keeps it)."""
+        if self._passes_context:
+            return cast("Any", self.aggregator).aggregate(request.pop(), context=self._layout)
+        return self.aggregator.aggregate(request.pop())
 
     def _call_sync(self, request: list[NDArray[np.float64]]) -> Any:
-        result = self.aggregator.aggregate(request.pop())  # handed over, as in astep
+        result = self._aggregate(request)  # handed over, as in astep
         if inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()
@@ -295,40 +347,66 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         return result
 
     def _step(
-        self, closure: Callable[[], float] | None
-    ) -> Generator[list[NDArray[np.float64]], tuple[Any, BaseException | None], float | None]:
+        self, closure: Callable[[], Any] | None
+    ) -> Generator[list[NDArray[np.float64]], tuple[Any, BaseException | None], Any]:
         """The step as a generator: yields the vector to aggregate, receives the outcome.
 
-        Shared by :meth:`step` and :meth:`astep` so both roll back identically. The vector
-        is yielded in a one-slot list that the caller empties when it hands the vector to
-        the aggregator: the step keeps only its length, so an aggregator that lets go of
-        it once encoded (``PeerNode``, ``BackgroundPeer``) does not hold a model-sized
-        float64 copy through the round.
+        Shared by :meth:`step` and :meth:`astep` so both roll back identically (also when
+        the caller throws a cancellation in at the yield). The vector is yielded in a
+        one-slot list that the caller empties when it hands the vector to the aggregator:
+        the step keeps only its length, so an aggregator that lets go of it once encoded
+        (``PeerNode``, ``BackgroundPeer``) does not hold a model-sized float64 copy
+        through the round.
+
+        Only trainable parameters (``requires_grad``) take part: a frozen one is never
+        given a gradient or changed, as with the plain optimizer.
         """
         self._check_privacy()
+        params = self._trainable()
+        self._check_tensors(params)
+        self._layout = _layout(params)
+        loss: Any = None
         if self.mode == "delta":
-            self.local_steps += 1
-            if self.local_steps < self.every:
-                return self.original_optimizer.step(closure)
+            if self.local_steps == 0 or self._anchor is None:
+                self._anchor = [(p, p.detach().clone()) for p in params]
+                self.local_steps = 0
+            elif [id(p) for p, _ in self._anchor] != [id(p) for p in params]:
+                self._anchor, self.local_steps = None, 0
+                raise ValueError(
+                    "the trainable parameters changed within a synchronisation period "
+                    "(requires_grad switched, or parameters added): the local steps since "
+                    "the last round are not aggregated; the next step starts a new period"
+                )
+            if self.local_steps + 1 < self.every:
+                loss = self.original_optimizer.step(closure)
+                self.local_steps += 1  # after the step: a closure that raised is no step
+                return loss
             snapshot = self._snapshot()
             loss = self.original_optimizer.step(closure)
-            assert self._anchor is not None
-            vector = self._flatten(
-                [p.detach() - a for p, a in zip(self._params(), self._anchor, strict=True)]
-            )
+            self.local_steps += 1
+            vector = self._flatten([p.detach() - a for p, a in self._anchor])
         else:
-            loss = None
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
             # Nothing is written before the aggregate succeeds: no snapshot to restore.
             snapshot = None
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params()]
+            # A trainable parameter without a gradient at this site (an unused branch)
+            # contributes zeros and gets the federation's mean like every other site:
+            # the sites' models stay identical.
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             vector = self._flatten(grads)
+            del grads
         length = vector.shape[0]
         request = [self._clip(vector)]
         del vector
-        outcome, error = yield request
+        try:
+            outcome, error = yield request
+        except BaseException:  # thrown in by step()/astep(): Ctrl-C, a cancelled round
+            if snapshot is not None:
+                self._restore(snapshot)
+                self.local_steps -= 1
+            raise
         if error is None:
             try:
                 mean = self._mean(outcome, length)
@@ -344,19 +422,20 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         self.last_result = outcome
         if self.mode == "delta":
             assert self._anchor is not None
-            for param, anchor, change in zip(
-                self._params(), self._anchor, self._unflatten(mean), strict=True
+            for (param, anchor), change in zip(
+                self._anchor, self._unflatten(mean, params), strict=True
             ):
                 param.copy_(anchor + change)
-            self._anchor = [p.detach().clone() for p in self._params()]
+            self._anchor = None  # the next period starts from the averaged parameters
             self.local_steps = 0
             return loss
-        for param, grad in zip(self._params(), self._unflatten(mean), strict=True):
+        for param, grad in zip(params, self._unflatten(mean, params), strict=True):
             if param.grad is None:
                 param.grad = grad.clone()
             else:
                 param.grad.copy_(grad)
-        return self.original_optimizer.step()
+        self.original_optimizer.step()
+        return loss
 
     @property
     def epsilon(self) -> float | None:
@@ -424,15 +503,38 @@ class SecureAggOptimizer(torch.optim.Optimizer):
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
+    def _trainable(self) -> list[torch.Tensor]:
+        """The parameters that take part in a round: those with ``requires_grad``."""
+        return [p for p in self._params() if p.requires_grad]
+
+    def _check_tensors(self, params: list[torch.Tensor]) -> None:
+        """Refuse, before anything changes, what cannot be flattened into real entries."""
+        if not params:
+            raise ValueError("the optimizer has no trainable parameters (requires_grad)")
+        for index, p in enumerate(params):
+            where = f"parameter {index} (shape {tuple(p.shape)})"
+            if p.is_complex():
+                raise EncodingError(
+                    f"{where} is complex ({p.dtype}): only real parameters can be aggregated"
+                )
+            if p.device.type == "meta":
+                raise EncodingError(f"{where} is on the 'meta' device and holds no values")
+            grad = p.grad
+            if self.mode == "gradient" and grad is not None and grad.layout != torch.strided:
+                raise EncodingError(
+                    f"{where} has a sparse gradient ({grad.layout}), which is not supported: "
+                    "use dense gradients (e.g. nn.Embedding(sparse=False)), or mode='delta'"
+                )
+
     def _flatten(self, tensors: list[torch.Tensor]) -> NDArray[np.float64]:
-        if not tensors:
-            raise ValueError("the optimizer has no parameters")
         flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
         return flat.cpu().numpy()
 
-    def _unflatten(self, vector: NDArray[np.float64]) -> list[torch.Tensor]:
+    def _unflatten(
+        self, vector: NDArray[np.float64], params: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
         out, offset = [], 0
-        for param in self._params():
+        for param in params:
             size = param.numel()
             piece = torch.from_numpy(vector[offset : offset + size]).reshape(param.shape)
             out.append(piece.to(dtype=param.dtype, device=param.device))
@@ -443,6 +545,10 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         if self.max_grad_norm is None or self.expected_batch_size is not None:
             return vector  # DP-SGD: each example was clipped, their sum is not
         norm = math.sqrt(sum_of_squares(vector))  # not BLAS (fixedpoint.sum_of_squares)
+        if math.isinf(norm) and np.isfinite(vector).all():
+            # Σ x² overflowed, the entries did not: the norm of the rescaled vector
+            top = float(np.abs(vector).max())
+            norm = top * math.sqrt(sum_of_squares(vector / top))
         if norm > self.max_grad_norm:
             vector = vector * (self.max_grad_norm / norm)
         return vector
@@ -496,3 +602,20 @@ __all__ = [
     "Aggregator",
     "SecureAggOptimizer",
 ]
+
+
+def _takes_context(aggregator: Aggregator) -> bool:
+    """Whether ``aggregator.aggregate`` accepts a ``context`` keyword (PeerNode does)."""
+    try:
+        parameters = inspect.signature(aggregator.aggregate).parameters
+    except (TypeError, ValueError):
+        return False
+    return "context" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
+def _layout(params: list[torch.Tensor]) -> bytes:
+    """The trainable parameters' shapes in order: what every site must flatten alike."""
+    shapes = ";".join(",".join(str(size) for size in p.shape) for p in params)
+    return b"mpc-agg/torch-layout/v1\x00" + shapes.encode()

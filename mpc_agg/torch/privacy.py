@@ -55,9 +55,10 @@ def clipped_gradient_sum(
         out = torch.func.functional_call(model, (p, b), (x.unsqueeze(0),))
         return loss_fn(out, y.unsqueeze(0))
 
-    per_example = torch.func.vmap(torch.func.grad(one), in_dims=(None, None, 0, 0))(
-        params, buffers, inputs, targets
-    )
+    # randomness="different": each example draws its own dropout mask, as in a batch
+    per_example = torch.func.vmap(
+        torch.func.grad(one), in_dims=(None, None, 0, 0), randomness="different"
+    )(params, buffers, inputs, targets)
     squared = sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in per_example.values())
     assert isinstance(squared, torch.Tensor)
     norms = squared.sqrt()

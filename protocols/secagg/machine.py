@@ -35,6 +35,7 @@ from mpc_agg.crypto import (
 )
 from mpc_agg.envelope import (
     BROADCAST,
+    MAX_PROTOCOL_LEN,
     Envelope,
     EnvelopeContext,
     parse_envelope,
@@ -86,6 +87,7 @@ from protocols.common import (
     Roster,
     RoundAborted,
     Send,
+    check_context,
     format_peers,
 )
 from protocols.secagg.messages import (
@@ -115,13 +117,20 @@ from protocols.secagg.messages import (
 PROTOCOL = "secagg/4"
 
 
-def protocol_id(ring_bits: int, vector_length: int, reduce_scatter: bool = False) -> str:
+def protocol_id(
+    ring_bits: int, vector_length: int, reduce_scatter: bool = False, context: str = ""
+) -> str:
     """§2.1 — the protocol name bound into every envelope and key derivation of a round.
 
-    The version, the ring, L and the data path: a site configured with other values hears
-    nothing (and is dealt nothing) instead of splitting the round.
+    The version, the ring, L, the data path and the round's context (the runtime's digest
+    of its DP calibration and of the caller's layout, if any): a site configured with other
+    values hears nothing (and is dealt nothing) instead of splitting the round.
     """
-    return f"{PROTOCOL} b{ring_bits} L{vector_length}" + (" rs" if reduce_scatter else "")
+    return (
+        f"{PROTOCOL} b{ring_bits} L{vector_length}"
+        + (" rs" if reduce_scatter else "")
+        + (f" {context}" if context else "")
+    )
 
 
 def chunk_bounds(vector_length: int, owners: int) -> list[tuple[int, int]]:
@@ -180,9 +189,13 @@ class SecAggParams:
     reduce_scatter: bool = False
     """§6.7 — masked inputs travel as chunks to their owners, who publish verified chunk
     sums: each peer receives about 3·L words instead of n·L. Needs ``ring_bits = 32``."""
+    context: str = ""
+    """§2.1 — ``""`` or ``"x"`` and 16 hex digits: what else the sites must agree on (the
+    runtime's digest of the round's DP calibration and the caller's layout)."""
 
     def __post_init__(self) -> None:
         n = len(self.roster)
+        check_context(self.context)
         if self.ring_bits not in RING_BITS_CHOICES:
             raise ValueError(f"ring_bits must be one of {RING_BITS_CHOICES}, got {self.ring_bits}")
         if self.reduce_scatter and self.ring_bits != 32:
@@ -202,7 +215,7 @@ class SecAggParams:
     @property
     def protocol_id(self) -> str:
         """§2.1 — :func:`protocol_id` of this round."""
-        return protocol_id(self.ring_bits, self.vector_length, self.reduce_scatter)
+        return protocol_id(self.ring_bits, self.vector_length, self.reduce_scatter, self.context)
 
     @property
     def max_payload(self) -> int:
@@ -574,7 +587,7 @@ class SecAggMachine:
 
     def _info(self, label: bytes, *peers: int) -> bytes:
         w = Writer().raw(b"mpc-agg/secagg/" + label + b"\x00")
-        w.text(self.params.protocol_id, 32).text(self.params.federation, 128)
+        w.text(self.params.protocol_id, MAX_PROTOCOL_LEN).text(self.params.federation, 128)
         w.fixed(self.params.roster.digest, 32).u64(self.params.round_id)
         for p in peers:
             w.u16(p)

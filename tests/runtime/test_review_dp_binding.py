@@ -1,0 +1,80 @@
+"""Sites whose ``[dp]`` tables differ (found by an independent DP review at be68d96).
+
+The round bound federation, roster, ring, length and data path, but not the DP
+calibration: a site with z = 0.01, or with no ``[dp]`` table, joined the round, added
+less noise, and the others reported ε for the full noise. The calibration is now part of
+the round's context (secagg SPEC §2.1, DP.md §5.1): such a round aborts before anything is
+revealed, naming the mismatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+
+import numpy as np
+import pytest
+
+from mpc_agg import dp
+from peers.memory import MemoryBroker, MemoryTransport
+from peers.node import AggregateResult, PeerNode, RoundAbortedError
+from protocols.harness import make_roster
+
+DELTA = 1e-5
+GOOD = dp.DpSettings(noise_multiplier=2.0, clip_norm=1.0, delta=DELTA)
+
+
+async def _round(
+    privacy: list[dp.DpSettings | None], updates: list[np.ndarray]
+) -> list[AggregateResult | BaseException]:
+    roster, keys = make_roster(len(privacy))
+    broker = MemoryBroker()
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                PeerNode(
+                    federation="fed-mixed",
+                    roster=roster,
+                    me=i,
+                    signing_key=keys[i],
+                    transport=MemoryTransport(broker, name=f"site-{i}"),
+                    deadlines=lambda _phase: 1.0,
+                    threshold=len(privacy),
+                    frac_bits=20,
+                    ring_bits=64,
+                    privacy=p,
+                )
+            )
+            for i, p in enumerate(privacy)
+        ]
+        return await asyncio.gather(
+            *(n.aggregate(u) for n, u in zip(nodes, updates, strict=True)),
+            return_exceptions=True,
+        )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "odd",
+    [
+        None,
+        dp.DpSettings(noise_multiplier=0.01, clip_norm=1.0, delta=DELTA),
+        dp.DpSettings(noise_multiplier=2.0, clip_norm=1.0, delta=DELTA, noise_sites=2),
+        dp.DpSettings(noise_multiplier=2.0, clip_norm=2.0, delta=DELTA),
+    ],
+    ids=["no [dp] table", "z = 0.01", "noise_sites = 2", "clip 2"],
+)
+async def test_a_site_with_another_dp_table_aborts_the_round(odd: dp.DpSettings | None) -> None:
+    results = await _round([GOOD, GOOD, odd], [np.zeros(200)] * 3)
+    for result in results:
+        assert isinstance(result, RoundAbortedError), result
+        assert "the sites' round parameters differ" in str(result)
+        assert "[dp] table" in str(result)
+
+
+@pytest.mark.asyncio
+async def test_sites_with_the_same_dp_table_still_agree() -> None:
+    results = await _round([GOOD, GOOD, GOOD], [np.zeros(200)] * 3)
+    assert all(isinstance(r, AggregateResult) for r in results), results
+    digests = {r.result_digest for r in results if isinstance(r, AggregateResult)}
+    assert len(digests) == 1
