@@ -1274,6 +1274,18 @@ class RobustMachine:
             for h, m in self._output_verify.items()
             if dealer in dict(m.projections)
         }
+        # A holder that published its aggregate share holds every accepted dealer's share
+        # (§6.8), so an OutputVerify of it without this dealer's projection is provably
+        # deviating: excluded, and it counts towards pinning like a proven liar (§6.10).
+        omitted = sorted(
+            h
+            for h, m in self._output_verify.items()
+            if h in self._output_shares and h != self.me and dealer not in dict(m.projections)
+        )
+        for holder in omitted:
+            self._exclude(
+                holder, f"published its output share but no output projection for {dealer}", effects
+            )
         expected = self._output_expected(dealer)
         if expected is not None:
             answers = self._output_disputes.get(dealer)
@@ -1301,7 +1313,7 @@ class RobustMachine:
                 proven_liars += 1
             if not reference_ok and answers is not None:  # gone: a dropout, not a deviation
                 self._exclude(dealer, "its output-check reference is wrong", effects)
-            elif len(result) + proven_liars >= 2 * self._t + 1:  # pinned, as in §6.7
+            elif len(result) + proven_liars + len(omitted) >= 2 * self._t + 1:  # as in §6.7
                 return result
         # §6.10 fallback: ≥ 2t+1 holders must agree on one polynomial
         points = {h + 1: np.array([v], dtype=np.uint64) for h, v in claimed.items()}
