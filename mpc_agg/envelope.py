@@ -42,7 +42,7 @@ from mpc_agg.crypto import (
     payload_digest,
     sha256,
 )
-from mpc_agg.errors import DecodeError, SignatureError
+from mpc_agg.errors import SignatureError
 
 MAGIC = b"MPCA"
 WIRE_VERSION = 2
@@ -148,25 +148,6 @@ def _header(
         .getvalue()
     )
     return header + bytes(-len(header) % 8)  # payload starts 8-byte aligned
-
-
-def peek_phase(data: bytes | memoryview) -> int | None:
-    """The ``phase`` field of a message's header, unauthenticated; None if it is not one.
-
-    For the runtime's bookkeeping of where the other sites are (which round, past its first
-    phase or not), before any signature is checked; never raises.
-    """
-    try:
-        reader = Reader(data)
-        if reader.fixed(len(MAGIC)) != MAGIC or reader.u8() != WIRE_VERSION:
-            return None
-        reader.text(MAX_PROTOCOL_LEN)
-        reader.text(MAX_FEDERATION_LEN)
-        reader.fixed(DIGEST_SIZE)
-        reader.u64()
-        return reader.u8()
-    except (DecodeError, ValueError, TypeError):
-        return None
 
 
 def parse_envelope(data: bytes | memoryview, *, max_payload: int) -> Envelope:

@@ -161,6 +161,11 @@ class BackgroundPeer:
             if self._owns_loop:
                 self._loop.close()
 
+    @property
+    def last_round(self) -> int:
+        """The node's :attr:`~peers.node.PeerNode.last_round`."""
+        return self.node.last_round
+
     def aggregate(
         self, update: ArrayLike, *, round_id: int | None = None, context: bytes | None = None
     ) -> AggregateResult:

@@ -64,7 +64,6 @@ from numpy.typing import ArrayLike, NDArray
 
 from mpc_agg import dp
 from mpc_agg.crypto import SigningKey
-from mpc_agg.envelope import peek_phase
 from mpc_agg.errors import EncodingError, MpcAggError, ProtocolMisuseError
 from mpc_agg.fixedpoint import FixedPointCodec, sum_of_squares
 from mpc_agg.normproof import max_norm_bound
@@ -348,9 +347,6 @@ class _Round:
     mismatch: str | None = None
     # the encoded update until the machine has taken its own copy (then freed: d = 10^8)
     update: NDArray[np.uint64] | None = None
-    # the round id was the node's own choice (aggregate() without round_id), which
-    # follows the other sites' (see PeerNode._rejoin_target)
-    implicit: bool = False
     # publications in flight: started in the machine's order, awaited together, so a phase
     # with n − 1 private messages costs one broker round trip, not n − 1
     publishing: set[asyncio.Future[None]] = field(default_factory=set)
@@ -373,7 +369,9 @@ class _Held:
 def _round_context(dp_round: dp.DpRound | None, caller: bytes | None) -> str:
     """The round's context (SPEC §2.1): ``""`` or a digest every site must share.
 
-    It covers the DP calibration (DP.md §5.1) and the caller's context bytes.
+    It covers the DP calibration (DP.md §5.1) and the caller's context bytes. Numbers are
+    hashed as float64 values (``float.hex``), so settings that compare equal (2, 2.0,
+    ``np.float64(2.0)``) give the same context.
     """
     if dp_round is None and caller is None:
         return ""
@@ -383,18 +381,18 @@ def _round_context(dp_round: dp.DpRound | None, caller: bytes | None) -> str:
         calibration = json.dumps(
             {
                 "mechanism": settings.mechanism.value,
-                "noise_multiplier": repr(settings.noise_multiplier),
-                "clip_norm": repr(settings.clip_norm),
-                "delta": repr(settings.delta),
+                "noise_multiplier": float(settings.noise_multiplier).hex(),
+                "clip_norm": float(settings.clip_norm).hex(),
+                "delta": float(settings.delta).hex(),
                 "unit": settings.unit.value,
-                "sampling_probability": repr(settings.sampling_probability),
-                "local": settings.local,
-                "rotation": settings.rotation,
-                "min_sites": dp_round.min_sites,
-                "frac_bits": dp_round.frac_bits,
-                "dimension": dp_round.dimension,
-                "sigma_squared": dp_round.sigma_squared,
-                "skellam_mu": repr(dp_round.skellam_mu),
+                "sampling_probability": float(settings.sampling_probability).hex(),
+                "local": bool(settings.local),
+                "rotation": bool(settings.rotation),
+                "min_sites": int(dp_round.min_sites),
+                "frac_bits": int(dp_round.frac_bits),
+                "dimension": int(dp_round.dimension),
+                "sigma_squared": int(dp_round.sigma_squared),
+                "skellam_mu": float(dp_round.skellam_mu).hex(),
             },
             sort_keys=True,
         ).encode()
@@ -498,16 +496,9 @@ class PeerNode:
         self._presence_changed = asyncio.Event()
         self._current: _Round | None = None
         self._last_round = last_round
-        # the round id of each roster site's latest message since the last round ended, or
-        # before it if for a later round (see _drift_hint, _rejoin_target)
+        # the round id of each roster site's latest message since the last round ended
+        # (see _drift_hint)
         self._latest_round: dict[int, int] = {}
-        # the highest phase of each roster site's messages for that round (header field,
-        # unauthenticated): above the first, the site's round went on without this one
-        self._latest_phase: dict[int, int] = {}
-        # sites whose latest round (after this node's last one) was seen while this node
-        # ran its own and that round aborted: the two ran concurrently (the ids differ),
-        # and by the time this node starts the next one, theirs is over
-        self._latest_stale: set[int] = set()
         self._joined = False
         # (round, claimed sender) -> messages held for that round
         self._early: dict[tuple[int, int], _Held] = {}
@@ -676,14 +667,8 @@ class PeerNode:
 
     def _route(self, round_id: int, claimed: int | None, data: bytes | memoryview) -> None:
         current = self._current
-        if claimed is not None:  # bounded by the roster: where the other sites are
-            phase = peek_phase(data) or 0
-            if self._latest_round.get(claimed) != round_id:
-                self._latest_round[claimed] = round_id
-                self._latest_phase[claimed] = phase
-                self._latest_stale.discard(claimed)
-            else:
-                self._latest_phase[claimed] = max(self._latest_phase[claimed], phase)
+        if claimed is not None:  # bounded by the roster; for a round-id mismatch's abort
+            self._latest_round[claimed] = round_id
         if current is not None and round_id == current.round_id:
             self._admit(current, claimed, data)
         elif round_id > self._last_round and claimed is not None:
@@ -753,62 +738,12 @@ class PeerNode:
             f"{self.roster.name(site)} (round {other})" for site, other in sorted(drifted.items())
         )
         ahead = max(state.round_id, *drifted.values()) + 1
-        rejoins = (
-            "; a node that keeps running joins the others' round by itself at its next "
-            "aggregate() without round_id"
-            if state.implicit
-            else ""
-        )
         return (
             f"; the latest messages of {sites} are for another round than {state.round_id}: "
             "if the sites' round ids differ (each continues after the last round in its own "
             f"audit log), give every site the same round id (`--round {ahead}`, or "
-            f"aggregate(round_id=…)){rejoins}"
+            "aggregate(round_id=…))"
         )
-
-    def _rejoin_target(self) -> int | None:
-        """The id of the next implicit round when the other sites are ahead; else None.
-
-        By default each site continues after its own last round, so a site that missed one
-        (its update could not be encoded, its training loop skipped a step, it was away,
-        it ran one alone) would run every later round one id behind the others — or they
-        behind it — and abort each time. Each roster site whose latest message is for a
-        later round r (within the drift window) is expected next in r if it is still in
-        r's first phase (waiting for the others), else in r + 1: r went on without this
-        node, or was seen while this node's last round ran and aborted (concurrent rounds
-        of drifted ids: theirs is over too). After a finished round, a later round seen
-        during it is the next one, which a faster site started and waits in. The round
-        most sites are expected in wins (ties: the higher). Ids and phases are read
-        before any signature, so a forged message can at most move the next round up to
-        ``_DRIFT_WINDOW`` ids ahead: a wasted round, which a broker can cause anyway.
-        """
-        after = self._last_round
-        expected: Counter[int] = Counter()
-        for site, other in self._latest_round.items():
-            if not after < other <= after + _DRIFT_WINDOW:
-                continue
-            waiting = site not in self._latest_stale and self._latest_phase.get(site, 0) <= 1
-            expected[other if waiting else other + 1] += 1
-        if not expected:
-            return None
-        target = max(expected, key=lambda other: (expected[other], other))
-        return target if after + 1 < target < 1 << 64 else None
-
-    def _forget_rounds_up_to(self, round_id: int, *, finished: bool) -> None:
-        """At the end of round ``round_id``: keep only the sites seen in later rounds.
-
-        If the round did not finish, a later round seen during it ran concurrently (the
-        sites' ids differ) and is taken as over by now (stale); after a finished round it
-        is the next one, which a faster site has started and waits in for this one.
-        """
-        for site, other in list(self._latest_round.items()):
-            if other > round_id:
-                if not finished:
-                    self._latest_stale.add(site)
-            else:
-                del self._latest_round[site]
-                self._latest_phase.pop(site, None)
-                self._latest_stale.discard(site)
 
     def _take_early(self, state: _Round) -> None:
         """Admit the held messages of the round in arrival order; drop older rounds'."""
@@ -824,17 +759,21 @@ class PeerNode:
 
     # ------------------------------------------------------------------ rounds
 
+    @property
+    def last_round(self) -> int:
+        """The id of this node's last round (started, whatever its outcome; 0: none yet)."""
+        return self._last_round
+
     async def aggregate(
         self, update: ArrayLike, *, round_id: int | None = None, context: bytes | None = None
     ) -> AggregateResult:
         """Run one secure aggregation round with ``update``; return the decoded sum.
 
-        ``round_id``: by default the round after this node's last one, or the round the
-        other sites are on if they are ahead (:meth:`_rejoin_target`). ``context``: bytes
-        every site must pass alike (e.g. the layout of the model's parameters, which
-        ``SecureAggOptimizer`` passes): bound into the round with the DP calibration, so
-        sites that differ hear nothing from each other and the round aborts naming the
-        mismatch (SPEC §2.1) instead of summing unlike vectors.
+        ``round_id``: by default the round after this node's last one (:attr:`last_round`).
+        ``context``: bytes every site must pass alike (e.g. the layout of the model's
+        parameters, which ``SecureAggOptimizer`` passes): bound into the round with the DP
+        calibration, so sites that differ hear nothing from each other and the round aborts
+        naming the mismatch (SPEC §2.1) instead of summing unlike vectors.
 
         Raises :class:`RoundAbortedError` when the round aborts (the reason names the
         phase and the peers), :class:`EncodingError` for NaN/inf or out-of-range input,
@@ -863,9 +802,7 @@ class PeerNode:
     async def _aggregate(
         self, handover: list[ArrayLike], round_id: int | None, context: bytes | None
     ) -> AggregateResult:
-        implicit = round_id is None
-        if round_id is None:
-            round_id = self._rejoin_target() or self._last_round + 1
+        round_id = self._last_round + 1 if round_id is None else round_id
         if round_id >= 1 << 64:
             raise ProtocolMisuseError(
                 f"round ids are exhausted: the last round was {self._last_round} and ids are "
@@ -932,7 +869,6 @@ class PeerNode:
             byte_limit=plan.byte_budget,
             message_limit=plan.message_budget,
             update=ring,
-            implicit=implicit,
         )
         del ring, privatized  # the state holds the only reference, until begin()
         self._current = state
@@ -942,10 +878,8 @@ class PeerNode:
             state.inbox.put_nowait((None, b""))
         bytes_out_before = self._bytes_out_total()
         bytes_in_before = self._bytes_in
-        finished = False
         try:
             ready, ignored, timings = await self._run(state)
-            finished = True
         except RoundAbortedError as exc:
             self._record(round_id, plan, {"outcome": "aborted", "reason": exc.reason})
             raise
@@ -958,7 +892,7 @@ class PeerNode:
             raise
         finally:
             self._current = None
-            self._forget_rounds_up_to(round_id, finished=finished)
+            self._latest_round.clear()
         if dp_round is None:
             # the ring total is this round's own array: its buffer becomes the floats
             total = plan.codec.decode(ready.total, overwrite=True).reshape(shape)

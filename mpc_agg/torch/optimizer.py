@@ -39,7 +39,9 @@ Rollback: when the aggregation fails — the round aborts, the transport fails, 
 out of the encodable range — the parameters, their gradients and the optimizer state are
 exactly what they were before ``step()`` and :class:`AggregationFailedError` is raised
 (``on_failure="raise"``), or the step is skipped and counted (``on_failure="skip"``). Both
-are logged.
+are logged. A step whose update cannot be encoded sends nothing while the other sites run
+the round: the next step takes the round after it (:attr:`missed_rounds`), as it does after
+:meth:`skip_round` for a step the training loop leaves out (``GradScaler``).
 
 ``param_groups``, ``state``, ``defaults``, ``state_dict``, ``load_state_dict``,
 ``zero_grad`` and ``add_param_group`` are the wrapped optimizer's, so LR schedulers and
@@ -172,8 +174,17 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         # the parameters' layout, passed as the round's context to an aggregator that
         # takes one (PeerNode, BackgroundPeer): sites whose layouts differ abort the round
         # instead of averaging one site's head into another's backbone
-        self._passes_context = _takes_context(aggregator)
+        self._passes_context = _takes_keyword(aggregator, "context")
         self._layout = b""
+        # rounds this site sat out since its last one (an update that could not be
+        # encoded, skip_round()): the next round id skips them, so the site rejoins the
+        # others instead of running every later round one id behind (PeerNode's default
+        # is the round after its own last one)
+        self._passes_round = _takes_keyword(aggregator, "round_id") and hasattr(
+            aggregator, "last_round"
+        )
+        self.missed_rounds = 0
+        """Rounds the other sites ran without this one since its last round."""
         self._optimizer_step_pre_hooks = OrderedDict()
         self._optimizer_step_post_hooks = OrderedDict()
         self._optimizer_state_dict_pre_hooks = OrderedDict()
@@ -329,10 +340,26 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         for hook in list(self._optimizer_step_post_hooks.values()):
             hook(self, (self,), kwargs)
 
+    def skip_round(self) -> None:
+        """Record that the other sites run a round without this one.
+
+        For a step the training loop skips on purpose — ``GradScaler`` found inf and did
+        not call :meth:`step`; a site that waits a round out — so that the next step takes
+        part in the others' next round instead of one they have finished. A step whose
+        update cannot be encoded (``EncodingError``: nothing was sent) counts by itself.
+        """
+        self.missed_rounds += 1
+
     def _aggregate(self, request: list[NDArray[np.float64]]) -> Any:
         """Hand the vector over (popped in the call: no frame of ours keeps it)."""
+        options: dict[str, Any] = {}
         if self._passes_context:
-            return cast("Any", self.aggregator).aggregate(request.pop(), context=self._layout)
+            options["context"] = self._layout
+        if self._passes_round and self.missed_rounds:
+            last = int(cast("Any", self.aggregator).last_round)
+            options["round_id"] = last + 1 + self.missed_rounds
+        if options:
+            return cast("Any", self.aggregator).aggregate(request.pop(), **options)
         return self.aggregator.aggregate(request.pop())
 
     def _call_sync(self, request: list[NDArray[np.float64]]) -> Any:
@@ -406,7 +433,10 @@ class SecureAggOptimizer(torch.optim.Optimizer):
             if snapshot is not None:
                 self._restore(snapshot)
                 self.local_steps -= 1
+            self.missed_rounds = 0  # the node used the round id up
             raise
+        # EncodingError: refused before anything was sent, the others run the round alone
+        self.missed_rounds = self.missed_rounds + 1 if isinstance(error, EncodingError) else 0
         if error is None:
             try:
                 mean = self._mean(outcome, length)
@@ -417,7 +447,7 @@ class SecureAggOptimizer(torch.optim.Optimizer):
                 self._restore(snapshot)
                 self.local_steps -= 1
             self._failed(error)
-            return None
+            return loss  # the closure's, as torch's step returns it
         self.rounds += 1
         self.last_result = outcome
         if self.mode == "delta":
@@ -604,13 +634,13 @@ __all__ = [
 ]
 
 
-def _takes_context(aggregator: Aggregator) -> bool:
-    """Whether ``aggregator.aggregate`` accepts a ``context`` keyword (PeerNode does)."""
+def _takes_keyword(aggregator: Aggregator, name: str) -> bool:
+    """Whether ``aggregator.aggregate`` accepts keyword ``name`` (PeerNode: both)."""
     try:
         parameters = inspect.signature(aggregator.aggregate).parameters
     except (TypeError, ValueError):
         return False
-    return "context" in parameters or any(
+    return name in parameters or any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
     )
 

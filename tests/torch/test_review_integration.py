@@ -13,7 +13,7 @@ import copy
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -232,7 +232,8 @@ async def test_a_site_that_missed_a_round_rejoins_at_its_next_step(miss: str) ->
     max_abs_value (EncodingError, the step is skipped), or site-2 does not call step() at
     all (GradScaler found inf, the process was busy): sites 0 and 1 run that round without
     it. Site-2 used to stay one round id behind and abort at every later step, for good.
-    Its node now starts the round the others are on."""
+    Now the optimizer skips the rounds it missed: by itself after an EncodingError
+    (nothing was sent), after skip_round() for a step the loop left out."""
     models = [make_model() for _ in range(3)]
     async with running_nodes(3, memory_transports(), threshold=2, deadline=0.5) as nodes:
         opts = [
@@ -255,6 +256,7 @@ async def test_a_site_that_missed_a_round_rejoins_at_its_next_step(miss: str) ->
             assert opts[2].skipped == 1
         else:
             await asyncio.gather(step(0), step(1))
+            opts[2].skip_round()
         assert opts[0].rounds == opts[1].rounds == 2
         for _ in range(3):
             await asyncio.gather(*(step(k) for k in range(3)))
@@ -371,3 +373,32 @@ async def test_sites_whose_parameters_are_laid_out_differently_are_refused() -> 
     for k in range(2):
         assert not backbone[k].detach().any()
         assert not head[k].detach().any()
+
+
+class _Aborting:
+    def aggregate(self, update: np.ndarray) -> Any:
+        raise MpcAggError("round 7 aborted: only 1 of 3 peers advertised keys")
+
+
+@pytest.mark.parametrize("mode", ["gradient", "delta"])
+def test_a_skipped_step_still_returns_the_closures_loss(
+    mode: Literal["gradient", "delta"],
+) -> None:
+    # a training loop logs `loss = opt.step(closure); loss.item()`, also on the step whose
+    # round failed and was skipped (a review found None returned there)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = SecureAggOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), _Aborting(), mode=mode, on_failure="skip"
+    )
+    x = torch.randn(3, 4)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss: torch.Tensor = model(x).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert opt.skipped == 1
+    assert isinstance(loss, torch.Tensor)
