@@ -101,20 +101,37 @@ def test_a_site_without_gradients_sends_zeros_and_applies_the_federations_mean()
 # --------------------------------------------------------------------- closures, hooks
 
 
-def test_step_with_closure_returns_the_loss_in_gradient_mode() -> None:
-    """torch.optim contract: step(closure) returns the closure's loss."""
+class _Aborting:
+    def aggregate(self, update: np.ndarray) -> Any:
+        raise MpcAggError("round 7 aborted: only 1 of 3 peers advertised keys")
+
+
+@pytest.mark.parametrize("mode", ["gradient", "delta"])
+@pytest.mark.parametrize("fails", [False, True])
+def test_step_with_closure_returns_the_loss(
+    mode: Literal["gradient", "delta"], fails: bool
+) -> None:
+    """torch.optim contract: step(closure) returns the closure's loss (it returned None in
+    gradient mode), also on a step whose round failed and was skipped (a training loop logs
+    `loss = opt.step(closure); loss.item()`)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
-    opt = SecureAggOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), Mean())
+    aggregator = _Aborting() if fails else Mean()
+    opt = SecureAggOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), aggregator, mode=mode, on_failure="skip"
+    )
     x = torch.randn(3, 4)
+    losses: list[torch.Tensor] = []
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
         loss: torch.Tensor = model(x).sum()
         loss.backward()
+        losses.append(loss)
         return loss
 
-    assert opt.step(closure) is not None
+    assert opt.step(closure) is losses[-1]
+    assert opt.skipped == int(fails)
 
 
 def test_step_hooks_registered_on_the_wrapper_run() -> None:
@@ -373,32 +390,3 @@ async def test_sites_whose_parameters_are_laid_out_differently_are_refused() -> 
     for k in range(2):
         assert not backbone[k].detach().any()
         assert not head[k].detach().any()
-
-
-class _Aborting:
-    def aggregate(self, update: np.ndarray) -> Any:
-        raise MpcAggError("round 7 aborted: only 1 of 3 peers advertised keys")
-
-
-@pytest.mark.parametrize("mode", ["gradient", "delta"])
-def test_a_skipped_step_still_returns_the_closures_loss(
-    mode: Literal["gradient", "delta"],
-) -> None:
-    # a training loop logs `loss = opt.step(closure); loss.item()`, also on the step whose
-    # round failed and was skipped (a review found None returned there)
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 2)
-    opt = SecureAggOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.1), _Aborting(), mode=mode, on_failure="skip"
-    )
-    x = torch.randn(3, 4)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss: torch.Tensor = model(x).sum()
-        loss.backward()
-        return loss
-
-    loss = opt.step(closure)
-    assert opt.skipped == 1
-    assert isinstance(loss, torch.Tensor)
