@@ -59,7 +59,7 @@ from mpc_agg.randomness import RandomSource
 
 #: Projection bound in units of B: an honest ⟨z, x⟩ exceeds αB w.p. ≤ 2e^(−α²) ≈ 2^−50.9.
 ALPHA = 6
-#: Target soundness of the wrap-around check, in bits, before the 2^t grinding factor.
+#: Target soundness of the wrap-around check, in bits, before the factor K (challenge_candidates).
 SECURITY_BITS = 40
 #: Most gadget calls per wire (M): the prover's extrapolation costs O(M·d).
 MAX_CALLS = 64
@@ -88,7 +88,7 @@ class NormBoundError(EncodingError):
 
 
 class WrapRangeError(NormBoundError):
-    """An honest input fell outside a projection's range (probability ≤ 2^-40)."""
+    """An honest input fell outside a projection's range (probability ≤ 2R·e^-36 ≈ 2^-45.6)."""
 
 
 def challenge_candidates(peers: int, threshold: int) -> int:
@@ -144,7 +144,7 @@ def check_norm_bound(norm_bound: int, vector_length: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class NormProofShape:
-    """Sizes and layout of the statement, the proof and the verifier (SPEC §6.2)."""
+    """Sizes and layout of the statement, the proof and the verifier (SPEC §2.1, §6.4)."""
 
     vector_length: int
     norm_bound: int
@@ -510,7 +510,7 @@ def prove(
 
     Raises :class:`NormBoundError` if ‖x‖ > B (the caller's input is invalid: nothing
     would make it pass) and :class:`WrapRangeError` if a projection leaves its range
-    (an honest input; probability ≤ 2^-40).
+    (an honest input; probability ≤ 2R·e^-36 ≈ 2^-45.6).
     """
     bound = shape.norm_bound
     if x.shape != (shape.vector_length,):
@@ -630,7 +630,7 @@ class Verifier:
 
     @one_blas_thread
     def _x_functionals(self, x: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], int]:
-        """(Σ_{m≥1} λ_m(r)·x[m, ·] for every point r, ⟨Σ η_s z_s, x⟩) from one limb split.
+        """(Σ_{m=k..N′−1} λ_m(r)·x[m−k, ·] for every point r, ⟨Σ η_s z_s, x⟩), one limb split.
 
         The limbs of x are written into a buffer kept for every query (its padding stays
         zero); per limb j of x, one float64 product with the stacked limbs of the weights
@@ -668,7 +668,7 @@ def _batched_relations(
 ) -> int:
     """The batched linear relations (SPEC §6.5), zero for a valid (x, proof).
 
-    η₀·(Σ_{m=1..M} P_x(m) + slack − B²) + Σ β·P_b(data nodes) + Σ_s η_s·(w_s − αB)
+    η₀·(Σ_{m=k..N′−1} P_x(m) + slack − B²) + Σ β·P_b(data nodes) + Σ_s η_s·(w_s − αB)
     − ⟨Σ_s η_s z_s, x⟩.
     """
     bound = shape.norm_bound
@@ -686,7 +686,7 @@ def _batched_relations(
 
 
 def decide(shape: NormProofShape, verifier: NDArray[np.uint64]) -> str | None:
-    """SPEC §6.6 — ``None`` if the reconstructed verifier accepts, else the failed check."""
+    """SPEC §6.7 step 3 — ``None`` if the reconstructed verifier accepts, else the failed check."""
     wires, bit_wires, step = shape.wires, shape.bit_wires, shape.point_length
     for k in range(shape.points):
         base = k * step

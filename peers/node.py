@@ -343,7 +343,8 @@ class _Round:
     received_bytes: Counter[int | None] = field(default_factory=Counter)
     flooding: set[int | None] = field(default_factory=set)
     shuffled: list[tuple[int | None, bytes | memoryview]] = field(default_factory=list)
-    # the first context mismatch (protocol, ring, length, data path, roster), for the abort
+    # the first context mismatch (protocol, ring, length, data path, round context such as
+    # the [dp] table or the caller's layout, roster), for the abort
     mismatch: str | None = None
     # the encoded update until the machine has taken its own copy (then freed: d = 10^8)
     update: NDArray[np.uint64] | None = None
