@@ -70,7 +70,7 @@ from mpc_agg.normproof import max_norm_bound
 from mpc_agg.randomness import RandomSource, SystemRandomSource
 from mpc_agg.ring import RingVector
 from peers.audit import AuditLog
-from peers.config import ConfigError, SiteConfig
+from peers.config import DEFAULT_FRAC_BITS, ConfigError, SiteConfig
 from peers.mqtt import MqttTransport
 from peers.transport import (
     ONLINE,
@@ -367,14 +367,18 @@ class _Held:
         return len(self.messages)
 
 
-def _round_context(dp_round: dp.DpRound | None, caller: bytes | None) -> str:
+def _round_context(dp_round: dp.DpRound | None, caller: bytes | None, frac_bits: int) -> str:
     """The round's context (SPEC §2.1): ``""`` or a digest every site must share.
 
-    It covers the DP calibration (DP.md §5.1) and the caller's context bytes. Numbers are
+    It covers the DP calibration (DP.md §5.1), the caller's context bytes and the
+    fixed-point scale 2^frac_bits when it is not the default (a site encoding at another
+    scale would otherwise be summed with the others, wrongly, without an error; with the
+    default nothing is added, so such rounds keep their protocol string). Numbers are
     hashed as float64 values (``float.hex``), so settings that compare equal (2, 2.0,
     ``np.float64(2.0)``) give the same context.
     """
-    if dp_round is None and caller is None:
+    scale = b"" if frac_bits == DEFAULT_FRAC_BITS else b"frac_bits=%d" % frac_bits
+    if dp_round is None and caller is None and not scale:
         return ""
     calibration = b""
     if dp_round is not None:
@@ -398,7 +402,7 @@ def _round_context(dp_round: dp.DpRound | None, caller: bytes | None) -> str:
             sort_keys=True,
         ).encode()
     digest = hashlib.sha256(b"mpc-agg/round-context/v1\x00")
-    for part in (calibration, b"" if caller is None else bytes(caller)):
+    for part in (calibration, scale, b"" if caller is None else bytes(caller)):
         digest.update(len(part).to_bytes(8, "big") + part)
     return "x" + digest.hexdigest()[:16]
 
@@ -840,7 +844,9 @@ class PeerNode:
             )
             ring = privatized.ring
         del array  # encoded: the ring vector (or the privatized one) is what the round uses
-        plan = self._plan_round(round_id, ring.shape[0], codec, _round_context(dp_round, context))
+        plan = self._plan_round(
+            round_id, ring.shape[0], codec, _round_context(dp_round, context, codec.frac_bits)
+        )
         report: PrivacyReport | None = None
         # On disk before the first message (and before waiting for the peers): a site
         # killed from here on restarts at the next round id, as the others do, and never
@@ -1283,8 +1289,8 @@ class PeerNode:
             if state.mismatch is not None:
                 detail += (
                     f"; e.g. {state.mismatch} (the sites' round parameters differ: update "
-                    "length, ring, data path, roster, [dp] table or the caller's context, "
-                    "such as the model's layout)"
+                    "length, ring, fixed-point scale, data path, roster, [dp] table or the "
+                    "caller's context, such as the model's layout)"
                 )
             detail += self._drift_hint(state)
             raise RoundAbortedError(

@@ -78,3 +78,49 @@ async def test_sites_with_the_same_dp_table_still_agree() -> None:
     assert all(isinstance(r, AggregateResult) for r in results), results
     digests = {r.result_digest for r in results if isinstance(r, AggregateResult)}
     assert len(digests) == 1
+
+
+async def _encoding_round(frac_bits: list[int]) -> list[AggregateResult | BaseException]:
+    roster, keys = make_roster(len(frac_bits))
+    broker = MemoryBroker()
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                PeerNode(
+                    federation="fed-scale",
+                    roster=roster,
+                    me=i,
+                    signing_key=keys[i],
+                    transport=MemoryTransport(broker, name=f"site-{i}"),
+                    deadlines=lambda _phase: 1.0,
+                    threshold=len(frac_bits),
+                    frac_bits=bits,
+                )
+            )
+            for i, bits in enumerate(frac_bits)
+        ]
+        return await asyncio.gather(
+            *(n.aggregate(np.full(50, 0.25)) for n in nodes), return_exceptions=True
+        )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("odd", [16, 24])
+async def test_a_site_with_another_fixed_point_scale_aborts_the_round(odd: int) -> None:
+    # The same class of defect as the [dp] table, without DP: [encoding] frac_bits sets the
+    # scale every site encodes with, and the sum of one site's 2^16-scaled integers with
+    # the others' 2^20-scaled ones decoded to a wrong total with no error. A scale other
+    # than the default is part of the round's context.
+    results = await _encoding_round([20, 20, odd])
+    for result in results:
+        assert isinstance(result, RoundAbortedError), result
+        assert "the sites' round parameters differ" in str(result)
+
+
+@pytest.mark.asyncio
+async def test_sites_with_the_same_scale_agree_on_the_exact_total() -> None:
+    for bits in (20, 16):
+        results = await _encoding_round([bits, bits, bits])
+        for result in results:
+            assert isinstance(result, AggregateResult), result
+            assert np.allclose(result.total, 0.75)
