@@ -367,17 +367,22 @@ class _Held:
         return len(self.messages)
 
 
-def _round_context(dp_round: dp.DpRound | None, caller: bytes | None, frac_bits: int) -> str:
+def _round_context(
+    dp_round: dp.DpRound | None, caller: bytes | None, frac_bits: int, protocol: bytes = b""
+) -> str:
     """The round's context (SPEC §2.1): ``""`` or a digest every site must share.
 
-    It covers the DP calibration (DP.md §5.1), the caller's context bytes and the
-    fixed-point scale 2^frac_bits when it is not the default (a site encoding at another
-    scale would otherwise be summed with the others, wrongly, without an error; with the
-    default nothing is added, so such rounds keep their protocol string). Numbers are
+    It covers the DP calibration (DP.md §5.1), the caller's context bytes, the protocol's
+    own settings (``protocol``; ``robust``: max_norm and the length, which its protocol string does
+    not carry) and the fixed-point scale 2^frac_bits when it is not the default (a site
+    encoding at another scale would otherwise be summed with the others, wrongly, without
+    an error; with the default nothing is added, so such rounds keep their protocol
+    string). Numbers are
     hashed as float64 values (``float.hex``), so settings that compare equal (2, 2.0,
     ``np.float64(2.0)``) give the same context.
     """
     scale = b"" if frac_bits == DEFAULT_FRAC_BITS else b"frac_bits=%d" % frac_bits
+    scale += protocol
     if dp_round is None and caller is None and not scale:
         return ""
     calibration = b""
@@ -845,7 +850,10 @@ class PeerNode:
             ring = privatized.ring
         del array  # encoded: the ring vector (or the privatized one) is what the round uses
         plan = self._plan_round(
-            round_id, ring.shape[0], codec, _round_context(dp_round, context, codec.frac_bits)
+            round_id,
+            ring.shape[0],
+            codec,
+            _round_context(dp_round, context, codec.frac_bits, self._round_settings(ring.shape[0])),
         )
         report: PrivacyReport | None = None
         # On disk before the first message (and before waiting for the peers): a site
@@ -994,6 +1002,17 @@ class PeerNode:
             clipped=privatized.clipped,
             min_sites=dp_round.min_sites,
         )
+
+    def _round_settings(self, vector_length: int) -> bytes:
+        """What else the sites of a round must share that its protocol string lacks.
+
+        ``robust``: max_norm (its norm bound B) and the length. Sites whose max_norm
+        differed used to blame each other's verifier shares and references before aborting.
+        """
+        if self.protocol != "robust":
+            return b""
+        assert self.max_norm is not None
+        return b";robust max_norm=%s L=%d" % (float(self.max_norm).hex().encode(), vector_length)
 
     def _round_codec(self, array: NDArray[Any]) -> FixedPointCodec:
         """The encoding of this round's update (``robust``: checks and fits the norm bound).
@@ -1289,8 +1308,8 @@ class PeerNode:
             if state.mismatch is not None:
                 detail += (
                     f"; e.g. {state.mismatch} (the sites' round parameters differ: update "
-                    "length, ring, fixed-point scale, data path, roster, [dp] table or the "
-                    "caller's context, such as the model's layout)"
+                    "length, ring, fixed-point scale, data path, roster, robust's max_norm, "
+                    "[dp] table or the caller's context, such as the model's layout)"
                 )
             detail += self._drift_hint(state)
             raise RoundAbortedError(

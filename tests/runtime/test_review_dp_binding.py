@@ -124,3 +124,39 @@ async def test_sites_with_the_same_scale_agree_on_the_exact_total() -> None:
         for result in results:
             assert isinstance(result, AggregateResult), result
             assert np.allclose(result.total, 0.75)
+
+
+@pytest.mark.asyncio
+async def test_robust_sites_with_another_max_norm_abort_without_blaming_anyone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # robust's protocol string does not carry max_norm (its norm bound B): sites whose
+    # federation.toml differed blamed each other's verifier shares and references ("excluded
+    # site-1: its verification reference contradicts the share it dealt") before aborting.
+    # max_norm and the length are now part of a robust round's context.
+    roster, keys = make_roster(3)
+    broker = MemoryBroker()
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                PeerNode(
+                    federation="fed-norm",
+                    roster=roster,
+                    me=i,
+                    signing_key=keys[i],
+                    transport=MemoryTransport(broker, name=f"site-{i}"),
+                    deadlines=lambda _phase: 1.0,
+                    threshold=1,
+                    protocol="robust",
+                    max_norm=norm,
+                )
+            )
+            for i, norm in enumerate([1.0, 1.0, 2.0])
+        ]
+        results = await asyncio.gather(
+            *(n.aggregate(np.full(16, 0.1)) for n in nodes), return_exceptions=True
+        )
+    for result in results:
+        assert isinstance(result, RoundAbortedError), result
+        assert "robust's max_norm" in str(result)
+    assert not [r.getMessage() for r in caplog.records if "excluded" in r.getMessage()]
