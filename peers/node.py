@@ -1006,13 +1006,19 @@ class PeerNode:
     def _round_settings(self, vector_length: int) -> bytes:
         """What else the sites of a round must share that its protocol string lacks.
 
-        ``robust``: max_norm (its norm bound B) and the length. Sites whose max_norm
-        differed used to blame each other's verifier shares and references before aborting.
+        ``robust``: max_norm (its norm bound B), the length and t. ``secagg``: T when it
+        is not the default (so default rounds keep their protocol string). Sites whose
+        max_norm or threshold differed used to blame each other ("ShareKeys has 3
+        commitments, T=2", "malformed VERIFY", "its verification reference contradicts
+        the share it dealt") before aborting.
         """
-        if self.protocol != "robust":
+        if self.protocol == "robust":
+            assert self.max_norm is not None
+            norm = float(self.max_norm).hex().encode()
+            return b";robust max_norm=%s L=%d t=%d" % (norm, vector_length, self.threshold)
+        if self.threshold == default_threshold(len(self.roster)):
             return b""
-        assert self.max_norm is not None
-        return b";robust max_norm=%s L=%d" % (float(self.max_norm).hex().encode(), vector_length)
+        return b";T=%d" % self.threshold
 
     def _round_codec(self, array: NDArray[Any]) -> FixedPointCodec:
         """The encoding of this round's update (``robust``: checks and fits the norm bound).
@@ -1308,8 +1314,8 @@ class PeerNode:
             if state.mismatch is not None:
                 detail += (
                     f"; e.g. {state.mismatch} (the sites' round parameters differ: update "
-                    "length, ring, fixed-point scale, data path, roster, robust's max_norm, "
-                    "[dp] table or the caller's context, such as the model's layout)"
+                    "length, ring, fixed-point scale, data path, roster, threshold, robust's "
+                    "max_norm, [dp] table or the caller's context, such as the model's layout)"
                 )
             detail += self._drift_hint(state)
             raise RoundAbortedError(

@@ -160,3 +160,45 @@ async def test_robust_sites_with_another_max_norm_abort_without_blaming_anyone(
         assert isinstance(result, RoundAbortedError), result
         assert "robust's max_norm" in str(result)
     assert not [r.getMessage() for r in caplog.records if "excluded" in r.getMessage()]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("protocol", "thresholds"), [("secagg", [3, 3, 2]), ("robust", [2, 2, 1, 2, 2])]
+)
+async def test_sites_with_another_threshold_abort_without_blaming_anyone(
+    protocol: str, thresholds: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Neither protocol string carried the threshold: the sites excluded each other
+    # ("ShareKeys has 3 commitments, T=2", "malformed VERIFY: field vector has 73 entries,
+    # expected 71") before aborting. It is now part of the round's context (secagg: when
+    # it is not the default, so default rounds keep their protocol string).
+    roster, keys = make_roster(len(thresholds))
+    broker = MemoryBroker()
+    extra: dict[str, object] = (
+        {"protocol": "robust", "max_norm": 1.0} if protocol == "robust" else {}
+    )
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                PeerNode(
+                    federation="fed-threshold",
+                    roster=roster,
+                    me=i,
+                    signing_key=keys[i],
+                    transport=MemoryTransport(broker, name=f"site-{i}"),
+                    deadlines=lambda _phase: 1.0,
+                    threshold=t,
+                    **extra,  # type: ignore[arg-type]
+                )
+            )
+            for i, t in enumerate(thresholds)
+        ]
+        results = await asyncio.gather(
+            *(n.aggregate(np.full(16, 0.1)) for n in nodes), return_exceptions=True
+        )
+    for result in results:
+        assert isinstance(result, RoundAbortedError), result
+        assert "threshold" in str(result)
+        assert "the sites' round parameters differ" in str(result)
+    assert not [r.getMessage() for r in caplog.records if "excluded" in r.getMessage()]
