@@ -1003,6 +1003,28 @@ class PeerNode:
             min_sites=dp_round.min_sites,
         )
 
+    def round_context(self, vector_length: int, context: bytes | None = None) -> str:
+        """SPEC §2.1 — the context a round of ``vector_length`` entries has at this node.
+
+        The suffix of the round's protocol string (``""`` or ``"x"`` and 16 hex digits),
+        for a tool or test that builds the other peers' machines itself.
+        """
+        dp_round = None
+        if self.privacy is not None:
+            dp_round = dp.plan_round(
+                self.privacy,
+                vector_length=vector_length,
+                frac_bits=self.codec.frac_bits,
+                min_sites=self.threshold,
+                federation=self.federation,
+                round_id=self._last_round + 1,
+            )
+        if dp_round is None:
+            frac_bits = self._round_codec(np.zeros(vector_length)).frac_bits
+        else:
+            frac_bits = dp_round.frac_bits
+        return _round_context(dp_round, context, frac_bits, self._round_settings(vector_length))
+
     def _round_settings(self, vector_length: int) -> bytes:
         """What else the sites of a round must share that its protocol string lacks.
 

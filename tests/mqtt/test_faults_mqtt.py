@@ -44,23 +44,6 @@ async def test_a_message_forged_by_a_broker_level_client_is_rejected() -> None:
     federation = f"fed-{os.urandom(3).hex()}"
     roster, _ = make_roster(3)
     forger_key = SigningKey.generate(DeterministicRandomSource("forger"))
-    context = EnvelopeContext(
-        protocol=protocol_id(32, 1000),  # the round's ring and length (SPEC §2.1)
-        federation=federation,
-        roster_digest=roster.digest,
-        round_id=1,
-    )
-    forged = seal_envelope(
-        context,
-        phase=MessageKind.ADVERTISE_KEYS.phase,
-        kind=MessageKind.ADVERTISE_KEYS,
-        sender=1,
-        recipient=BROADCAST,
-        payload=AdvertiseKeys(
-            encryption_key=b"\x04" + bytes(64), mask_key=b"\x04" + b"\x01" * 64
-        ).encode(),
-        signing_key=forger_key,
-    )
     rng = np.random.default_rng(31)
     updates = [on_grid(rng, (1000,)) for _ in range(3)]
     async with (
@@ -69,6 +52,24 @@ async def test_a_message_forged_by_a_broker_level_client_is_rejected() -> None:
         ) as nodes,
         MqttTransport(host="127.0.0.1", port=1883, client_id=f"{federation}-admin") as admin,
     ):
+        context = EnvelopeContext(
+            # the round's ring, length and context (T = 2 of 3; SPEC §2.1)
+            protocol=protocol_id(32, 1000, context=nodes[0].round_context(1000)),
+            federation=federation,
+            roster_digest=roster.digest,
+            round_id=1,
+        )
+        forged = seal_envelope(
+            context,
+            phase=MessageKind.ADVERTISE_KEYS.phase,
+            kind=MessageKind.ADVERTISE_KEYS,
+            sender=1,
+            recipient=BROADCAST,
+            payload=AdvertiseKeys(
+                encryption_key=b"\x04" + bytes(64), mask_key=b"\x04" + b"\x01" * 64
+            ).encode(),
+            signing_key=forger_key,
+        )
         # an administrator of the broker publishes on site-1's topic, before site-1 does
         await admin.publish(message_topic(federation, 1, "site-1"), forged)
         await asyncio.sleep(0.2)

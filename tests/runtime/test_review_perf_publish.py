@@ -75,6 +75,7 @@ async def test_review_perf_a_view_broadcast_just_before_an_abort_is_published() 
         threshold=2,
         vector_length=D,
         ring_bits=node.codec.ring_bits,
+        context=node.round_context(D),  # T = 2 of 3 is not the default: in the context
     )
     machines = {
         k: SecAggMachine(
