@@ -367,37 +367,30 @@ class _Held:
         return len(self.messages)
 
 
-def _round_context(
-    dp_round: dp.DpRound | None, caller: bytes | None, frac_bits: int, protocol: bytes = b""
-) -> str:
+def _round_context(dp_round: dp.DpRound | None, caller: bytes | None, settings: bytes) -> str:
     """The round's context (SPEC §2.1): ``""`` or a digest every site must share.
 
-    It covers the DP calibration (DP.md §5.1), the caller's context bytes, the protocol's
-    own settings (``protocol``; ``robust``: max_norm and the length, which its protocol string does
-    not carry) and the fixed-point scale 2^frac_bits when it is not the default (a site
-    encoding at another scale would otherwise be summed with the others, wrongly, without
-    an error; with the default nothing is added, so such rounds keep their protocol
-    string). Numbers are
-    hashed as float64 values (``float.hex``), so settings that compare equal (2, 2.0,
-    ``np.float64(2.0)``) give the same context.
+    It covers the DP calibration (DP.md §5.1), the caller's context bytes and ``settings``,
+    what else the sites must share that the protocol string lacks
+    (:meth:`PeerNode._round_settings`); none of them: ``""``, so such rounds keep their
+    protocol string. Numbers are hashed as float64 values (``float.hex``), so settings
+    that compare equal (2, 2.0, ``np.float64(2.0)``) give the same context.
     """
-    scale = b"" if frac_bits == DEFAULT_FRAC_BITS else b"frac_bits=%d" % frac_bits
-    scale += protocol
-    if dp_round is None and caller is None and not scale:
+    if dp_round is None and caller is None and not settings:
         return ""
     calibration = b""
     if dp_round is not None:
-        settings = dp_round.settings
+        table = dp_round.settings
         calibration = json.dumps(
             {
-                "mechanism": settings.mechanism.value,
-                "noise_multiplier": float(settings.noise_multiplier).hex(),
-                "clip_norm": float(settings.clip_norm).hex(),
-                "delta": float(settings.delta).hex(),
-                "unit": settings.unit.value,
-                "sampling_probability": float(settings.sampling_probability).hex(),
-                "local": bool(settings.local),
-                "rotation": bool(settings.rotation),
+                "mechanism": table.mechanism.value,
+                "noise_multiplier": float(table.noise_multiplier).hex(),
+                "clip_norm": float(table.clip_norm).hex(),
+                "delta": float(table.delta).hex(),
+                "unit": table.unit.value,
+                "sampling_probability": float(table.sampling_probability).hex(),
+                "local": bool(table.local),
+                "rotation": bool(table.rotation),
                 "min_sites": int(dp_round.min_sites),
                 "frac_bits": int(dp_round.frac_bits),
                 "dimension": int(dp_round.dimension),
@@ -407,7 +400,7 @@ def _round_context(
             sort_keys=True,
         ).encode()
     digest = hashlib.sha256(b"mpc-agg/round-context/v1\x00")
-    for part in (calibration, scale, b"" if caller is None else bytes(caller)):
+    for part in (calibration, settings, b"" if caller is None else bytes(caller)):
         digest.update(len(part).to_bytes(8, "big") + part)
     return "x" + digest.hexdigest()[:16]
 
@@ -849,11 +842,10 @@ class PeerNode:
             )
             ring = privatized.ring
         del array  # encoded: the ring vector (or the privatized one) is what the round uses
+        length = ring.shape[0]
+        settings = self._round_settings(length, codec.frac_bits)
         plan = self._plan_round(
-            round_id,
-            ring.shape[0],
-            codec,
-            _round_context(dp_round, context, codec.frac_bits, self._round_settings(ring.shape[0])),
+            round_id, length, codec, _round_context(dp_round, context, settings)
         )
         report: PrivacyReport | None = None
         # On disk before the first message (and before waiting for the peers): a site
@@ -1023,24 +1015,31 @@ class PeerNode:
             frac_bits = self._round_codec(np.zeros(vector_length)).frac_bits
         else:
             frac_bits = dp_round.frac_bits
-        return _round_context(dp_round, context, frac_bits, self._round_settings(vector_length))
+        return _round_context(dp_round, context, self._round_settings(vector_length, frac_bits))
 
-    def _round_settings(self, vector_length: int) -> bytes:
+    def _round_settings(self, vector_length: int, frac_bits: int) -> bytes:
         """What else the sites of a round must share that its protocol string lacks.
 
-        ``robust``: max_norm (its norm bound B), the length and t. ``secagg``: T when it
-        is not the default (so default rounds keep their protocol string). Sites whose
-        max_norm or threshold differed used to blame each other ("ShareKeys has 3
+        The fixed-point scale 2^frac_bits when it is not the default (a site encoding at
+        another scale was summed with the others, wrongly, without an error). ``robust``:
+        max_norm (its norm bound B), the length and t. ``secagg``: T when it is not the
+        default. Defaults add nothing, so such rounds keep their protocol string. Sites
+        whose max_norm or threshold differed used to blame each other ("ShareKeys has 3
         commitments, T=2", "malformed VERIFY", "its verification reference contradicts
         the share it dealt") before aborting.
         """
+        settings = b"" if frac_bits == DEFAULT_FRAC_BITS else b"frac_bits=%d" % frac_bits
         if self.protocol == "robust":
             assert self.max_norm is not None
             norm = float(self.max_norm).hex().encode()
-            return b";robust max_norm=%s L=%d t=%d" % (norm, vector_length, self.threshold)
-        if self.threshold == default_threshold(len(self.roster)):
-            return b""
-        return b";T=%d" % self.threshold
+            return settings + b";robust max_norm=%s L=%d t=%d" % (
+                norm,
+                vector_length,
+                self.threshold,
+            )
+        if self.threshold != default_threshold(len(self.roster)):
+            settings += b";T=%d" % self.threshold
+        return settings
 
     def _round_codec(self, array: NDArray[Any]) -> FixedPointCodec:
         """The encoding of this round's update (``robust``: checks and fits the norm bound).

@@ -430,9 +430,7 @@ class SecureAggOptimizer(torch.optim.Optimizer):
         try:
             outcome, error = yield request
         except BaseException:  # thrown in by step()/astep(): Ctrl-C, a cancelled round
-            if snapshot is not None:
-                self._restore(snapshot)
-                self.local_steps -= 1
+            self._undo_local_step(snapshot)
             self.missed_rounds = 0  # the node used the round id up
             raise
         # EncodingError: refused before anything was sent, the others run the round alone
@@ -443,9 +441,7 @@ class SecureAggOptimizer(torch.optim.Optimizer):
             except (MpcAggError, ValueError, TypeError) as exc:
                 error = exc
         if error is not None:
-            if snapshot is not None:  # delta mode: undo the local step
-                self._restore(snapshot)
-                self.local_steps -= 1
+            self._undo_local_step(snapshot)
             self._failed(error)
             return loss  # the closure's, as torch's step returns it
         self.rounds += 1
@@ -602,6 +598,12 @@ class SecureAggOptimizer(torch.optim.Optimizer):
             grads=[None if p.grad is None else p.grad.detach().clone() for p in params],
             optimizer_state=copy.deepcopy(self.original_optimizer.state_dict()),
         )
+
+    def _undo_local_step(self, snapshot: _Snapshot | None) -> None:
+        """Delta mode: put back what the local step before a failed round changed."""
+        if snapshot is not None:
+            self._restore(snapshot)
+            self.local_steps -= 1
 
     def _restore(self, snapshot: _Snapshot) -> None:
         self.original_optimizer.load_state_dict(snapshot.optimizer_state)

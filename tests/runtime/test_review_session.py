@@ -93,7 +93,7 @@ def test_equal_dp_settings_give_the_same_round_context() -> None:
         plan = dp.plan_round(
             settings, vector_length=100, frac_bits=20, min_sites=3, federation="f", round_id=1
         )
-        return _round_context(plan, None, plan.frac_bits)
+        return _round_context(plan, None, b"")  # default scale and threshold: no settings
 
     a = dp.DpSettings(noise_multiplier=2.0, clip_norm=1.0, delta=1e-5)
     b = dp.DpSettings(noise_multiplier=2, clip_norm=1, delta=1e-5)
